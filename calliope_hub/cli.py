@@ -1,0 +1,52 @@
+"""`calliope-hub`: a thin shell over library functions.
+
+Each subcommand lives in its own module, which exposes ``add_arguments(parser)`` and
+``run(args) -> int``. Modules are imported only when their command is chosen, so
+``calliope-hub --help`` stays fast and one command's heavy imports never slow another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: command name -> (module, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("calliope_hub.up", "run local ECS, JupyterHub and the proxy on this machine"),
+    "local-ecs": ("calliope_hub.localecs.cli", "run the ECS-compatible control plane"),
+    "loadtest": ("calliope_hub.tools.loadtest", "spawn N servers on any JupyterHub and time them"),
+    "bench": ("calliope_hub.tools.bench", "measure the hub at N servers, batched against naive"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="calliope-hub",
+        description="JupyterHub with every user server as an AWS ECS task.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n"
+        + "\n".join(f"  {name:<11} {summary}" for name, (_, summary) in COMMANDS.items()),
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv[:1] or ["--help"])
+    name, rest = argv[0], argv[1:]
+    module_name, summary = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"calliope-hub {name}", description=summary)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Calliope Hub's Prometheus metrics.
+
+They live in prometheus_client's default registry, which is the one JupyterHub serves at
+/hub/metrics, so operators scrape a single endpoint. Every name starts with ``calliope_``.
+Each metric has one owner that updates it; the owner is named in its help text's module.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# calliope_hub.ecs.api
+ECS_API_CALLS = Counter(
+    "calliope_ecs_api_calls",
+    "ECS API calls made by this process, by operation and outcome (ok, throttled, error)",
+    ["operation", "outcome"],
+)
+ECS_THROTTLES = Counter(
+    "calliope_ecs_throttles",
+    "ECS ThrottlingException answers received, before botocore's retries",
+    ["operation"],
+)
+
+# calliope_hub.ecs.watcher
+SWEEP_DURATION = Histogram(
+    "calliope_sweep_duration_seconds",
+    "Wall time of one TaskWatcher sweep over every watched task",
+    ["cluster"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SWEEP_SIZE = Gauge(
+    "calliope_sweep_tasks",
+    "Tasks described by the last TaskWatcher sweep",
+    ["cluster"],
+)
+WATCHED_TASKS = Gauge(
+    "calliope_watched_tasks",
+    "Tasks the TaskWatcher tracks, by ECS lastStatus",
+    ["cluster", "last_status"],
+)
+
+# calliope_hub.ecs.events
+EVENTS = Counter(
+    "calliope_ecs_events",
+    "ECS Task State Change events received, by outcome (applied, stale, ignored, rejected, invalid)",
+    ["outcome"],
+)
+EVENT_LAG = Histogram(
+    "calliope_ecs_event_lag_seconds",
+    "Time from an event's `time` to its application by the TaskWatcher",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+
+# calliope_hub.spawner
+SPAWN_DURATION = Histogram(
+    "calliope_spawn_duration_seconds",
+    "Time from RunTask to a running task with an address, by service, size and outcome",
+    ["service", "size", "outcome"],
+    buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+
+# calliope_hub.ecs.orphans
+ORPHANS = Counter(
+    "calliope_orphans",
+    "Tasks started by this hub that no spawner owned, by action (found, stopped, adopted)",
+    ["action"],
+)
