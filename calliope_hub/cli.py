@@ -15,6 +15,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("calliope_hub.up", "run local ECS, JupyterHub and the proxy on this machine"),
     "local-ecs": ("calliope_hub.localecs.cli", "run the ECS-compatible control plane"),
+    "bench-local-ecs": (
+        "calliope_hub.tools.bench_localecs",
+        "measure local ECS itself with 10,000 sim tasks",
+    ),
     "loadtest": ("calliope_hub.tools.loadtest", "spawn N servers on any JupyterHub and time them"),
     "bench": ("calliope_hub.tools.bench", "measure the hub at N servers, batched against naive"),
 }
