@@ -1,0 +1,340 @@
+"""Process mode: every container of a task is a real local process.
+
+This is what lets a laptop or a CI machine run real JupyterLab servers behind a hub that
+believes it talks to ECS. What a container would get from its image and its ENI, a
+process gets from here:
+
+- its command is the container's ``entryPoint + command`` (the image itself is not used);
+- its environment is a few host variables (PATH, HOME, LANG, ...) plus the container's
+  environment plus ``LOCALECS_TASK_IP``; nothing else leaks in from local ECS's own process;
+- every ``0.0.0.0`` in argv and environment values becomes the task's own address. In
+  awsvpc, binding all interfaces inside a task binds only the task's ENI; on one machine
+  it would bind every address, so two tasks on the same port would collide.
+- each process leads its own session, so a stop signals the whole tree it started;
+- stdout and stderr go to ``<log_dir>/<task_id>.log``, never to a pipe that could fill.
+
+Exit codes follow Docker: a process killed by signal N exits with 128 + N (SIGTERM 143,
+SIGKILL 137). Health checks run as ECS describes them, except that during ``startPeriod``
+the probe runs every second instead of every ``interval``, so a local spawn is not held
+up by production timings; failures inside ``startPeriod`` do not count, and ``retries``
+consecutive failures after it stop the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .runner import ContainerSpec, LaunchSpec, TaskHooks
+
+log = logging.getLogger(__name__)
+
+ESSENTIAL_EXITED = "Essential container in task exited"
+HEALTH_CHECK_FAILED = "Task failed container health checks"
+STOPPED = "Task stopped"
+SHUT_DOWN = "Local ECS shut down"
+
+#: Host variables a process needs to find its programs and locale; everything else stays out.
+HOST_ENVIRONMENT = (
+    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "USER", "LOGNAME", "SHELL", "TERM",
+    "VIRTUAL_ENV",
+)
+_ALL_INTERFACES = re.compile(r"(?<![\d.])0\.0\.0\.0(?![\d.])")
+#: ECS's healthCheck defaults (seconds).
+_HEALTH_DEFAULTS = {"interval": 30.0, "timeout": 5.0, "retries": 3, "startPeriod": 0.0}
+_START_PERIOD_PROBE_INTERVAL = 1.0
+
+#: Process groups alive in this interpreter, for the last-resort cleanup at exit.
+_LIVE_GROUPS: set[int] = set()
+
+
+@atexit.register
+def _kill_live_groups() -> None:
+    for group in list(_LIVE_GROUPS):
+        _signal_group(group, signal.SIGKILL)
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signum)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if local ECS dies without cleaning up, the kernel kills us."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _load_prctl():  # noqa: ANN202 - a ctypes function or None
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def docker_exit_code(returncode: int | None) -> int | None:
+    """asyncio reports death by signal N as -N; ECS (through Docker) reports 128 + N."""
+    if returncode is not None and returncode < 0:
+        return 128 - returncode
+    return returncode
+
+
+def bind_task_address(value: str, ip: str) -> str:
+    """Replace every 0.0.0.0 in `value` by the task's own address."""
+    return _ALL_INTERFACES.sub(ip, value)
+
+
+def container_environment(container: ContainerSpec, ip: str) -> dict[str, str]:
+    env = {name: os.environ[name] for name in HOST_ENVIRONMENT if name in os.environ}
+    env.update({name: bind_task_address(value, ip) for name, value in container.environment.items()})
+    env["LOCALECS_TASK_IP"] = ip
+    return env
+
+
+def health_check_argv(check: dict) -> list[str]:
+    """ECS's ["CMD-SHELL", "cmd"] or ["CMD", *argv] as an argv; ValueError for anything else."""
+    command = check.get("command") or []
+    if len(command) == 2 and command[0] == "CMD-SHELL":
+        return ["/bin/sh", "-c", command[1]]
+    if len(command) >= 2 and command[0] == "CMD":
+        return list(command[1:])
+    raise ValueError(f"healthCheck command must be ['CMD-SHELL', cmd] or ['CMD', ...], got {command!r}")
+
+
+@dataclass
+class _LocalTask:
+    spec: LaunchSpec
+    hooks: TaskHooks
+    log_path: Path
+    processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    #: essential containers whose health check has not passed yet; RUNNING waits for them.
+    awaiting_health: set[str] = field(default_factory=set)
+    watchers: list[asyncio.Task] = field(default_factory=list)
+    ending: asyncio.Task | None = None
+    forced_exit_code: int | None = None
+
+    @property
+    def groups(self) -> list[int]:
+        return [process.pid for process in self.processes.values()]
+
+
+class ProcessRunner:
+    """Runs each task's containers as local process groups and reports through TaskHooks.
+
+    Hooks are never called from inside `start`; they come from the runner's own asyncio
+    tasks, and `exited` comes exactly once per started task (also on `close`).
+    """
+
+    def __init__(self, log_dir: Path | None = None) -> None:
+        self._owns_log_dir = log_dir is None
+        self.log_dir = Path(tempfile.mkdtemp(prefix="localecs-")) if log_dir is None else log_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._tasks: dict[str, _LocalTask] = {}
+
+    def log_path(self, task_id: str) -> Path:
+        """Where a task's stdout and stderr go; it stays until `close`."""
+        return self.log_dir / f"{task_id}.log"
+
+    async def start(self, spec: LaunchSpec, hooks: TaskHooks) -> None:
+        if spec.task_id in self._tasks:
+            raise ValueError(f"task {spec.task_id} is already running")
+        task = _LocalTask(spec, hooks, self.log_path(spec.task_id))
+        try:
+            for container in spec.containers:
+                if not container.argv:
+                    raise _CannotStart(f"no command for image {container.image}")
+                if container.health_check is not None:
+                    health_check_argv(container.health_check)
+            for container in spec.containers:
+                task.processes[container.name] = await self._spawn(container, spec.ip, task.log_path)
+        except (_CannotStart, ValueError, OSError) as exc:
+            await self._abandon(task, f"CannotStartContainerError: {exc}")
+            return
+        self._tasks[spec.task_id] = task
+        for container in spec.containers:
+            task.watchers.append(asyncio.create_task(self._watch_exit(task, container)))
+            if container.health_check is not None:
+                if container.essential:
+                    task.awaiting_health.add(container.name)
+                task.watchers.append(asyncio.create_task(self._watch_health(task, container)))
+        if not task.awaiting_health:
+            asyncio.get_running_loop().call_soon(self._report_running, task)
+
+    async def stop(self, task_id: str, timeout: float) -> None:
+        """SIGTERM every process group, SIGKILL after `timeout`; returns once exited() was reported.
+
+        Stopping a task that is unknown or already gone does nothing.
+        """
+        task = self._tasks.get(task_id)
+        if task is not None:
+            await self._end(task, STOPPED, timeout)
+
+    async def kill(self, task_id: str, exit_code: int) -> None:
+        """SIGKILL now; essential containers report `exit_code`, as if they had died with it."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        task.forced_exit_code = exit_code
+        for group in task.groups:
+            _signal_group(group, signal.SIGKILL)
+        await self._end(task, ESSENTIAL_EXITED, 0.0)
+
+    async def close(self) -> None:
+        """SIGKILL every task at once, reap them all, report each, and remove the logs."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            for group in task.groups:
+                _signal_group(group, signal.SIGKILL)
+        await asyncio.gather(*(self._end(task, SHUT_DOWN, 0.0) for task in tasks))
+        if self._owns_log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    async def _spawn(self, container: ContainerSpec, ip: str, log_path: Path) -> asyncio.subprocess.Process:
+        argv = [bind_task_address(arg, ip) for arg in container.argv]
+        return await _spawn_group(argv, container_environment(container, ip), log_path)
+
+    async def _abandon(self, task: _LocalTask, reason: str) -> None:
+        """A container could not start: kill what did start and report TaskFailedToStart."""
+        await self._terminate(task, 0.0)
+        codes: dict[str, int | None] = {container.name: None for container in task.spec.containers}
+        asyncio.get_running_loop().call_soon(self._report_exited, task, codes, reason, True)
+
+    async def _end(self, task: _LocalTask, reason: str, grace: float) -> None:
+        await asyncio.shield(self._begin_end(task, reason, grace))
+
+    def _begin_end(self, task: _LocalTask, reason: str, grace: float) -> asyncio.Task:
+        """The one way a started task ends; the first caller's reason wins, later callers wait."""
+        if task.ending is None:
+            task.ending = asyncio.create_task(self._finish(task, reason, grace))
+        return task.ending
+
+    async def _finish(self, task: _LocalTask, reason: str, grace: float) -> None:
+        for watcher in task.watchers:
+            watcher.cancel()
+        await asyncio.gather(*task.watchers, return_exceptions=True)
+        await self._terminate(task, grace)
+        codes = {name: docker_exit_code(process.returncode) for name, process in task.processes.items()}
+        if task.forced_exit_code is not None:
+            for container in task.spec.containers:
+                if container.essential:
+                    codes[container.name] = task.forced_exit_code
+        self._tasks.pop(task.spec.task_id, None)
+        self._report_exited(task, codes, reason, False)
+
+    async def _terminate(self, task: _LocalTask, grace: float) -> None:
+        """SIGTERM, SIGKILL after `grace`, reap; then sweep what the leaders left in their groups."""
+        alive = [process for process in task.processes.values() if process.returncode is None]
+        for process in alive:
+            _signal_group(process.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+        waiting = asyncio.gather(*(process.wait() for process in alive))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), grace if grace > 0 else None)
+        except TimeoutError:
+            for process in alive:
+                _signal_group(process.pid, signal.SIGKILL)
+            await waiting
+        for group in task.groups:
+            _signal_group(group, signal.SIGKILL)
+            _LIVE_GROUPS.discard(group)
+
+    async def _watch_exit(self, task: _LocalTask, container: ContainerSpec) -> None:
+        await task.processes[container.name].wait()
+        if container.essential:
+            self._begin_end(task, ESSENTIAL_EXITED, task.spec.stop_timeout)
+
+    async def _watch_health(self, task: _LocalTask, container: ContainerSpec) -> None:
+        check = {**_HEALTH_DEFAULTS, **(container.health_check or {})}
+        argv = [bind_task_address(arg, task.spec.ip) for arg in health_check_argv(check)]
+        env = container_environment(container, task.spec.ip)
+        loop = asyncio.get_running_loop()
+        start_period_ends = loop.time() + float(check["startPeriod"])
+        healthy, failures = False, 0
+        while True:
+            passed = await _probe(argv, env, float(check["timeout"]), task.log_path)
+            in_start_period = loop.time() < start_period_ends
+            if passed:
+                failures = 0
+                if not healthy:
+                    healthy = True
+                    self._container_healthy(task, container.name)
+            elif healthy or not in_start_period:
+                failures += 1
+                if failures >= max(1, int(check["retries"])) and container.essential:
+                    self._begin_end(task, HEALTH_CHECK_FAILED, task.spec.stop_timeout)
+                    return
+            fast = in_start_period and not healthy
+            await asyncio.sleep(_START_PERIOD_PROBE_INTERVAL if fast else float(check["interval"]))
+
+    def _container_healthy(self, task: _LocalTask, name: str) -> None:
+        if name in task.awaiting_health:
+            task.awaiting_health.discard(name)
+            if not task.awaiting_health:
+                self._report_running(task)
+
+    def _report_running(self, task: _LocalTask) -> None:
+        if task.ending is None and task.spec.task_id in self._tasks:
+            _call_hook(task.hooks.running)
+
+    def _report_exited(self, task: _LocalTask, codes: dict, reason: str, failed_to_start: bool) -> None:
+        _call_hook(task.hooks.exited, codes, reason, failed_to_start)
+
+
+class _CannotStart(Exception):
+    pass
+
+
+def _call_hook(hook, *args) -> None:  # noqa: ANN001 - a TaskHooks method
+    """A failing hook is the control plane's bug; it must not leave processes unreaped here."""
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("local ECS task hook %s failed", getattr(hook, "__name__", hook))
+
+
+async def _probe(argv: list[str], env: dict[str, str], timeout: float, log_path: Path) -> bool:
+    """One health check run: exit 0 within `timeout` passes; the probe never outlives its call."""
+    try:
+        process = await _spawn_group(argv, env, log_path)
+    except OSError as exc:
+        log.warning("health check %s could not start: %s", argv, exc)
+        return False
+    try:
+        return await asyncio.wait_for(process.wait(), timeout) == 0
+    except TimeoutError:
+        return False
+    finally:
+        _signal_group(process.pid, signal.SIGKILL)
+        await process.wait()
+        _LIVE_GROUPS.discard(process.pid)
+
+
+async def _spawn_group(argv: list[str], env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
+    """A process leading its own session (so its whole tree can be signalled), output to the log."""
+    with open(log_path, "ab") as output:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    _LIVE_GROUPS.add(process.pid)
+    return process
