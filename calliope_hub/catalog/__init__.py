@@ -1,0 +1,35 @@
+"""The service catalog: which servers users may start, and the ECS requests that start them.
+
+Public surface; the submodules are implementation detail.
+"""
+
+from .catalog import BUILTIN_DIRECTORY, OPTION_KEYS, Catalog, Choice, load_service
+from .models import FARGATE_MEMORY, CatalogError, HealthCheck, LocalRun, Service, Size
+from .run_task import (
+    Placement,
+    TaskIdentity,
+    decode_tag_value,
+    encode_tag_value,
+    read_tags,
+    run_task_request,
+)
+
+__all__ = [
+    "BUILTIN_DIRECTORY",
+    "FARGATE_MEMORY",
+    "OPTION_KEYS",
+    "Catalog",
+    "CatalogError",
+    "Choice",
+    "HealthCheck",
+    "LocalRun",
+    "Placement",
+    "Service",
+    "Size",
+    "TaskIdentity",
+    "decode_tag_value",
+    "encode_tag_value",
+    "load_service",
+    "read_tags",
+    "run_task_request",
+]

@@ -1,0 +1,149 @@
+"""The catalog's schema: what a service and a size may say, checked when the catalog loads.
+
+Every limit here is one ECS or Fargate enforces at RunTask time. Checking them at load turns a
+spawn that would fail for every user into one clear error for the operator, naming the value.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class CatalogError(ValueError):
+    """A catalog file or a user's choice is not acceptable; the message is shown as is."""
+
+
+#: Fargate's valid task memory (MiB) for each task cpu (units), from the AWS docs.
+FARGATE_MEMORY: dict[int, tuple[int, ...]] = {
+    256: (512, 1024, 2048),
+    512: tuple(range(1024, 4096 + 1, 1024)),
+    1024: tuple(range(2048, 8192 + 1, 1024)),
+    2048: tuple(range(4096, 16384 + 1, 1024)),
+    4096: tuple(range(8192, 30720 + 1, 1024)),
+    8192: tuple(range(16384, 61440 + 1, 4096)),
+    16384: tuple(range(32768, 122880 + 1, 8192)),
+}
+
+#: Names users type in user_options and that appear in tags and form values: no "/" or spaces.
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+#: ECS task definition family and container names: letters, digits, hyphens, underscores.
+ECS_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,255}$"
+
+
+def describe_memory_choices(cpu: int) -> str:
+    """Fargate's memory choices for `cpu`, short enough for one error line."""
+    choices = FARGATE_MEMORY[cpu]
+    steps = {b - a for a, b in zip(choices, choices[1:])}
+    if len(choices) > 4 and len(steps) == 1:
+        return f"{choices[0]} to {choices[-1]} MiB in steps of {steps.pop()}"
+    return ", ".join(str(m) for m in choices) + " MiB"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Size(_Strict):
+    """A Fargate task size; only valid cpu/memory pairs load, so RunTask never rejects one."""
+
+    cpu: int
+    memory: int
+    display_name: str | None = None
+
+    @model_validator(mode="after")
+    def _fargate_pair(self) -> Size:
+        if self.cpu not in FARGATE_MEMORY:
+            allowed = ", ".join(str(c) for c in FARGATE_MEMORY)
+            raise ValueError(f"cpu {self.cpu} is not a Fargate cpu value; allowed: {allowed}")
+        if self.memory not in FARGATE_MEMORY[self.cpu]:
+            raise ValueError(
+                f"cpu {self.cpu} with memory {self.memory} is not a valid Fargate pair; "
+                f"for cpu {self.cpu} memory must be {describe_memory_choices(self.cpu)}"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """What a user sees for this size: its display name plus vCPU and GiB."""
+        vcpu = f"{self.cpu / 1024:g} vCPU"
+        memory = f"{self.memory / 1024:g} GiB"
+        return f"{self.display_name} ({vcpu}, {memory})" if self.display_name else f"{vcpu}, {memory}"
+
+
+class HealthCheck(_Strict):
+    """The container health check, in seconds, within the ranges ECS accepts."""
+
+    command: list[str] = Field(min_length=2)
+    interval: int = Field(ge=5, le=300)
+    timeout: int = Field(default=5, ge=2, le=60)
+    retries: int = Field(ge=1, le=10)
+    start_period: int = Field(ge=0, le=300)
+
+    @field_validator("command")
+    @classmethod
+    def _command_form(cls, command: list[str]) -> list[str]:
+        if command[0] not in ("CMD", "CMD-SHELL"):
+            raise ValueError(f"must start with CMD or CMD-SHELL, not {command[0]!r}")
+        return command
+
+    def as_ecs(self) -> dict:
+        """The container definition's healthCheck, as RegisterTaskDefinition takes it."""
+        return {
+            "command": list(self.command),
+            "interval": self.interval,
+            "timeout": self.timeout,
+            "retries": self.retries,
+            "startPeriod": self.start_period,
+        }
+
+
+class LocalRun(_Strict):
+    """What local ECS's process mode runs instead of the image, which may not be public."""
+
+    command: list[str] = Field(min_length=1)
+    #: True when the command is a labelled stand-in rather than the real product.
+    stand_in: bool
+
+
+class Service(_Strict):
+    """One kind of user server (Lab, Chat, WAIIDE) and the sizes it comes in."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    display_name: str = Field(min_length=1)
+    description: str = ""
+    image: str = Field(min_length=1, pattern=r"^\S+$")
+    family: str = Field(pattern=ECS_NAME_PATTERN)
+    container_name: str = Field(pattern=ECS_NAME_PATTERN)
+    port: int = Field(ge=1, le=65535)
+    #: the container's command; None keeps the image's own, and then spawner args are not passed.
+    command: list[str] | None = None
+    health_check: HealthCheck
+    sizes: dict[str, Size] = Field(min_length=1)
+    default_size: str
+    local: LocalRun
+
+    @field_validator("sizes")
+    @classmethod
+    def _size_names(cls, sizes: dict[str, Size]) -> dict[str, Size]:
+        for name in sizes:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(
+                    f"size name {name!r} must be lower case letters, digits, '-' or '_', "
+                    "starting with a letter (at most 32)"
+                )
+        return sizes
+
+    @model_validator(mode="after")
+    def _default_size_offered(self) -> Service:
+        if self.default_size not in self.sizes:
+            offered = ", ".join(self.sizes)
+            raise ValueError(f"default_size {self.default_size!r} is not one of its sizes ({offered})")
+        return self
+
+    @property
+    def smallest_size(self) -> Size:
+        """The task definition's own cpu/memory: every RunTask override is this size or larger."""
+        return min(self.sizes.values(), key=lambda size: (size.cpu, size.memory))
+
