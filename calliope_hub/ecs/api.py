@@ -1,0 +1,330 @@
+"""The only door from the hub to ECS: one shared aiobotocore client, kept under the quota.
+
+Every spawner and the TaskWatcher go through `EcsApi`, so there is one HTTP connection pool,
+one set of client-side token buckets and one place that counts calls. The buckets mirror
+AWS's per-account quotas (calliope_hub.quotas): a call waits for its token instead of being
+throttled, because a throttled ECS answer costs a round trip and a backoff, and the bucket
+is shared by everything else in the account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore import xform_name
+from botocore.exceptions import BotoCoreError, ClientError
+
+from calliope_hub.metrics import ECS_API_CALLS, ECS_THROTTLES
+from calliope_hub.quotas import AWS_QUOTAS, CATEGORIES, Quota, QuotaBuckets
+
+log = logging.getLogger(__name__)
+
+#: Error codes that mean "slow down" (the ones botocore's standard retry mode treats so).
+THROTTLE_CODES = frozenset(
+    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
+)
+#: Bounds ListTasks paging (100 tasks a page, so 100,000 tasks) so it can never loop forever.
+MAX_LIST_PAGES = 1000
+DESCRIBE_LIMIT = 100
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class EcsTarget:
+    """Which ECS to talk to; one shared client per target."""
+
+    region: str
+    endpoint_url: str | None = None
+    profile: str | None = None
+
+
+@dataclass
+class DescribeResult:
+    """A DescribeTasks answer; `missing` are the ARNs ECS no longer knows (reason MISSING)."""
+
+    tasks: list[dict[str, Any]]
+    missing: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+class EcsApiError(Exception):
+    """Any failed ECS call: an ECS error code, a throttle, a timeout or a broken connection."""
+
+    def __init__(self, operation: str, code: str, message: str, *, throttled: bool = False):
+        super().__init__(f"{operation}: {code}: {message}")
+        self.operation = operation
+        self.code = code
+        self.message = message
+        self.throttled = throttled
+
+    @classmethod
+    def from_exception(cls, operation: str, exc: BaseException) -> EcsApiError:
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code") or "Unknown")
+            return cls(operation, code, str(error.get("Message") or exc), throttled=code in THROTTLE_CODES)
+        return cls(operation, type(exc).__name__, str(exc) or type(exc).__name__)
+
+
+_WRAPPED_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class EcsApi:
+    """One aiobotocore ECS client with client-side quota buckets and call counters.
+
+    Use `EcsApi.shared(target)` in the hub; `EcsApi.create` gives an unshared instance
+    (benchmarks, tests) whose clock and sleep can be injected.
+    """
+
+    _shared: ClassVar[dict[tuple[EcsTarget, str, bool], asyncio.Task[EcsApi]]] = {}
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        limiter: QuotaBuckets | None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        exit_stack: contextlib.AsyncExitStack | None = None,
+    ):
+        self._client = client
+        self._limiter = limiter
+        self._sleep = sleep
+        self._exit_stack = exit_stack
+        self._limit_locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        #: (operation, outcome) -> calls, outcome ok | throttled | error (after botocore's retries).
+        self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
+        #: operation -> HTTP attempts, retries included.
+        self.attempts: collections.Counter[str] = collections.Counter()
+        #: operation -> throttled HTTP answers, including those botocore retried away.
+        self.throttles: collections.Counter[str] = collections.Counter()
+        #: operation -> calls the client-side limiter held back to stay under the quota.
+        self.limited: collections.Counter[str] = collections.Counter()
+        client.meta.events.register("response-received.ecs", self._on_response_received)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls,
+        target: EcsTarget,
+        *,
+        retry_mode: str = "standard",
+        max_attempts: int = 5,
+        client_quotas: dict[str, Quota] | None = AWS_QUOTAS,
+        connect_timeout: float = 5,
+        read_timeout: float = 15,
+        max_pool_connections: int = 50,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> EcsApi:
+        """A new, unshared client in the running loop; the caller closes it."""
+        if retry_mode not in ("standard", "adaptive", "legacy"):
+            raise ValueError(f"retry_mode must be standard, adaptive or legacy, not {retry_mode!r}")
+        config = AioConfig(
+            retries={"mode": retry_mode, "max_attempts": max_attempts},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_pool_connections=max_pool_connections,
+        )
+        session = AioSession(profile=target.profile)
+        stack = contextlib.AsyncExitStack()
+        client = await stack.enter_async_context(
+            session.create_client(
+                "ecs",
+                region_name=target.region,
+                endpoint_url=target.endpoint_url,
+                config=config,
+                **_local_credentials(target),
+            )
+        )
+        limiter = QuotaBuckets(client_quotas, clock) if client_quotas is not None else None
+        return cls(client, limiter=limiter, sleep=sleep, exit_stack=stack)
+
+    @classmethod
+    async def shared(
+        cls,
+        target: EcsTarget,
+        *,
+        retry_mode: str = "standard",
+        max_attempts: int = 5,
+        client_quotas: dict[str, Quota] | None = AWS_QUOTAS,
+        connect_timeout: float = 5,
+        read_timeout: float = 15,
+    ) -> EcsApi:
+        """The process's client for (target, retry mode, limiter on/off); options apply once.
+
+        Concurrent first callers share one creation. A client made in another (finished)
+        event loop, as happens between tests, is dropped and a new one made in this loop.
+        """
+        loop = asyncio.get_running_loop()
+        key = (target, retry_mode, client_quotas is not None)
+        creating = cls._shared.get(key)
+        if creating is None or creating.get_loop() is not loop or _failed(creating):
+            creating = loop.create_task(
+                cls.create(
+                    target,
+                    retry_mode=retry_mode,
+                    max_attempts=max_attempts,
+                    client_quotas=client_quotas,
+                    connect_timeout=connect_timeout,
+                    read_timeout=read_timeout,
+                )
+            )
+            cls._shared[key] = creating
+        return await asyncio.shield(creating)
+
+    @classmethod
+    async def close_all(cls) -> None:
+        """Close every shared client of the running loop (at hub shutdown)."""
+        loop = asyncio.get_running_loop()
+        entries, cls._shared = cls._shared, {}
+        for creating in entries.values():
+            if creating.get_loop() is not loop:
+                continue
+            with contextlib.suppress(Exception):
+                await (await creating).close()
+
+    async def close(self) -> None:
+        for key, creating in list(self._shared.items()):
+            if creating.done() and not _failed(creating) and creating.result() is self:
+                del self._shared[key]
+        if self._exit_stack is not None:
+            stack, self._exit_stack = self._exit_stack, None
+            await stack.aclose()
+
+    # ---- operations -----------------------------------------------------------------------
+
+    async def run_task(self, request: dict[str, Any]) -> dict[str, Any]:
+        """RunTask; the raw response (its `tasks` and `failures`)."""
+        return await self._call("RunTask", request)
+
+    async def describe_tasks(self, cluster: str, arns: Sequence[str]) -> DescribeResult:
+        """DescribeTasks with tags for at most 100 ARNs (ECS's limit)."""
+        if len(arns) > DESCRIBE_LIMIT:
+            raise ValueError(f"DescribeTasks takes at most {DESCRIBE_LIMIT} ARNs, not {len(arns)}")
+        if not arns:
+            return DescribeResult(tasks=[])
+        response = await self._call(
+            "DescribeTasks", {"cluster": cluster, "tasks": list(arns), "include": ["TAGS"]}
+        )
+        failures = list(response.get("failures") or ())
+        missing = [f["arn"] for f in failures if f.get("reason") == "MISSING" and f.get("arn")]
+        return DescribeResult(tasks=list(response.get("tasks") or ()), missing=missing, failures=failures)
+
+    async def stop_task(self, cluster: str, arn: str, reason: str) -> dict[str, Any] | None:
+        """StopTask; the raw response, or None when ECS no longer knows the task."""
+        try:
+            return await self._call("StopTask", {"cluster": cluster, "task": arn, "reason": reason})
+        except EcsApiError as e:
+            if e.code == "InvalidParameterException" and "not found" in e.message.lower():
+                return None
+            raise
+
+    async def list_tasks(
+        self,
+        cluster: str,
+        *,
+        started_by: str | None = None,
+        family: str | None = None,
+        desired_status: str = "RUNNING",
+    ) -> list[str]:
+        """Every task ARN matching the filters, following nextToken 100 at a time."""
+        params: dict[str, Any] = {"cluster": cluster, "maxResults": 100, "desiredStatus": desired_status}
+        if started_by:
+            params["startedBy"] = started_by
+        if family:
+            params["family"] = family
+        arns: list[str] = []
+        for _ in range(MAX_LIST_PAGES):
+            response = await self._call("ListTasks", params)
+            arns.extend(response.get("taskArns") or ())
+            token = response.get("nextToken")
+            if not token or token == params.get("nextToken"):
+                return arns
+            params["nextToken"] = token
+        raise EcsApiError("ListTasks", "PagingLimitExceeded", f"more than {MAX_LIST_PAGES} pages")
+
+    async def register_task_definition(self, request: dict[str, Any]) -> dict[str, Any]:
+        """RegisterTaskDefinition; the raw response (its `taskDefinition`)."""
+        return await self._call("RegisterTaskDefinition", request)
+
+    async def ensure_cluster(self, name: str) -> str:
+        """The ARN of the ACTIVE cluster `name`, created when it does not exist."""
+        response = await self._call("DescribeClusters", {"clusters": [name]})
+        for cluster in response.get("clusters") or ():
+            if cluster.get("status") == "ACTIVE":
+                return str(cluster["clusterArn"])
+        created = await self._call("CreateCluster", {"clusterName": name})
+        return str(created["cluster"]["clusterArn"])
+
+    # ---- plumbing -------------------------------------------------------------------------
+
+    async def _call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One ECS call: wait for quota tokens, call, count, wrap errors into EcsApiError."""
+        await self._take_tokens(operation)
+        method = getattr(self._client, xform_name(operation))
+        try:
+            response: dict[str, Any] = await method(**params)
+        except _WRAPPED_ERRORS as e:
+            error = EcsApiError.from_exception(operation, e)
+            self._count(operation, "throttled" if error.throttled else "error")
+            raise error from e
+        self._count(operation, "ok")
+        return response
+
+    async def _take_tokens(self, operation: str) -> None:
+        """Wait, without spinning, until the operation's quota tokens are there.
+
+        Waiters queue FIFO per category set, so a burst drains in order and each wakes once
+        per token instead of every waiter racing for every token.
+        """
+        categories = CATEGORIES.get(operation, ())
+        if self._limiter is None or not categories:
+            return
+        lock = self._limit_locks.setdefault(categories, asyncio.Lock())
+        if not lock.locked() and self._limiter.try_take(operation):
+            return
+        self.limited[operation] += 1
+        async with lock:
+            while not self._limiter.try_take(operation):
+                await self._sleep(max(self._limiter.delay_for(operation), 0.001))
+
+    def _count(self, operation: str, outcome: str) -> None:
+        self.calls[(operation, outcome)] += 1
+        ECS_API_CALLS.labels(operation, outcome).inc()
+
+    def _on_response_received(self, *, event_name: str, parsed_response: Any = None, **_: Any) -> None:
+        """botocore emits this for every HTTP attempt, so retried throttles are seen too."""
+        operation = event_name.rsplit(".", 1)[-1]
+        self.attempts[operation] += 1
+        code = ((parsed_response or {}).get("Error") or {}).get("Code")
+        if code in THROTTLE_CODES:
+            self.throttles[operation] += 1
+            ECS_THROTTLES.labels(operation).inc()
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)
+
+
+def _local_credentials(target: EcsTarget) -> dict[str, str]:
+    """Placeholder credentials for a loopback endpoint (local ECS, moto) when none are set.
+
+    Nothing on loopback checks signatures, and a newcomer's `make up` should not need AWS keys.
+    """
+    host = urlsplit(target.endpoint_url or "").hostname
+    if host not in _LOOPBACK_HOSTS or target.profile or os.environ.get("AWS_ACCESS_KEY_ID"):
+        return {}
+    return {"aws_access_key_id": "calliope-local", "aws_secret_access_key": "calliope-local"}
