@@ -158,12 +158,12 @@ class ProcessRunner:
         try:
             for container in spec.containers:
                 if not container.argv:
-                    raise _CannotStart(f"no command for image {container.image}")
+                    raise ValueError(f"no command for image {container.image}")
                 if container.health_check is not None:
                     health_check_argv(container.health_check)
             for container in spec.containers:
                 task.processes[container.name] = await self._spawn(container, spec.ip, task.log_path)
-        except (_CannotStart, ValueError, OSError) as exc:
+        except (ValueError, OSError) as exc:
             await self._abandon(task, f"CannotStartContainerError: {exc}")
             return
         self._tasks[spec.task_id] = task
@@ -293,10 +293,6 @@ class ProcessRunner:
 
     def _report_exited(self, task: _LocalTask, codes: dict, reason: str, failed_to_start: bool) -> None:
         _call_hook(task.hooks.exited, codes, reason, failed_to_start)
-
-
-class _CannotStart(Exception):
-    pass
 
 
 def _call_hook(hook, *args) -> None:  # noqa: ANN001 - a TaskHooks method
