@@ -1,0 +1,86 @@
+"""Local ECS's settings: one plain dataclass, shared by the CLI, tests and benchmarks."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from calliope_hub.quotas import AWS_QUOTAS, Quota
+
+#: the short names `--throttle` accepts, mapped to the AWS quota categories.
+THROTTLE_NAMES = {
+    "read": "cluster-read",
+    "modify": "cluster-modify",
+    "fargate": "fargate-run-task",
+}
+
+
+@dataclass
+class LocalEcsConfig:
+    host: str = "127.0.0.1"
+    port: int = 9400
+    #: "sim" pretends to run containers; "process" runs each container's command locally.
+    mode: str = "sim"
+    #: "aws" (the documented quotas), "off", or "read=100:20,modify=100:40,fargate=20:20".
+    throttle: str = "aws"
+    events_url: str | None = None
+    #: ("Name", "value") sent with every event, as an EventBridge API destination does.
+    events_header: tuple[str, str] | None = None
+    #: test switches for the event sink: fraction of events sent twice; shuffle delivery order.
+    event_duplicate: float = 0.0
+    event_reorder: bool = False
+    #: sim mode: seconds in PROVISIONING and in PENDING, each +- `sim_jitter` as a fraction.
+    sim_provisioning_s: float = 0.5
+    sim_pending_s: float = 1.0
+    sim_jitter: float = 0.2
+    #: sim mode: fraction of tasks that stop with TaskFailedToStart instead of running.
+    sim_fail_fraction: float = 0.0
+    #: sim mode: spontaneous stops (EssentialContainerExited) per running task per hour.
+    sim_stop_rate: float = 0.0
+    #: seconds a STOPPED task stays describable before it is MISSING.
+    retention_s: float = 3600.0
+    #: seconds from SIGTERM to SIGKILL on StopTask (ECS_CONTAINER_STOP_TIMEOUT).
+    stop_timeout_s: float = 30.0
+    #: where task addresses come from: inside 127.0.0.0/8; 127.0.0.1 is never handed out.
+    cidr: str = "127.20.0.0/16"
+    tls: bool = False
+    #: where `tls` keeps its self-signed certificate (a temporary directory when None).
+    tls_dir: Path | None = None
+    region: str = "us-east-1"
+    account: str = "000000000000"
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, before anything starts."""
+        if self.mode not in ("sim", "process"):
+            raise ValueError(f"mode must be 'sim' or 'process', not {self.mode!r}")
+        network = ipaddress.ip_network(self.cidr, strict=False)
+        if not network.subnet_of(ipaddress.ip_network("127.0.0.0/8")):
+            raise ValueError(f"cidr {self.cidr} must lie inside 127.0.0.0/8 (loopback)")
+        if not 0 <= self.sim_fail_fraction <= 1 or not 0 <= self.event_duplicate <= 1:
+            raise ValueError("sim_fail_fraction and event_duplicate are fractions in [0, 1]")
+        parse_throttle(self.throttle)
+
+
+def parse_throttle(spec: str) -> dict[str, Quota] | None:
+    """`--throttle` to quotas: None means off; a custom spec overrides the AWS defaults."""
+    if spec == "off":
+        return None
+    if spec == "aws":
+        return dict(AWS_QUOTAS)
+    quotas = dict(AWS_QUOTAS)
+    for item in spec.split(","):
+        name, _, shape = item.partition("=")
+        burst, _, rate = shape.partition(":")
+        category = THROTTLE_NAMES.get(name.strip())
+        try:
+            quota = Quota(burst=float(burst), rate=float(rate))
+        except ValueError:
+            quota = None
+        if category is None or quota is None or quota.burst <= 0 or quota.rate <= 0:
+            raise ValueError(
+                f"bad throttle {item!r}: use aws, off, or name=burst:rate with name one of "
+                f"{', '.join(THROTTLE_NAMES)} (e.g. read=100:20,modify=100:40,fargate=20:20)"
+            )
+        quotas[category] = quota
+    return quotas
