@@ -119,12 +119,15 @@ class Catalog:
             "essential": True,
             "portMappings": [{"containerPort": spec.port, "protocol": "tcp"}],
         }
+        smallest = spec.smallest_size
+        # A soft floor, never above any size's task memory (the hard limit on Fargate). ECS
+        # does not need it; moto's RunTask fails without a container-level memory value.
+        container["memoryReservation"] = smallest.memory
         command = spec.local.command if local else spec.command
         if command:
             container["command"] = list(command)
         if not local:
             container["healthCheck"] = spec.health_check.as_ecs()
-        smallest = spec.smallest_size
         return {
             "family": spec.family,
             "networkMode": "awsvpc",
@@ -158,18 +161,19 @@ def load_service(path: Path) -> Service:
 def _describe(problem: Mapping[str, Any]) -> str:
     """One pydantic error as an operator reads it: the dotted field, then what is wrong."""
     loc = tuple(problem["loc"])
-    where = ".".join(str(part) for part in loc) or "(top level)"
+    # A whole-file check (e.g. default_size against sizes) has no field; its message names them.
+    where = ".".join(str(part) for part in loc) + ": " if loc else ""
     kind = problem["type"]
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1])
         allowed = ", ".join(model.model_fields) if model else "none"
-        return f"{where}: unknown key {loc[-1]!r} (allowed here: {allowed})"
+        return f"{where}unknown key {loc[-1]!r} (allowed here: {allowed})"
     if kind == "missing":
-        return f"{where}: required key is missing"
+        return f"{where}required key is missing"
     message = problem["msg"].removeprefix("Value error, ")
     if kind == "value_error":
-        return f"{where}: {message}"
-    return f"{where}: {message} (got {_show(problem.get('input'))})"
+        return f"{where}{message}"
+    return f"{where}{message} (got {_show(problem.get('input'))})"
 
 
 def _model_at(path: tuple) -> type[BaseModel] | None:
