@@ -69,6 +69,11 @@ class EcsApiError(Exception):
         self.message = message
         self.throttled = throttled
 
+    @property
+    def task_gone(self) -> bool:
+        """ECS no longer knows the task (StopTask's answer for an unknown or expired ARN)."""
+        return self.code == "InvalidParameterException" and "not found" in self.message.lower()
+
     @classmethod
     def from_exception(cls, operation: str, exc: BaseException) -> EcsApiError:
         if isinstance(exc, ClientError):
@@ -129,11 +134,14 @@ class EcsApi:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> EcsApi:
-        """A new, unshared client in the running loop; the caller closes it."""
+        """A new, unshared client in the running loop; the caller closes it.
+
+        `max_attempts` counts every HTTP attempt (botocore's total_max_attempts): 1 = no retry.
+        """
         if retry_mode not in ("standard", "adaptive", "legacy"):
             raise ValueError(f"retry_mode must be standard, adaptive or legacy, not {retry_mode!r}")
         config = AioConfig(
-            retries={"mode": retry_mode, "max_attempts": max_attempts},
+            retries={"mode": retry_mode, "total_max_attempts": max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
@@ -228,7 +236,7 @@ class EcsApi:
         try:
             return await self._call("StopTask", {"cluster": cluster, "task": arn, "reason": reason})
         except EcsApiError as e:
-            if e.code == "InvalidParameterException" and "not found" in e.message.lower():
+            if e.task_gone:
                 return None
             raise
 

@@ -141,8 +141,8 @@ class TaskSnapshot:
 
     @property
     def running(self) -> bool:
-        """Running and reachable: JupyterHub needs an address, not just a status."""
-        return self.last_status == "RUNNING" and self.ip is not None
+        """Running, reachable and meant to stay so: JupyterHub needs an address, not a status."""
+        return self.last_status == "RUNNING" and self.ip is not None and not self.stopping
 
     @property
     def stopping(self) -> bool:

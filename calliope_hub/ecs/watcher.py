@@ -81,7 +81,7 @@ class TaskWatcher:
         self.call_timeout = call_timeout
         self._clock = clock
         self._tasks: dict[str, _Watched] = {}
-        self._busy: set[str] = set()  # starting, stopping or not yet seen
+        self._busy: set[str] = set()  # tasks that set the busy cadence (see _update_busy)
         self._by_status: collections.Counter[str] = collections.Counter()
         self._loop_task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[None] | None = None
@@ -111,7 +111,7 @@ class TaskWatcher:
         if watched is None:
             watched = self._tasks[arn] = _Watched()
             self._count_status(None, UNSEEN)
-            self._busy.add(arn)
+            self._update_busy(arn, watched)
         if on_stopped is not None:
             watched.on_stopped = on_stopped
             if watched.snapshot is not None and watched.snapshot.stopped:
@@ -161,11 +161,8 @@ class TaskWatcher:
         watched.snapshot = snapshot
         watched.last_ok = max(watched.last_ok or snapshot.observed_at, snapshot.observed_at)
         self._count_status(current.last_status if current else UNSEEN, snapshot.last_status)
-        if snapshot.starting or snapshot.stopping:
-            self._busy.add(snapshot.arn)
-        else:
-            self._busy.discard(snapshot.arn)
         self._resolve_waiters(watched, snapshot)
+        self._update_busy(snapshot.arn, watched)
         if snapshot.stopped:
             self._notify_stopped(watched, snapshot)
         return True
@@ -175,7 +172,8 @@ class TaskWatcher:
     ) -> TaskSnapshot:
         """The first snapshot of `arn` that satisfies `predicate` or is stopped.
 
-        Resolved by sweeps and events through `apply`; raises asyncio.TimeoutError.
+        Resolved by sweeps and events through `apply`; raises asyncio.TimeoutError. While
+        anyone waits, the task is swept at the busy cadence (e.g. a stop just requested).
         """
         watched = self._tasks.get(arn)
         if watched is None:
@@ -186,21 +184,36 @@ class TaskWatcher:
         future: asyncio.Future[TaskSnapshot] = asyncio.get_running_loop().create_future()
         entry = (predicate, future)
         watched.waiters.append(entry)
+        self._update_busy(arn, watched)
+        self._wake.set()
         try:
             return await asyncio.wait_for(future, timeout)
         finally:
             if entry in watched.waiters:
                 watched.waiters.remove(entry)
+                self._update_busy(arn, watched)
+
+    def _update_busy(self, arn: str, watched: _Watched) -> None:
+        """Busy tasks set the busy cadence: not yet seen, starting, stopping, or waited for."""
+        snapshot = watched.snapshot
+        in_flux = snapshot is None or snapshot.starting or snapshot.stopping
+        if not (snapshot and snapshot.stopped) and (in_flux or watched.waiters):
+            self._busy.add(arn)
+        else:
+            self._busy.discard(arn)
 
     def _resolve_waiters(self, watched: _Watched, snapshot: TaskSnapshot) -> None:
-        for predicate, future in list(watched.waiters):
-            if future.done():
-                continue
+        for entry in list(watched.waiters):
+            predicate, future = entry
             try:
-                if snapshot.stopped or predicate(snapshot):
+                done = future.done() or snapshot.stopped or predicate(snapshot)
+                if not future.done() and done:
                     future.set_result(snapshot)
             except Exception as e:  # a broken predicate fails its own waiter, nobody else
                 future.set_exception(e)
+                done = True
+            if done:
+                watched.waiters.remove(entry)
 
     def _notify_stopped(self, watched: _Watched, snapshot: TaskSnapshot) -> None:
         if watched.notified or watched.on_stopped is None:

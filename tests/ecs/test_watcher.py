@@ -313,6 +313,19 @@ async def test_busy_and_idle_cadence(ecs: ScriptedEcs, watcher: TaskWatcher) -> 
     assert watcher.next_delay() == 1.5
 
 
+async def test_a_waited_for_task_is_swept_at_the_busy_cadence(ecs: ScriptedEcs, watcher: TaskWatcher) -> None:
+    watcher.sweep_interval, watcher.busy_interval = 30.0, 1.5
+    (a,) = add_running(ecs, watcher, 1)
+    await watcher.refresh()
+    assert watcher.next_delay() != 1.5
+    stop_wait = asyncio.create_task(watcher.wait_for(a, lambda s: s.stopped, timeout=5))  # a stop was just sent
+    await until(lambda: watcher.next_delay() == 1.5)
+    ecs.tasks[a] = ecs_task(a, "STOPPED", version=4)
+    await watcher.refresh()
+    assert (await stop_wait).stopped
+    assert watcher.next_delay() != 1.5
+
+
 async def test_the_loop_sweeps_busy_tasks_until_they_settle(ecs: ScriptedEcs, clock: Clock) -> None:
     w = TaskWatcher(ecs, CLUSTER, sweep_interval=NEVER, busy_interval=0.001, clock=clock)  # type: ignore[arg-type]
     a = arn(1)

@@ -1,0 +1,291 @@
+"""EcsApi with real aiobotocore: against moto's ECS server, and against a scripted loopback
+endpoint for the answers moto never gives (throttling, paging, MISSING, task not found)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import boto3
+import pytest
+from aiohttp import web
+
+from calliope_hub.ecs.api import EcsApi, EcsApiError, EcsTarget
+from calliope_hub.ecs.taskinfo import TaskSnapshot
+from calliope_hub.metrics import ECS_API_CALLS, ECS_THROTTLES
+
+REGION = "us-east-1"  # moto_target's region too
+HUB = "calliope-hub/test-hub"
+THROTTLED = (400, {"__type": "ThrottlingException", "message": "Rate exceeded"})
+EMPTY_DESCRIBE = (200, {"tasks": [], "failures": []})
+
+
+class ScriptedEndpoint:
+    """A loopback ECS endpoint answering each operation from a script; the last answer repeats."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        operation = request.headers["X-Amz-Target"].rsplit(".", 1)[-1]
+        self.requests.append((operation, json.loads(await request.text())))
+        script = self.answers[operation]
+        status, body = script.pop(0) if len(script) > 1 else script[0]
+        return web.json_response(body, status=status, content_type="application/x-amz-json-1.1")
+
+    def sent(self, operation: str) -> list[dict[str, Any]]:
+        return [body for op, body in self.requests if op == operation]
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[tuple[ScriptedEndpoint, EcsTarget]]:
+    endpoint = ScriptedEndpoint()
+    app = web.Application()
+    app.router.add_post("/", endpoint.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield endpoint, EcsTarget(region=REGION, endpoint_url=f"http://{host}:{port}")
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def default_network(moto_endpoint: str) -> dict[str, Any]:
+    """awsvpc configuration on moto's default VPC (boto3 here is test set-up, not hub code)."""
+    ec2 = boto3.client(
+        "ec2", region_name=REGION, endpoint_url=moto_endpoint, aws_access_key_id="test", aws_secret_access_key="test"
+    )
+    subnet = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"][0]
+    group = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["default"]}])["SecurityGroups"][0]
+    return {"awsvpcConfiguration": {"subnets": [subnet["SubnetId"]], "securityGroups": [group["GroupId"]]}}
+
+
+def counter(metric: Any, *labels: str) -> float:
+    return float(metric.labels(*labels)._value.get())
+
+
+async def start_tasks(api: EcsApi, cluster: str, network: dict[str, Any], count: int) -> list[str]:
+    await api.ensure_cluster(cluster)
+    await api.register_task_definition(
+        {
+            "family": "lab",
+            "requiresCompatibilities": ["FARGATE"],
+            "networkMode": "awsvpc",
+            "cpu": "256",
+            "memory": "512",
+            "containerDefinitions": [{"name": "lab", "image": "calliope/lab", "essential": True, "memory": 512}],
+        }
+    )
+    answer = await api.run_task(
+        {
+            "cluster": cluster,
+            "taskDefinition": "lab",
+            "count": count,
+            "launchType": "FARGATE",
+            "startedBy": HUB,
+            "tags": [{"key": "calliope:user", "value": "ada"}],
+            "networkConfiguration": network,
+        }
+    )
+    return [t["taskArn"] for t in answer["tasks"]]
+
+
+async def test_run_describe_list_stop(moto_api: EcsApi, cluster_name: str, default_network: dict[str, Any]) -> None:
+    arns = await start_tasks(moto_api, cluster_name, default_network, count=2)
+    described = await moto_api.describe_tasks(cluster_name, arns)
+    snapshots = [TaskSnapshot.from_ecs(t, observed_at=0) for t in described.tasks]
+    assert sorted(s.arn for s in snapshots) == sorted(arns) and not described.missing
+    assert all(s.tags == {"calliope:user": "ada"} and s.started_by == HUB and s.ip for s in snapshots)
+    assert sorted(await moto_api.list_tasks(cluster_name, started_by=HUB)) == sorted(arns)
+    assert await moto_api.list_tasks(cluster_name, started_by="calliope-hub/someone-else") == []
+
+    stopped = await moto_api.stop_task(cluster_name, arns[0], "Stopped by Calliope Hub")
+    assert stopped is not None and stopped["task"]["stoppedReason"] == "Stopped by Calliope Hub"
+    assert await moto_api.list_tasks(cluster_name, desired_status="STOPPED") == [arns[0]]
+    assert moto_api.calls[("RunTask", "ok")] == 1 and moto_api.calls[("DescribeTasks", "ok")] == 1
+    assert moto_api.calls[("ListTasks", "ok")] == 3 and moto_api.calls[("StopTask", "ok")] == 1
+
+
+async def test_ensure_cluster_creates_once(moto_api: EcsApi, cluster_name: str) -> None:
+    first = await moto_api.ensure_cluster(cluster_name)
+    assert first.endswith(f":cluster/{cluster_name}")
+    assert await moto_api.ensure_cluster(cluster_name) == first
+    assert moto_api.calls[("CreateCluster", "ok")] == 1
+
+
+async def test_unknown_cluster_is_an_ecs_api_error(moto_api: EcsApi) -> None:
+    before = counter(ECS_API_CALLS, "DescribeTasks", "error")
+    with pytest.raises(EcsApiError) as caught:
+        await moto_api.describe_tasks("no-such-cluster", ["arn:aws:ecs:us-east-1:123456789012:task/x/1"])
+    assert caught.value.code == "ClusterNotFoundException" and not caught.value.throttled
+    assert moto_api.calls[("DescribeTasks", "error")] == 1
+    assert counter(ECS_API_CALLS, "DescribeTasks", "error") == before + 1
+
+
+async def test_an_unreachable_endpoint_is_an_ecs_api_error() -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    api = await EcsApi.create(EcsTarget(REGION, f"http://127.0.0.1:{port}"), max_attempts=1, connect_timeout=1)
+    try:
+        with pytest.raises(EcsApiError) as caught:
+            await api.list_tasks("any")
+    finally:
+        await api.close()
+    assert caught.value.code == "EndpointConnectionError"
+    assert api.calls[("ListTasks", "error")] == 1
+
+
+async def test_list_tasks_follows_next_token(scripted: tuple[ScriptedEndpoint, EcsTarget]) -> None:
+    endpoint, target = scripted
+    pages = [[f"arn:task/{p}-{i}" for i in range(n)] for p, n in enumerate((100, 100, 5))]
+    endpoint.answers["ListTasks"] = [
+        (200, {"taskArns": pages[0], "nextToken": "t1"}),
+        (200, {"taskArns": pages[1], "nextToken": "t2"}),
+        (200, {"taskArns": pages[2]}),
+    ]
+    api = await EcsApi.create(target)
+    try:
+        arns = await api.list_tasks("c", started_by=HUB, family="lab")
+    finally:
+        await api.close()
+    assert arns == pages[0] + pages[1] + pages[2]
+    sent = endpoint.sent("ListTasks")
+    assert [body.get("nextToken") for body in sent] == [None, "t1", "t2"]
+    assert all(
+        body["maxResults"] == 100 and body["startedBy"] == HUB and body["family"] == "lab"
+        and body["desiredStatus"] == "RUNNING"
+        for body in sent
+    )
+
+
+async def test_describe_separates_missing_from_other_failures(scripted: tuple[ScriptedEndpoint, EcsTarget]) -> None:
+    endpoint, target = scripted
+    failures = [{"arn": "arn:task/gone", "reason": "MISSING"}, {"arn": "arn:task/odd", "reason": "INTERNAL"}]
+    endpoint.answers["DescribeTasks"] = [(200, {"tasks": [{"taskArn": "arn:task/ok"}], "failures": failures})]
+    api = await EcsApi.create(target)
+    try:
+        result = await api.describe_tasks("c", ["arn:task/ok", "arn:task/gone", "arn:task/odd"])
+        assert await api.describe_tasks("c", []) == type(result)(tasks=[])
+        with pytest.raises(ValueError, match="at most 100"):
+            await api.describe_tasks("c", [f"arn:task/{i}" for i in range(101)])
+    finally:
+        await api.close()
+    assert result.missing == ["arn:task/gone"] and result.failures == failures
+    assert endpoint.sent("DescribeTasks") == [
+        {"cluster": "c", "tasks": ["arn:task/ok", "arn:task/gone", "arn:task/odd"], "include": ["TAGS"]}
+    ]
+
+
+async def test_stopping_a_task_ecs_forgot_answers_none(scripted: tuple[ScriptedEndpoint, EcsTarget]) -> None:
+    endpoint, target = scripted
+    not_found = {"__type": "InvalidParameterException", "message": "The referenced task was not found."}
+    endpoint.answers["StopTask"] = [(400, not_found), (400, {"__type": "AccessDeniedException", "message": "no"})]
+    api = await EcsApi.create(target, max_attempts=1)
+    try:
+        assert await api.stop_task("c", "arn:task/gone", "Stopped by Calliope Hub") is None
+        with pytest.raises(EcsApiError) as caught:
+            await api.stop_task("c", "arn:task/gone", "Stopped by Calliope Hub")
+    finally:
+        await api.close()
+    assert caught.value.code == "AccessDeniedException" and not caught.value.task_gone
+
+
+async def test_throttles_that_retries_swallow_are_counted(scripted: tuple[ScriptedEndpoint, EcsTarget]) -> None:
+    endpoint, target = scripted
+    endpoint.answers["DescribeTasks"] = [THROTTLED, THROTTLED, EMPTY_DESCRIBE]
+    before = counter(ECS_THROTTLES, "DescribeTasks")
+    api = await EcsApi.create(target, retry_mode="standard", max_attempts=5)
+    try:
+        result = await api.describe_tasks("c", ["arn:task/1"])
+    finally:
+        await api.close()
+    assert result.tasks == [] and len(endpoint.sent("DescribeTasks")) == 3
+    assert api.calls == {("DescribeTasks", "ok"): 1}
+    assert api.throttles["DescribeTasks"] == 2 and api.attempts["DescribeTasks"] == 3
+    assert counter(ECS_THROTTLES, "DescribeTasks") == before + 2
+
+
+async def test_throttling_beyond_the_retries_is_a_throttled_error(scripted: tuple[ScriptedEndpoint, EcsTarget]) -> None:
+    endpoint, target = scripted
+    endpoint.answers["DescribeTasks"] = [THROTTLED]
+    api = await EcsApi.create(target, max_attempts=2)
+    try:
+        with pytest.raises(EcsApiError) as caught:
+            await api.describe_tasks("c", ["arn:task/1"])
+    finally:
+        await api.close()
+    assert caught.value.throttled and caught.value.code == "ThrottlingException"
+    assert api.calls == {("DescribeTasks", "throttled"): 1} and api.throttles["DescribeTasks"] == 2
+
+
+class FakeTime:
+    """A clock that only moves when the limiter sleeps, so the test measures tokens, not time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+async def test_the_limiter_holds_back_the_101st_read(scripted: tuple[ScriptedEndpoint, EcsTarget]) -> None:
+    endpoint, target = scripted
+    endpoint.answers["DescribeTasks"] = [EMPTY_DESCRIBE]
+    endpoint.answers["ListTasks"] = [(200, {"taskArns": []})]
+    time = FakeTime()
+    api = await EcsApi.create(target, clock=time.clock, sleep=time.sleep)
+    try:
+        await asyncio.gather(*(api.describe_tasks("c", ["arn:task/1"]) for _ in range(100)))
+        assert time.sleeps == [] and not api.limited
+        await api.list_tasks("c")  # ListTasks draws on the same cluster-read bucket
+    finally:
+        await api.close()
+    assert time.sleeps == [pytest.approx(1 / 20)] and api.limited == {"ListTasks": 1}
+    assert len(endpoint.requests) == 101
+
+
+async def test_without_quotas_nothing_is_held_back(scripted: tuple[ScriptedEndpoint, EcsTarget]) -> None:
+    endpoint, target = scripted
+    endpoint.answers["DescribeTasks"] = [EMPTY_DESCRIBE]
+    time = FakeTime()
+    api = await EcsApi.create(target, client_quotas=None, clock=time.clock, sleep=time.sleep)
+    try:
+        await asyncio.gather(*(api.describe_tasks("c", ["arn:task/1"]) for _ in range(150)))
+    finally:
+        await api.close()
+    assert time.sleeps == [] and api.calls == {("DescribeTasks", "ok"): 150}
+
+
+async def test_shared_is_one_client_per_target_and_limiter(moto_target: EcsTarget, cluster_name: str) -> None:
+    apis = await asyncio.gather(*(EcsApi.shared(moto_target) for _ in range(5)))
+    naive = await EcsApi.shared(moto_target, client_quotas=None)
+    try:
+        assert all(api is apis[0] for api in apis) and naive is not apis[0]
+        assert await EcsApi.shared(moto_target, max_attempts=1) is apis[0]  # options apply once
+        await apis[0].ensure_cluster(cluster_name)
+        assert await apis[0].list_tasks(cluster_name) == []
+    finally:
+        await EcsApi.close_all()
+    renewed = await EcsApi.shared(moto_target)
+    await EcsApi.close_all()
+    assert renewed is not apis[0]
+
+
+async def test_bad_retry_mode_is_refused(moto_target: EcsTarget) -> None:
+    with pytest.raises(ValueError, match="retry_mode"):
+        await EcsApi.create(moto_target, retry_mode="sometimes")
