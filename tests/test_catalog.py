@@ -15,7 +15,6 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from moto.server import ThreadedMotoServer
 
 from calliope_hub.catalog import (
     BUILTIN_DIRECTORY,
@@ -390,18 +389,7 @@ def test_options_form_escapes_catalog_text(tmp_path: Path) -> None:
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
 
 
-# --- a real RunTask against moto's ECS ----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+# --- a real RunTask against moto's ECS (tests/conftest.py's moto_ecs) ----------------------------
 
 
 def aws_client(service: str, endpoint: str):
@@ -412,8 +400,8 @@ def aws_client(service: str, endpoint: str):
 
 
 @pytest.mark.parametrize("service", ["lab", "chat"])
-def test_real_run_task_against_moto(catalog: Catalog, moto_endpoint: str, service: str) -> None:
-    ecs, ec2 = aws_client("ecs", moto_endpoint), aws_client("ec2", moto_endpoint)
+def test_real_run_task_against_moto(catalog: Catalog, moto_ecs: str, service: str) -> None:
+    ecs, ec2 = aws_client("ecs", moto_ecs), aws_client("ec2", moto_ecs)
     subnet = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"][0]
     cluster = f"catalog-{service}"
     ecs.create_cluster(clusterName=cluster)

@@ -142,6 +142,10 @@ def load_service(path: Path) -> Service:
     """One service file, or a CatalogError naming the file and the field."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CatalogError(f"{path}: not valid YAML{where}: {error.problem}") from None
     except yaml.YAMLError as error:
         raise CatalogError(f"{path}: not valid YAML: {error}") from None
     except (OSError, UnicodeDecodeError) as error:

@@ -184,6 +184,8 @@ def main(argv: list[str]) -> int:
     except ValueError as error:
         print(f"stand-in: bad environment: {error}", file=sys.stderr)
         return 2
+    # A StopTask that lands before the loop's handlers exist still ends with 0, as after.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         asyncio.run(serve(config))
     except OSError as error:
