@@ -47,13 +47,14 @@ http.server.HTTPServer((host, port), Hello).serve_forever()
 class RecordingHooks:
     def __init__(self, on_running=None) -> None:
         self.calls: list = []
+        self.seen_when_running = None
         self.is_running = asyncio.Event()
         self.has_exited = asyncio.Event()
         self._on_running = on_running
 
     def running(self) -> None:
         if self._on_running is not None:
-            self._on_running()
+            self.seen_when_running = self._on_running()
         self.calls.append("running")
         self.is_running.set()
 
@@ -218,13 +219,18 @@ async def test_health_check_gates_running(runner):
         "interval": 30, "timeout": 5, "retries": 3, "startPeriod": 20,
     }
 
-    def answers_already() -> None:
-        socket.create_connection((ip, port), timeout=1).close()  # raises if running() came too early
+    def answers_already() -> bool:
+        try:
+            socket.create_connection((ip, port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     hooks = RecordingHooks(on_running=answers_already)
     await runner.start(server_spec(ip, port, environment={"DELAY_BIND": "1.5"}, health_check=check), hooks)
     await asyncio.wait_for(hooks.is_running.wait(), 15)
     assert hooks.calls == ["running"]
+    assert hooks.seen_when_running is True, "running() only once the health check passed"
 
 
 async def test_failures_in_start_period_do_not_count(runner, tmp_path):
