@@ -1,12 +1,13 @@
-"""Fixtures for the ECS client and watcher tests: moto's ECS server on a free loopback port."""
+"""Fixtures for the EcsApi tests, on top of the suite's `moto_ecs` and `ecs_endpoint`."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from typing import Any
 
+import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from calliope_hub.ecs.api import EcsApi, EcsTarget
 
@@ -14,21 +15,9 @@ REGION = "us-east-1"
 _clusters = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """moto's ECS (a second, independent ECS implementation), shared by the session."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def moto_target(moto_endpoint: str) -> EcsTarget:
-    return EcsTarget(region=REGION, endpoint_url=moto_endpoint)
+def moto_target(moto_ecs: str) -> EcsTarget:
+    return EcsTarget(region=REGION, endpoint_url=moto_ecs)
 
 
 @pytest.fixture
@@ -41,6 +30,27 @@ async def moto_api(moto_target: EcsTarget) -> AsyncIterator[EcsApi]:
 
 
 @pytest.fixture
+async def any_api(ecs_endpoint: str) -> AsyncIterator[EcsApi]:
+    """An EcsApi on each ECS implementation in turn (local ECS, then moto)."""
+    api = await EcsApi.create(EcsTarget(region=REGION, endpoint_url=ecs_endpoint), max_attempts=1)
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+@pytest.fixture
+def network(request: pytest.FixtureRequest, ecs_endpoint: str) -> dict[str, Any]:
+    """awsvpc on the default VPC: moto checks that subnet and group exist, local ECS takes any."""
+    subnet, group = "subnet-12345678", "sg-12345678"
+    if request.node.callspec.params["ecs_endpoint"] == "moto":
+        ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ecs_endpoint)  # test set-up only
+        subnet = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"][0]["SubnetId"]
+        group = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+    return {"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group], "assignPublicIp": "DISABLED"}}
+
+
+@pytest.fixture
 def cluster_name() -> str:
     """A cluster of this test's own: moto's state lives as long as the session."""
-    return f"calliope-test-{next(_clusters)}"
+    return f"calliope-api-{next(_clusters)}"

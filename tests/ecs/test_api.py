@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import boto3
 import pytest
 from aiohttp import web
 
 from calliope_hub.ecs.api import EcsApi, EcsApiError, EcsTarget
 from calliope_hub.ecs.taskinfo import TaskSnapshot
 from calliope_hub.metrics import ECS_API_CALLS, ECS_THROTTLES
+from calliope_hub.quotas import Quota
 
 REGION = "us-east-1"  # moto_target's region too
 HUB = "calliope-hub/test-hub"
@@ -57,22 +57,12 @@ async def scripted() -> AsyncIterator[tuple[ScriptedEndpoint, EcsTarget]]:
         await runner.cleanup()
 
 
-@pytest.fixture
-def default_network(moto_endpoint: str) -> dict[str, Any]:
-    """awsvpc configuration on moto's default VPC (boto3 here is test set-up, not hub code)."""
-    ec2 = boto3.client(
-        "ec2", region_name=REGION, endpoint_url=moto_endpoint, aws_access_key_id="test", aws_secret_access_key="test"
-    )
-    subnet = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"][0]
-    group = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["default"]}])["SecurityGroups"][0]
-    return {"awsvpcConfiguration": {"subnets": [subnet["SubnetId"]], "securityGroups": [group["GroupId"]]}}
-
-
 def counter(metric: Any, *labels: str) -> float:
     return float(metric.labels(*labels)._value.get())
 
 
 async def start_tasks(api: EcsApi, cluster: str, network: dict[str, Any], count: int) -> list[str]:
+    """`count` tasks of a FARGATE/awsvpc definition, 10 a RunTask (ECS's limit)."""
     await api.ensure_cluster(cluster)
     await api.register_task_definition(
         {
@@ -84,34 +74,46 @@ async def start_tasks(api: EcsApi, cluster: str, network: dict[str, Any], count:
             "containerDefinitions": [{"name": "lab", "image": "calliope/lab", "essential": True, "memory": 512}],
         }
     )
-    answer = await api.run_task(
-        {
-            "cluster": cluster,
-            "taskDefinition": "lab",
-            "count": count,
-            "launchType": "FARGATE",
-            "startedBy": HUB,
-            "tags": [{"key": "calliope:user", "value": "ada"}],
-            "networkConfiguration": network,
-        }
-    )
-    return [t["taskArn"] for t in answer["tasks"]]
+    arns: list[str] = []
+    for batch in range(0, count, 10):
+        answer = await api.run_task(
+            {
+                "cluster": cluster,
+                "taskDefinition": "lab",
+                "count": min(10, count - batch),
+                "launchType": "FARGATE",
+                "startedBy": HUB,
+                "tags": [{"key": "calliope:user", "value": "ada"}],
+                "networkConfiguration": network,
+            }
+        )
+        arns.extend(t["taskArn"] for t in answer["tasks"])
+    return arns
 
 
-async def test_run_describe_list_stop(moto_api: EcsApi, cluster_name: str, default_network: dict[str, Any]) -> None:
-    arns = await start_tasks(moto_api, cluster_name, default_network, count=2)
-    described = await moto_api.describe_tasks(cluster_name, arns)
+async def test_run_describe_list_stop(any_api: EcsApi, cluster_name: str, network: dict[str, Any]) -> None:
+    arns = await start_tasks(any_api, cluster_name, network, count=105)
+    described = await any_api.describe_tasks(cluster_name, arns[:100])
     snapshots = [TaskSnapshot.from_ecs(t, observed_at=0) for t in described.tasks]
-    assert sorted(s.arn for s in snapshots) == sorted(arns) and not described.missing
-    assert all(s.tags == {"calliope:user": "ada"} and s.started_by == HUB and s.ip for s in snapshots)
-    assert sorted(await moto_api.list_tasks(cluster_name, started_by=HUB)) == sorted(arns)
-    assert await moto_api.list_tasks(cluster_name, started_by="calliope-hub/someone-else") == []
+    assert sorted(s.arn for s in snapshots) == sorted(arns[:100]) and not described.missing
+    assert all(s.tags == {"calliope:user": "ada"} and s.started_by == HUB for s in snapshots)
+    assert sorted(await any_api.list_tasks(cluster_name, started_by=HUB)) == sorted(arns)  # two pages
+    assert await any_api.list_tasks(cluster_name, started_by="calliope-hub/someone-else") == []
 
-    stopped = await moto_api.stop_task(cluster_name, arns[0], "Stopped by Calliope Hub")
-    assert stopped is not None and stopped["task"]["stoppedReason"] == "Stopped by Calliope Hub"
-    assert await moto_api.list_tasks(cluster_name, desired_status="STOPPED") == [arns[0]]
-    assert moto_api.calls[("RunTask", "ok")] == 1 and moto_api.calls[("DescribeTasks", "ok")] == 1
-    assert moto_api.calls[("ListTasks", "ok")] == 3 and moto_api.calls[("StopTask", "ok")] == 1
+    stopped = await any_api.stop_task(cluster_name, arns[0], "Stopped by Calliope Hub")
+    assert stopped is not None and stopped["task"]["desiredStatus"] == "STOPPED"
+    assert stopped["task"]["stoppedReason"] == "Stopped by Calliope Hub"
+    assert arns[0] in await any_api.list_tasks(cluster_name, desired_status="STOPPED")
+    assert any_api.calls[("RunTask", "ok")] == 11 and any_api.calls[("DescribeTasks", "ok")] == 1
+    assert any_api.calls[("StopTask", "ok")] == 1 and not any_api.throttles
+
+
+@pytest.mark.local_ecs_only(reason="moto never answers MISSING for tasks")
+async def test_unknown_tasks_are_missing(any_api: EcsApi, cluster_name: str, network: dict[str, Any]) -> None:
+    (arn,) = await start_tasks(any_api, cluster_name, network, count=1)
+    unknown = arn.rsplit("/", 1)[0] + "/" + "0" * 32
+    result = await any_api.describe_tasks(cluster_name, [arn, unknown])
+    assert [t["taskArn"] for t in result.tasks] == [arn] and result.missing == [unknown]
 
 
 async def test_ensure_cluster_creates_once(moto_api: EcsApi, cluster_name: str) -> None:
@@ -289,3 +291,22 @@ async def test_shared_is_one_client_per_target_and_limiter(moto_target: EcsTarge
 async def test_bad_retry_mode_is_refused(moto_target: EcsTarget) -> None:
     with pytest.raises(ValueError, match="retry_mode"):
         await EcsApi.create(moto_target, retry_mode="sometimes")
+
+
+async def test_the_limiter_keeps_under_a_real_quota(local_ecs_factory: Callable[..., Any]) -> None:
+    """Local ECS enforces a small read quota; the limited client is never throttled, the naive one is."""
+    server = local_ecs_factory(throttle="read=15:20")
+    target = EcsTarget(REGION, server.endpoint_url)
+    limited = await EcsApi.create(target, client_quotas={"cluster-read": Quota(burst=10, rate=20)})
+    naive = await EcsApi.create(target, client_quotas=None, max_attempts=1)
+    try:
+        await limited.ensure_cluster("quota")
+        await asyncio.gather(*(limited.list_tasks("quota") for _ in range(30)))
+        answers = await asyncio.gather(*(naive.list_tasks("quota") for _ in range(30)), return_exceptions=True)
+    finally:
+        await limited.close()
+        await naive.close()
+    assert limited.calls[("ListTasks", "ok")] == 30 and not limited.throttles
+    assert limited.limited["ListTasks"] > 0
+    throttled = [a for a in answers if isinstance(a, EcsApiError) and a.throttled]
+    assert throttled and naive.calls[("ListTasks", "throttled")] == len(throttled) == naive.throttles["ListTasks"]
