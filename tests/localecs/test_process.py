@@ -7,6 +7,7 @@ import random
 import socket
 import sys
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -22,26 +23,7 @@ from calliope_hub.localecs.process import (
 from calliope_hub.localecs.runner import ContainerSpec, LaunchSpec
 
 PY = sys.executable
-#: Serves GET on argv[1]:argv[2] (after 0.0.0.0 substitution); argv[3] says what SIGTERM does.
-HTTP_SERVER = r"""
-import http.server, os, signal, sys, time
-host, port, on_term = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-if on_term == "ignore":
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-elif on_term == "exit0":
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-time.sleep(float(os.environ.get("DELAY_BIND", "0")))
-class Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = ("hello from " + os.environ["LOCALECS_TASK_IP"]).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer((host, port), Hello).serve_forever()
-"""
+HELLO = str(Path(__file__).with_name("hello_task.py"))
 
 
 class RecordingHooks:
@@ -77,9 +59,10 @@ def task_address() -> tuple[str, int]:
 
 
 def server_spec(ip: str, port: int, on_term: str = "exit0", stop_timeout: float = 30.0, **container) -> LaunchSpec:
+    environment = {"ON_TERM": on_term, **container.pop("environment", {})}
     server = ContainerSpec(
-        name="app", image="local/hello", argv=[PY, "-c", HTTP_SERVER, "0.0.0.0", str(port), on_term],
-        environment=container.pop("environment", {}), port=port, **container,
+        name="app", image="local/hello", argv=[PY, HELLO, "0.0.0.0", str(port)],
+        environment=environment, port=port, **container,
     )
     return LaunchSpec(task_id=f"t{port}", ip=ip, containers=[server], stop_timeout=stop_timeout)
 
@@ -153,8 +136,9 @@ async def test_default_sigterm_death_reports_143_and_stop_is_idempotent(runner):
 
 async def test_the_whole_process_tree_is_stopped(runner):
     ip, port = task_address()
-    grandparent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {HTTP_SERVER!r}, '0.0.0.0', '{port}', 'ignore'])"
-    spec = LaunchSpec("tree", ip, [ContainerSpec("app", "local/tree", [PY, "-c", grandparent], {})], stop_timeout=0.5)
+    grandparent = f"import subprocess, sys; subprocess.run([sys.executable, {HELLO!r}, '0.0.0.0', '{port}'])"
+    tree = ContainerSpec("app", "local/tree", [PY, "-c", grandparent], {"ON_TERM": "ignore"})
+    spec = LaunchSpec("tree", ip, [tree], stop_timeout=0.5)
     hooks = RecordingHooks()
     await runner.start(spec, hooks)
     await wait_for_answer(ip, port)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import boto3
 import psutil
@@ -17,24 +18,8 @@ import pytest
 
 PORT = 8888
 STOP_TIMEOUT = 2.0
-#: Binds $BIND_HOST:$PORT (the definition says 0.0.0.0, which local ECS makes the task's address).
-HELLO = r"""
-import http.server, os, signal, sys
-if os.environ.get("ON_TERM") == "ignore":
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-else:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-class Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = ("hello from " + os.environ["LOCALECS_TASK_IP"]).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer((os.environ["BIND_HOST"], int(os.environ["PORT"])), Hello).serve_forever()
-"""
+#: Serves GET on argv[1]:argv[2]; the definition says 0.0.0.0, which local ECS makes the task's address.
+HELLO = str(Path(__file__).with_name("hello_task.py"))
 HEALTHY = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)"
 NETWORK = {"awsvpcConfiguration": {"subnets": ["subnet-local"], "assignPublicIp": "DISABLED"}}
 
@@ -85,8 +70,7 @@ def test_tasks_serve_on_their_own_address_and_stop_cleanly(ecs):
         containerDefinitions=[{
             "name": "web",
             "image": "local/hello:latest",
-            "command": [sys.executable, "-c", HELLO],
-            "environment": [{"name": "BIND_HOST", "value": "0.0.0.0"}, {"name": "PORT", "value": str(PORT)}],
+            "command": [sys.executable, HELLO, "0.0.0.0", str(PORT)],
             "portMappings": [{"containerPort": PORT}],
             "healthCheck": {
                 "command": ["CMD", sys.executable, "-c", HEALTHY, f"http://0.0.0.0:{PORT}/"],
