@@ -319,7 +319,7 @@ class TaskWatcher:
             try:
                 await self.refresh()
             except Exception:
-                log.exception("%s: sweep failed; retrying in %.1fs", self.cluster, self.busy_interval)
+                log.exception("%s: sweep failed; the next one runs as scheduled", self.cluster)
 
     async def _sleep_until_due(self) -> None:
         """Sleep for next_delay(); a new watch re-evaluates it (e.g. idle → busy)."""

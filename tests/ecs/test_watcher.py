@@ -2,6 +2,7 @@
 
 The stand-in is the one thing faked (it plays ECS); every assertion is about what the
 watcher does with ECS's answers: how many calls, which state survives, who gets told.
+The last test runs the same watcher on the real EcsApi and local ECS.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from calliope_hub.ecs.api import DescribeResult, EcsApiError
+from calliope_hub.ecs.api import DescribeResult, EcsApi, EcsApiError, EcsTarget
 from calliope_hub.ecs.taskinfo import MISSING_REASON, TaskSnapshot
 from calliope_hub.ecs.watcher import TaskNotWatched, TaskWatcher
 from calliope_hub.metrics import SWEEP_SIZE, WATCHED_TASKS
@@ -355,3 +356,39 @@ async def test_for_cluster_is_one_watcher_per_cluster(ecs: ScriptedEcs) -> None:
 def test_bad_options_are_refused(ecs: ScriptedEcs) -> None:
     with pytest.raises(ValueError, match="max_concurrency"):
         TaskWatcher(ecs, CLUSTER, max_concurrency=0)  # type: ignore[arg-type]
+
+
+async def test_with_real_parts_on_local_ecs(local_ecs_factory: Callable[..., Any]) -> None:
+    """The real EcsApi against local ECS (sim): 250 starts, batched sweeps, a stop noticed."""
+    server = local_ecs_factory()
+    api = await EcsApi.create(EcsTarget("us-east-1", server.endpoint_url))
+    network = {"awsvpcConfiguration": {"subnets": ["subnet-1"], "securityGroups": ["sg-1"]}}
+    stopped: list[TaskSnapshot] = []
+
+    async def on_stopped(snapshot: TaskSnapshot) -> None:
+        stopped.append(snapshot)
+
+    watcher = TaskWatcher(api, "real", busy_interval=0.05, sweep_interval=NEVER)
+    try:
+        await api.ensure_cluster("real")
+        await api.register_task_definition(
+            {"family": "lab", "requiresCompatibilities": ["FARGATE"], "networkMode": "awsvpc", "cpu": "256",
+             "memory": "512", "containerDefinitions": [{"name": "lab", "image": "calliope/lab", "essential": True}]}
+        )
+        request = {"cluster": "real", "taskDefinition": "lab", "count": 10, "launchType": "FARGATE",
+                   "networkConfiguration": network}
+        arns = [t["taskArn"] for _ in range(25) for t in (await api.run_task(request))["tasks"]]
+        for task_arn in arns:
+            watcher.watch(task_arn, on_stopped)
+        ready = await asyncio.gather(*(watcher.wait_for(a, lambda s: s.running, timeout=20) for a in arns))
+        assert all(s.running and s.ip for s in ready)
+        described = api.calls[("DescribeTasks", "ok")]
+        await watcher.refresh()
+        assert api.calls[("DescribeTasks", "ok")] - described == 3  # ⌈250/100⌉
+        await api.stop_task("real", arns[7], "Stopped by Calliope Hub")
+        final = await watcher.wait_for(arns[7], lambda s: s.stopped, timeout=20)
+        await until(lambda: len(stopped) == 1)
+    finally:
+        await watcher.close()
+        await api.close()
+    assert final.stopped_reason == "Stopped by Calliope Hub" and stopped == [final]
