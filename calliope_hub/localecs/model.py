@@ -7,6 +7,7 @@ what keeps DescribeTasks of 100 tasks well under a millisecond per task.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -24,6 +25,13 @@ LIFECYCLE = (
     "STOPPED",
 )
 ORDER = {status: index for index, status in enumerate(LIFECYCLE)}
+
+
+@dataclass(frozen=True)
+class RawJson:
+    """An answer already encoded as JSON, sent as is (DescribeTasks assembles cached bytes)."""
+
+    data: bytes
 
 
 class EcsError(Exception):
@@ -236,9 +244,19 @@ class Task:
     launched: bool = False
     purged: bool = False
     _wire: dict | None = field(default=None, repr=False)
+    #: the JSON encoding of the wire form, without and with tags.
+    _json: dict[bool, bytes] = field(default_factory=dict, repr=False)
 
     def touch(self) -> None:
+        """Forget the cached wire forms: call after any change, tags included."""
         self._wire = None
+        self._json.clear()
+
+    def wire_json(self, include_tags: bool = False) -> bytes:
+        encoded = self._json.get(include_tags)
+        if encoded is None:
+            encoded = self._json[include_tags] = json.dumps(self.wire(include_tags)).encode()
+        return encoded
 
     def wire(self, include_tags: bool = False) -> dict:
         if self._wire is None:

@@ -16,6 +16,7 @@ from typing import Any
 from calliope_hub.localecs.model import (
     Container,
     EcsError,
+    RawJson,
     Task,
     TaskDefinition,
     client_error,
@@ -86,8 +87,10 @@ def describe_clusters(plane: ControlPlane, params: Params) -> dict:
         raise invalid("clusters can hold at most 100 names or ARNs.")
     include_tags = "TAGS" in (_get(params, "include", list) or [])
     found, failures = [], []
+    if not _is_strings(refs):
+        raise invalid("clusters must be a list of cluster names or ARNs.")
     for ref in refs:
-        name = str(ref).rsplit("cluster/", 1)[-1]
+        name = ref.rsplit("cluster/", 1)[-1]
         cluster = plane.clusters.get(name)
         if cluster is None:
             failures.append({"arn": plane.arn(f"cluster/{name}"), "reason": "MISSING"})
@@ -103,18 +106,52 @@ def delete_cluster(plane: ControlPlane, params: Params) -> dict:
 
 # ---------------------------------------------------------------- task definitions
 
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_environment(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("value", ""), str) for e in value
+    )
+
+
+def _check_container(container: Any, names: set[str]) -> None:
+    if not isinstance(container, dict) or not isinstance(container.get("name"), str):
+        raise client_error("Every container definition needs a name.")
+    name = container["name"]
+    if not _NAME.match(name) or name in names:
+        raise client_error(f"Container name {name!r} is invalid or repeated.")
+    if not isinstance(container.get("image"), str) or not container["image"]:
+        raise client_error(f"Container {name!r} needs an image.")
+    for key in ("command", "entryPoint"):
+        if container.get(key) is not None and not _is_strings(container[key]):
+            raise client_error(f"Container {name!r}: {key} must be a list of strings.")
+    if container.get("environment") is not None and not _is_environment(container["environment"]):
+        raise client_error(f"Container {name!r}: environment must be a list of {{name, value}} strings.")
+    ports = container.get("portMappings") or []
+    if not isinstance(ports, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("containerPort"), int) and 0 < p["containerPort"] < 65536
+        for p in ports
+    ):
+        raise client_error(f"Container {name!r}: portMappings need a containerPort between 1 and 65535.")
+    check = container.get("healthCheck")
+    if check is not None and not (isinstance(check, dict) and _is_strings(check.get("command")) and check["command"]):
+        raise client_error(f"Container {name!r}: healthCheck needs a command list.")
+    for key in ("cpu", "memory", "memoryReservation"):
+        if container.get(key) is not None and (not isinstance(container[key], int) or isinstance(container[key], bool)):
+            raise client_error(f"Container {name!r}: {key} must be an integer.")
+    if not isinstance(container.get("essential", True), bool):
+        raise client_error(f"Container {name!r}: essential must be true or false.")
+    names.add(name)
+
+
 def _check_container_definitions(containers: Any) -> None:
     if not isinstance(containers, list) or not containers:
         raise client_error("containerDefinitions must be a non-empty list.")
-    names = set()
+    names: set[str] = set()
     for container in containers:
-        if not isinstance(container, dict) or not isinstance(container.get("name"), str):
-            raise client_error("Every container definition needs a name.")
-        if not _NAME.match(container["name"]) or container["name"] in names:
-            raise client_error(f"Container name {container['name']!r} is invalid or repeated.")
-        if not isinstance(container.get("image"), str) or not container["image"]:
-            raise client_error(f"Container {container['name']!r} needs an image.")
-        names.add(container["name"])
+        _check_container(container, names)
 
 
 def register_task_definition(plane: ControlPlane, params: Params) -> dict:
@@ -127,7 +164,10 @@ def register_task_definition(plane: ControlPlane, params: Params) -> dict:
         raise invalid(f"networkMode must be bridge, host, awsvpc or none, not {network_mode!r}.")
     cpu, memory = params.get("cpu"), params.get("memory")
     sizes = [parse_size(cpu, "cpu") if cpu is not None else None, parse_size(memory, "memory") if memory is not None else None]
-    if "FARGATE" in (_get(params, "requiresCompatibilities", list) or []):
+    compatibilities = _get(params, "requiresCompatibilities", list) or []
+    if not _is_strings(compatibilities) or not set(compatibilities) <= {"EC2", "FARGATE", "EXTERNAL"}:
+        raise invalid("requiresCompatibilities may hold only EC2, FARGATE and EXTERNAL.")
+    if "FARGATE" in compatibilities:
         if network_mode != "awsvpc":
             raise client_error("Fargate only supports network mode 'awsvpc'.")
         if None in sizes:
@@ -228,9 +268,9 @@ def _check_overrides(definition: TaskDefinition, overrides: dict) -> None:
         command = override.get("command")
         if command is not None and not (isinstance(command, list) and all(isinstance(a, str) for a in command)):
             raise invalid("containerOverrides command must be a list of strings.")
-        environment = override.get("environment") or []
-        if not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in environment):
-            raise invalid("containerOverrides environment must be a list of {name, value}.")
+        environment = override.get("environment")
+        if environment is not None and not _is_environment(environment):
+            raise invalid("containerOverrides environment must be a list of {name, value} strings.")
 
 
 def _subnet(definition: TaskDefinition, params: Params, fargate: bool) -> str | None:
@@ -239,9 +279,9 @@ def _subnet(definition: TaskDefinition, params: Params, fargate: bool) -> str | 
         raise invalid("Task definition does not support launch_type FARGATE: its networkMode is not awsvpc.")
     if network_mode != "awsvpc":
         return None
-    config = (_get(params, "networkConfiguration", dict) or {}).get("awsvpcConfiguration") or {}
-    subnets = config.get("subnets")
-    if not subnets or not isinstance(subnets, list):
+    config = (_get(params, "networkConfiguration", dict) or {}).get("awsvpcConfiguration")
+    subnets = config.get("subnets") if isinstance(config, dict) else None
+    if not subnets or not _is_strings(subnets):
         raise invalid("Network Configuration must be provided when networkMode 'awsvpc' is specified.")
     return str(subnets[0])
 
@@ -310,7 +350,7 @@ def run_task(plane: ControlPlane, params: Params) -> dict:
     return {"tasks": [t.wire() for t in tasks], "failures": failures}
 
 
-def describe_tasks(plane: ControlPlane, params: Params) -> dict:
+def describe_tasks(plane: ControlPlane, params: Params) -> RawJson:
     cluster = plane.cluster(_get(params, "cluster", str))
     refs = _get(params, "tasks", list, required=True)
     if not refs:
@@ -320,15 +360,17 @@ def describe_tasks(plane: ControlPlane, params: Params) -> dict:
     if not all(isinstance(ref, str) for ref in refs):
         raise invalid("tasks must be a list of task IDs or ARNs.")
     include_tags = "TAGS" in (_get(params, "include", list) or [])
-    found, failures = [], []
+    found: list[bytes] = []
+    failures = []
     for ref in refs:
         task = plane.find_task(cluster, ref)
         if task is None:
             arn = ref if ref.startswith("arn:") else plane.arn(f"task/{cluster.name}/{ref}")
             failures.append({"arn": arn, "reason": "MISSING"})
         else:
-            found.append(task.wire(include_tags))
-    return {"tasks": found, "failures": failures}
+            found.append(task.wire_json(include_tags))
+    # the hot path of every hub: assemble each task's cached JSON instead of encoding it again
+    return RawJson(b'{"tasks":[' + b",".join(found) + b'],"failures":' + json.dumps(failures).encode() + b"}")
 
 
 def list_tasks(plane: ControlPlane, params: Params) -> dict:
@@ -399,13 +441,19 @@ def tag_resource(plane: ControlPlane, params: Params) -> dict:
     if len(merged) > 50:
         raise invalid(f"A resource can have at most 50 tags; this would make {len(merged)}.")
     resource.tags = merged
+    if isinstance(resource, Task):
+        resource.touch()
     return {}
 
 
 def untag_resource(plane: ControlPlane, params: Params) -> dict:
     resource = _tagged(plane, params)
     keys = _get(params, "tagKeys", list, required=True)
+    if not _is_strings(keys):
+        raise invalid("tagKeys must be a list of strings.")
     resource.tags = {k: v for k, v in resource.tags.items() if k not in keys}
+    if isinstance(resource, Task):
+        resource.touch()
     return {}
 
 
@@ -414,7 +462,7 @@ def list_tags_for_resource(plane: ControlPlane, params: Params) -> dict:
 
 
 #: X-Amz-Target operation name -> handler.
-OPERATIONS: dict[str, Callable[[ControlPlane, Params], dict]] = {
+OPERATIONS: dict[str, Callable[[ControlPlane, Params], dict | RawJson]] = {
     "CreateCluster": create_cluster,
     "DescribeClusters": describe_clusters,
     "DeleteCluster": delete_cluster,

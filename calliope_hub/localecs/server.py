@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from calliope_hub.localecs.model import ORDER, EcsError
+from calliope_hub.localecs.model import ORDER, EcsError, RawJson
 from calliope_hub.localecs.operations import OPERATIONS
 from calliope_hub.localecs.state import ControlPlane
 from calliope_hub.quotas import Quota, QuotaBuckets
@@ -139,7 +139,7 @@ class EcsHttp:
         except Exception:
             log.exception("local ECS failed on %s", name)
             body, status, outcome = _error_body("ServerException", f"local ECS failed on {name}; see its log."), 500, "error"
-        payload = json.dumps(body).encode()
+        payload = body.data if isinstance(body, RawJson) else json.dumps(body).encode()
         self.stats.record(name, outcome, (time.perf_counter() - started) * 1000)
         return web.Response(
             body=payload, status=status, content_type=JSON_TYPE, headers={"x-amzn-RequestId": str(uuid.uuid4())}

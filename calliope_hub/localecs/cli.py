@@ -1,0 +1,128 @@
+"""`calliope-hub local-ecs`: run local ECS in the foreground until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from calliope_hub.localecs.config import LocalEcsConfig
+from calliope_hub.localecs.model import LIFECYCLE
+from calliope_hub.localecs.service import LocalEcs
+
+#: seconds between two status lines on a terminal.
+STATUS_EVERY_S = 3.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = LocalEcsConfig()
+    add = parser.add_argument
+    add("--host", default=defaults.host, help="address to listen on (default %(default)s)")
+    add("--port", type=int, default=defaults.port, help="port to listen on; 0 picks a free one (default %(default)s)")
+    add("--mode", choices=["sim", "process"], default=defaults.mode,
+        help="sim: tasks run nothing but answer HTTP; process: run each container's command locally")
+    add("--throttle", default=defaults.throttle,
+        help="aws (ECS's quotas), off, or e.g. read=100:20,modify=100:40,fargate=20:20 (burst:rate per s)")
+    add("--events-url", help="POST every ECS Task State Change event here, as an EventBridge API destination")
+    add("--events-header", help="header sent with every event, 'Name: value'")
+    add("--event-duplicate", type=float, default=0.0, help="fraction of events delivered twice (for tests)")
+    add("--event-reorder", action="store_true", help="deliver events out of order (for tests)")
+    add("--sim-provisioning", type=float, default=defaults.sim_provisioning_s, help="seconds in PROVISIONING")
+    add("--sim-pending", type=float, default=defaults.sim_pending_s, help="seconds in PENDING")
+    add("--sim-jitter", type=float, default=defaults.sim_jitter, help="+- fraction applied to those times")
+    add("--sim-fail-fraction", type=float, default=0.0, help="fraction of tasks that fail to start")
+    add("--sim-stop-rate", type=float, default=0.0, help="spontaneous stops per running task per hour")
+    add("--retention", type=float, default=defaults.retention_s, help="seconds a STOPPED task stays describable")
+    add("--stop-timeout", type=float, default=defaults.stop_timeout_s, help="seconds from SIGTERM to SIGKILL")
+    add("--cidr", default=defaults.cidr, help="task addresses come from here, inside 127.0.0.0/8")
+    add("--tls", action="store_true", help="serve https with a self-signed certificate (its path is printed)")
+    add("--tls-dir", type=Path, help="where to keep that certificate (default: a temporary directory)")
+    add("--region", default=defaults.region)
+    add("--account", default=defaults.account)
+
+
+def config_from(args: argparse.Namespace) -> LocalEcsConfig:
+    """The one place command-line flags become a LocalEcsConfig."""
+    header = None
+    if args.events_header:
+        from calliope_hub.localecs.events import parse_header
+
+        header = parse_header(args.events_header)
+    return LocalEcsConfig(
+        host=args.host, port=args.port, mode=args.mode, throttle=args.throttle,
+        events_url=args.events_url, events_header=header,
+        event_duplicate=args.event_duplicate, event_reorder=args.event_reorder,
+        sim_provisioning_s=args.sim_provisioning, sim_pending_s=args.sim_pending, sim_jitter=args.sim_jitter,
+        sim_fail_fraction=args.sim_fail_fraction, sim_stop_rate=args.sim_stop_rate,
+        retention_s=args.retention, stop_timeout_s=args.stop_timeout, cidr=args.cidr,
+        tls=args.tls, tls_dir=args.tls_dir, region=args.region, account=args.account,
+    )
+
+
+def boto3_snippet(server: LocalEcs) -> str:
+    verify = f", verify={str(server.certificate)!r}" if server.certificate else ""
+    return (
+        "import boto3\n"
+        f'ecs = boto3.client("ecs", endpoint_url="{server.endpoint_url}", region_name="{server.config.region}",\n'
+        f'                   aws_access_key_id="local", aws_secret_access_key="local"{verify})\n'
+        'print(ecs.list_tasks(cluster="default"))'
+    )
+
+
+def status_line(server: LocalEcs) -> Text:
+    counts = server.plane.by_status if server.plane else {}
+    parts = [f"{status.lower()} {counts[status]}" for status in LIFECYCLE if counts.get(status)]
+    return Text(f"local ECS {server.endpoint_url}  tasks: " + (", ".join(parts) or "none"))
+
+
+async def serve(config: LocalEcsConfig, console: Console) -> None:
+    server = LocalEcs(config)
+    await server.start()
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, done.set)
+    try:
+        console.print(f"local ECS ({config.mode} mode) listening on [bold]{server.endpoint_url}[/bold]")
+        if server.certificate:
+            console.print(f"TLS certificate: {server.certificate}")
+        console.print("Use it from Python:\n" + boto3_snippet(server), highlight=False, soft_wrap=True)
+        if console.is_terminal:
+            with Live(status_line(server), console=console, auto_refresh=False) as live:
+                while not await _wait(done, STATUS_EVERY_S):
+                    live.update(status_line(server), refresh=True)
+        else:
+            await done.wait()
+    finally:
+        console.print("stopping local ECS ...")
+        await server.stop()
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    try:
+        config = config_from(args)
+        config.validate()
+    except ValueError as error:
+        print(f"local-ecs: {error}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config, console))
+    except OSError as error:
+        print(f"local-ecs: cannot listen on {config.host}:{config.port}: {error}", file=sys.stderr)
+        return 1
+    return 0
