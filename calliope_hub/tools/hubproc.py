@@ -113,13 +113,13 @@ class HubProcess:
         workdir: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        proxy = proxy_command()
         self.port = port or free_port()
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="calliope-hub-")).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / CONFIG_FILE
         self.log_path = self.workdir / LOG_FILE
-        proxy = proxy_command()
         header = _ports_config(self.port, free_port(), free_port(), proxy)
         self.config_path.write_text(header + "\n" + config_text + "\n")
         self._env = self._child_env(Path(proxy[0]).parent, env or {})

@@ -118,10 +118,21 @@ def instant_hub() -> Iterator[HubProcess]:
 def stock_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     """JupyterHub's own SimpleLocalProcessSpawner running the real jupyterhub-singleuser."""
     homes = tmp_path_factory.mktemp("homes")
+    # The real single-user server, without the UI extensions it does not need to answer
+    # the hub: they triple its start time on a busy 2-CPU machine.
+    lean = "--ServerApp.jpserver_extensions=" + repr(
+        {name: False for name in ("jupyterlab", "jupyter_lsp", "notebook_shim", "jupyter_server_terminals")}
+    )
     config = (
         BASE_CONFIG
         + "c.JupyterHub.spawner_class = 'simple'\n"
         + f"c.SimpleLocalProcessSpawner.home_dir_template = '{homes}/{{username}}'\n"
-        + "c.Spawner.args = ['--allow-root']\n"
+        + f"c.Spawner.args = ['--allow-root', {lean!r}]\n"
     )
     yield from running_hub(config)
+
+
+@pytest.fixture
+def proxy_installed() -> None:
+    """For tests that start their own HubProcess."""
+    require_proxy()
