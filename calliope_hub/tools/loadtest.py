@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,9 @@ class LoadtestConfig:
             "--hub-url must be an http(s) URL": self.hub_url.startswith(("http://", "https://")),
             "a token is required (--token or CALLIOPE_HUB_API_TOKEN)": bool(self.token),
             "--users must be at least 1": self.users >= 1,
+            "--prefix must be non-empty lowercase without '/'": bool(self.prefix)
+            and self.prefix == self.prefix.lower()
+            and "/" not in self.prefix,
             "--concurrency must be at least 1": self.concurrency >= 1,
             "--rate must be positive": self.rate is None or self.rate > 0,
             "timeouts must be positive": min(self.timeout, self.ready_timeout, self.stop_timeout) > 0,
@@ -393,21 +396,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> LoadtestConfig:
-    return LoadtestConfig(
-        hub_url=args.hub_url,
-        token=args.token,
-        users=args.users,
-        prefix=args.prefix,
-        concurrency=args.concurrency,
-        rate=args.rate,
-        service=args.service,
-        size=args.size,
-        timeout=args.timeout,
-        ready_timeout=args.ready_timeout,
-        stop=args.stop,
-        stop_timeout=args.stop_timeout,
-        max_retries=args.max_retries,
-    )
+    """Flags map one to one onto config fields (--ready-timeout -> ready_timeout)."""
+    given = {f.name: getattr(args, f.name) for f in fields(LoadtestConfig) if hasattr(args, f.name)}
+    return LoadtestConfig(**given)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -431,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
         report, code = loadtest.report(interrupted=True), 130
     Console().print(render_report(report))
     if args.json:
-        _write_json(args.json, {"config": _public_config(config), "report": report.to_json()})
+        write_json(args.json, {"config": _public_config(config), "report": report.to_json()})
     return code
 
 
@@ -493,7 +484,7 @@ def _public_config(config: LoadtestConfig) -> dict[str, Any]:
     return settings
 
 
-def _write_json(path: Path, document: dict[str, Any]) -> None:
+def write_json(path: Path, document: dict[str, Any]) -> None:
     """Write whole or not at all: a temp file in the same dir, then an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as out:
