@@ -260,7 +260,11 @@ class HubProcess:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     async def __aenter__(self) -> HubProcess:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            self.cleanup()  # the error already carries the log tail
+            raise
         return self
 
     async def __aexit__(

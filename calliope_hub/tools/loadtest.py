@@ -307,12 +307,15 @@ class Loadtest:
     async def _await_ready(self, name: str) -> tuple[str, str] | None:
         """Follow the progress event stream; None when ready, else (reason, detail)."""
         for attempt in range(PROGRESS_REOPENS):
+            stream = self.api.events(f"/users/{name}/server/progress")
             try:
-                async for event in self.api.events(f"/users/{name}/server/progress"):
-                    if event.get("ready"):
-                        return None
-                    if event.get("failed"):
-                        return "spawn failed", str(event.get("message", ""))
+                # aclosing: leaving early must release the connection now, not at GC time.
+                async with contextlib.aclosing(stream):
+                    async for event in stream:
+                        if event.get("ready"):
+                            return None
+                        if event.get("failed"):
+                            return "spawn failed", str(event.get("message", ""))
             except HubApiGaveUp as error:
                 return error.reason, str(error)
             except (aiohttp.ClientError, TimeoutError):
