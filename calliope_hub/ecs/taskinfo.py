@@ -71,6 +71,20 @@ def _exit_code(containers: Iterable[Mapping[str, Any]]) -> int | None:
     return None
 
 
+#: ECS's task lifecycle, in order.
+LIFECYCLE = (
+    "PROVISIONING",
+    "PENDING",
+    "ACTIVATING",
+    "RUNNING",
+    "DEACTIVATING",
+    "STOPPING",
+    "DEPROVISIONING",
+    "STOPPED",
+)
+_STAGE = {status: rank for rank, status in enumerate(LIFECYCLE)}
+
+
 @dataclass(frozen=True)
 class TaskSnapshot:
     """One observation of one task, as the TaskWatcher stores it."""
@@ -134,6 +148,20 @@ class TaskSnapshot:
             observed_at=observed_at,
             started_at=previous.started_at if previous else None,
         )
+
+    def supersedes(self, other: TaskSnapshot) -> bool:
+        """Whether this observation is newer than `other`.
+
+        ECS raises `version` on every change, so a higher version wins and an equal one is a
+        duplicate. An implementation that answers no version at all (moto) still only
+        moves forward: between two unversioned observations, a later lifecycle stage or a
+        new stop request wins.
+        """
+        if self.version or other.version:
+            return self.version > other.version
+        mine = (_STAGE.get(self.last_status, -1), self.desired_status == "STOPPED")
+        theirs = (_STAGE.get(other.last_status, -1), other.desired_status == "STOPPED")
+        return mine > theirs
 
     @property
     def stopped(self) -> bool:

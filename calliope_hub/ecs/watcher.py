@@ -156,7 +156,7 @@ class TaskWatcher:
         if watched is None:
             return False
         current = watched.snapshot
-        if current is not None and (snapshot.version <= current.version or current.stopped):
+        if current is not None and (current.stopped or not snapshot.supersedes(current)):
             return False
         watched.snapshot = snapshot
         watched.last_ok = max(watched.last_ok or snapshot.observed_at, snapshot.observed_at)

@@ -95,3 +95,16 @@ def test_a_confirmed_missing_task_is_stopped_one_version_later() -> None:
 def test_a_task_without_an_arn_is_refused() -> None:
     with pytest.raises(ValueError, match="taskArn"):
         TaskSnapshot.from_ecs({"lastStatus": "RUNNING"}, 0)
+
+
+def test_versioned_observations_order_by_version_only() -> None:
+    def snap(status: str, version: int, desired: str = "RUNNING") -> TaskSnapshot:
+        task = {"taskArn": "arn:t", "lastStatus": status, "desiredStatus": desired, "version": version}
+        return TaskSnapshot.from_ecs(task, observed_at=0.0)
+
+    assert snap("PENDING", 3).supersedes(snap("RUNNING", 2))
+    assert not snap("STOPPED", 2).supersedes(snap("RUNNING", 2)), "an equal version is a duplicate"
+    # moto answers no version: only forward moves in the lifecycle count as newer.
+    assert snap("RUNNING", 0).supersedes(snap("PENDING", 0))
+    assert snap("RUNNING", 0, desired="STOPPED").supersedes(snap("RUNNING", 0))
+    assert not snap("PENDING", 0).supersedes(snap("RUNNING", 0))

@@ -1,0 +1,54 @@
+"""The JupyterHub configuration Calliope Hub runs with on this machine.
+
+`calliope-hub up`, the bench and the end-to-end tests all start a real JupyterHub
+through `HubProcess` (which owns ports and the proxy command); they share this one
+generator for everything else so the tests run what a newcomer runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class HubSettings:
+    """What differs between one local hub and the next."""
+
+    ecs_endpoint: str
+    cluster: str = "calliope"
+    hub_id: str = "local"
+    #: the shared password of `calliope-hub up`'s login page ('' = no password login)
+    user_password: str = ""
+    #: batched (the product) or naive (the stock pattern, for the bench)
+    status_mode: str = "batched"
+    poll_interval: float = 30
+    #: False keeps tasks running when the hub stops, so a restart re-attaches to them
+    cleanup_servers: bool = True
+    #: '' = SQLite in the hub's working directory
+    db_url: str = ""
+    #: extra lines appended verbatim, last word wins
+    extra: list[str] = field(default_factory=list)
+
+
+def render(settings: HubSettings) -> str:
+    """The jupyterhub_config.py lines for `settings`."""
+    lines = [
+        "c.JupyterHub.spawner_class = 'ecs'",
+        f"c.JupyterHub.cleanup_servers = {settings.cleanup_servers!r}",
+        f"c.ECSSpawner.endpoint_url = {settings.ecs_endpoint!r}",
+        f"c.ECSSpawner.cluster = {settings.cluster!r}",
+        f"c.ECSSpawner.hub_id = {settings.hub_id!r}",
+        f"c.ECSSpawner.status_mode = {settings.status_mode!r}",
+        f"c.ECSSpawner.poll_interval = {settings.poll_interval!r}",
+        "c.Spawner.default_url = '/lab'",
+        "c.Spawner.start_timeout = 180",
+        "c.Spawner.http_timeout = 120",
+        "c.JupyterHub.authenticator_class = 'shared-password'",
+        "c.Authenticator.allow_all = True",
+    ]
+    if settings.db_url:
+        lines.append(f"c.JupyterHub.db_url = {settings.db_url!r}")
+    if settings.user_password:
+        lines.append(f"c.SharedPasswordAuthenticator.user_password = {settings.user_password!r}")
+    lines += settings.extra
+    return "\n".join(lines) + "\n"

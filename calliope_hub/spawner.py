@@ -1,0 +1,357 @@
+"""ECSSpawner: JupyterHub's Spawner API on top of the catalog, the TaskWatcher and EcsApi.
+
+The spawner is deliberately thin. It never calls DescribeTasks and owns no timer: the
+cluster's one TaskWatcher sweeps every task in batches of 100 and calls back
+`poll_and_notify()` when a task stops, so `poll()` is a dictionary read. This is what
+lets one hub track 10,000 servers inside ECS's 20/s read quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from jupyterhub.spawner import Spawner
+from tornado import web
+from traitlets import Any, Bool, Dict, Float, List, Unicode, default, validate
+
+from . import metrics
+from .catalog import Catalog, CatalogError, Choice, Placement, TaskIdentity, run_task_request
+from .ecs.api import EcsApi, EcsApiError, EcsTarget
+from .ecs.naive import PerTaskPoller
+from .ecs.taskinfo import TaskSnapshot
+from .ecs.watcher import TaskWatcher
+
+STOP_REASON = "Stopped by Calliope Hub"
+
+#: lastStatus -> (progress %, what the user is told while the task is in it)
+LIFECYCLE_PROGRESS: dict[str, tuple[int, str]] = {
+    "PROVISIONING": (20, "Provisioning capacity and a network interface"),
+    "PENDING": (40, "Pulling the image"),
+    "ACTIVATING": (60, "Attaching the network interface"),
+    "RUNNING": (80, "Task running; waiting for the server to answer"),
+}
+
+_catalogs: dict[str, Catalog] = {}
+
+
+def _load_catalog(path: str) -> Catalog:
+    """One parsed catalog per path per process: 10,000 spawners share it."""
+    if path not in _catalogs:
+        _catalogs[path] = Catalog.load(path or None)
+    return _catalogs[path]
+
+
+class ECSSpawner(Spawner):
+    """Runs each user server as an ECS task chosen from the service catalog."""
+
+    cluster = Unicode("calliope", help="ECS cluster the tasks run in.").tag(config=True)
+    region = Unicode("us-east-1", help="AWS Region of the cluster.").tag(config=True)
+    endpoint_url = Unicode(
+        "http://127.0.0.1:9400",
+        help="ECS endpoint. The default is local ECS; set '' to use AWS's own endpoint.",
+    ).tag(config=True)
+    aws_profile = Unicode("", help="AWS profile for credentials ('' = the default chain).").tag(
+        config=True
+    )
+    subnets = List(Unicode(), default_value=["subnet-local"], help="awsvpc subnets.").tag(config=True)
+    security_groups = List(Unicode(), help="awsvpc security groups.").tag(config=True)
+    assign_public_ip = Bool(False, help="Give tasks a public IP (Fargate in public subnets).").tag(
+        config=True
+    )
+    launch_type = Unicode(
+        "FARGATE",
+        allow_none=True,
+        help="FARGATE or EC2; set None to use capacity_provider_strategy instead.",
+    ).tag(config=True)
+    capacity_provider_strategy = List(
+        Dict(), help="ECS capacityProviderStrategy; excludes launch_type."
+    ).tag(config=True)
+    catalog_path = Unicode("", help="Directory of service YAML files ('' = built-in).").tag(
+        config=True
+    )
+    hub_id = Unicode(
+        "calliope",
+        help="Names this hub in task tags and startedBy, so a restarted hub finds its tasks.",
+    ).tag(config=True)
+    status_mode = Unicode(
+        "batched",
+        help="'batched': the shared TaskWatcher (the product). 'naive': one DescribeTasks per "
+        "server per poll on JupyterHub's own timer, the stock pattern; kept only as the "
+        "benchmark baseline.",
+    ).tag(config=True)
+    stop_wait_timeout = Float(
+        60.0, help="Seconds stop() waits for STOPPED before giving up on confirmation."
+    ).tag(config=True)
+    restore_timeout = Float(
+        8.0,
+        help="Seconds poll() waits for the first status of a task adopted after a hub restart. "
+        "Past it the server is reported running: unknown is not stopped.",
+    ).tag(config=True)
+
+    task_arn = Unicode("")
+    #: set once RunTask answered, so progress() can follow the task it names
+    _submitted = Any()
+    #: whether the hub wants to hear that the task stopped (between start_polling and stop_polling)
+    _polling = Bool(False)
+    choice_service = Unicode("")
+    choice_size = Unicode("")
+
+    @default("_submitted")
+    def _default_submitted(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        # awsvpc: each task has its own interface, so the server binds all of its interfaces.
+        return "0.0.0.0"
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self) -> object:
+        return _apply_catalog_choice
+
+    @validate("status_mode")
+    def _validate_status_mode(self, proposal: dict) -> str:
+        if proposal["value"] not in ("batched", "naive"):
+            raise ValueError(f"status_mode must be 'batched' or 'naive', not {proposal['value']!r}")
+        return proposal["value"]
+
+    # -- collaborators -----------------------------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        return _load_catalog(self.catalog_path)
+
+    async def _api(self) -> EcsApi:
+        target = EcsTarget(self.region, self.endpoint_url or None, self.aws_profile or None)
+        if self.status_mode == "naive":
+            # The stock pattern has no client-side limiter: it meets the quota head on.
+            return await EcsApi.shared(target, client_quotas=None)
+        return await EcsApi.shared(target)
+
+    async def _watcher(self) -> TaskWatcher:
+        return TaskWatcher.for_cluster(
+            await self._api(), self.cluster, sweep_interval=self.poll_interval, jitter=self.poll_jitter
+        )
+
+    def _placement(self) -> Placement:
+        return Placement(
+            cluster=self.cluster,
+            subnets=tuple(self.subnets),
+            security_groups=tuple(self.security_groups),
+            assign_public_ip=self.assign_public_ip,
+            launch_type=self.launch_type if not self.capacity_provider_strategy else None,
+            capacity_provider_strategy=tuple(self.capacity_provider_strategy),
+        )
+
+    def choose(self, user_options: dict) -> Choice:
+        """The catalog's answer to `user_options`, as a 400 the user can read when it is wrong."""
+        try:
+            return self.catalog.choose(user_options or {})
+        except CatalogError as e:
+            raise web.HTTPError(400, str(e), reason="Invalid server options") from None
+
+    # -- options form --------------------------------------------------------------------
+
+    @default("options_form")
+    def _default_options_form(self) -> str:
+        return self.catalog.options_form()
+
+    @default("options_from_form")
+    def _default_options_from_form(self) -> object:
+        return lambda formdata: self.catalog.options_from_form(formdata)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self.task_arn:
+            state.update(
+                task_arn=self.task_arn,
+                cluster=self.cluster,
+                service=self.choice_service,
+                size=self.choice_size,
+            )
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.task_arn = state.get("task_arn", "")
+        self.cluster = state.get("cluster", self.cluster)
+        self.choice_service = state.get("service", "")
+        self.choice_size = state.get("size", "")
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.task_arn = self.choice_service = self.choice_size = ""
+
+    def _persist_state(self) -> None:
+        """Commit the task ARN now, so a hub that dies mid-start can still find the task."""
+        if self.orm_spawner is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
+
+    # -- start ---------------------------------------------------------------------------
+
+    def _identity(self, choice: Choice) -> TaskIdentity:
+        started = self.orm_spawner.started if self.orm_spawner is not None else None
+        # One attempt per start: stable across botocore's retries, new for the next start.
+        attempt = int(started.timestamp() * 1000) if started else 0
+        return TaskIdentity(
+            hub_id=self.hub_id,
+            user=self.user.name,
+            server_name=self.name,
+            service=choice.service.name,
+            size=choice.size_name,
+            attempt=attempt,
+        )
+
+    async def _run_task(self, choice: Choice) -> str:
+        request = run_task_request(
+            choice, self._identity(choice), self._placement(), self.get_env(), self.get_args()
+        )
+        api = await self._api()
+        try:
+            answer = await api.run_task(request)
+        except EcsApiError as e:
+            raise web.HTTPError(503, f"ECS did not start the task: {e}") from None
+        if not answer.get("tasks"):
+            reasons = "; ".join(f.get("reason", "?") for f in answer.get("failures", []))
+            raise web.HTTPError(503, f"ECS did not start the task: {reasons or 'no task returned'}")
+        return answer["tasks"][0]["taskArn"]
+
+    async def start(self) -> str:
+        choice = self.choose(self.user_options)
+        self.port = choice.service.port
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        outcome = "error"
+        try:
+            self.task_arn = await self._run_task(choice)
+            self.choice_service, self.choice_size = choice.service.name, choice.size_name
+            self._persist_state()
+            self._submitted.set()
+            self.log.info("%s: task %s submitted", self._log_name, self.task_arn)
+            snapshot = await self._wait_until_running()
+            outcome = "ok"
+            return f"http://{snapshot.ip}:{self.port}"
+        finally:
+            metrics.SPAWN_DURATION.labels(choice.service.name, choice.size_name, outcome).observe(
+                loop.time() - began
+            )
+
+    async def _wait_until_running(self) -> TaskSnapshot:
+        watcher = await self._watcher()
+        watcher.watch(self.task_arn)
+        snapshot = await watcher.wait_for(self.task_arn, lambda s: s.running, self.start_timeout)
+        if snapshot.stopped:
+            reason = snapshot.stopped_reason or snapshot.stop_code or "no reason given"
+            raise web.HTTPError(500, f"The ECS task stopped while starting: {reason}")
+        return snapshot
+
+    async def progress(self) -> AsyncIterator[dict]:
+        await self._submitted.wait()
+        yield {"progress": 10, "message": "Task submitted to ECS"}
+        watcher = await self._watcher()
+        seen = ""
+        while True:
+            snapshot = await watcher.wait_for(
+                self.task_arn, lambda s: s.last_status != seen, self.start_timeout
+            )
+            seen = snapshot.last_status
+            if snapshot.stopped:
+                return
+            if seen in LIFECYCLE_PROGRESS:
+                percent, message = LIFECYCLE_PROGRESS[seen]
+                yield {"progress": percent, "message": f"{seen}: {message}"}
+            if seen == "RUNNING":
+                return
+
+    # -- poll ----------------------------------------------------------------------------
+
+    async def poll(self) -> int | None:
+        if not self.task_arn:
+            return 0
+        if self.status_mode == "naive":
+            snapshot = await PerTaskPoller(await self._api(), self.cluster).status(self.task_arn)
+        else:
+            snapshot = await self._batched_status()
+        if snapshot is None or not snapshot.stopped:
+            return None  # unknown is not stopped
+        return snapshot.exit_code if snapshot.exit_code is not None else 0
+
+    async def _batched_status(self) -> TaskSnapshot | None:
+        watcher = await self._watcher()
+        snapshot = watcher.get(self.task_arn)
+        if snapshot is None:
+            # A task adopted after a hub restart: its first sweep answers for everyone at once.
+            watcher.watch(self.task_arn)
+            try:
+                snapshot = await watcher.wait_for(self.task_arn, lambda s: True, self.restore_timeout)
+            except asyncio.TimeoutError:
+                return None
+        return snapshot
+
+    def start_polling(self) -> None:
+        """Replace JupyterHub's timer per spawner with the cluster watcher's callback."""
+        if self.status_mode == "naive":
+            super().start_polling()
+            return
+        self._polling = True
+        asyncio.ensure_future(self._watch_running_task())
+
+    def stop_polling(self) -> None:
+        """A deliberate stop follows; its STOPPED must not look like a crash to the hub."""
+        self._polling = False
+        super().stop_polling()
+
+    async def _watch_running_task(self) -> None:
+        if self.task_arn:
+            (await self._watcher()).watch(self.task_arn, on_stopped=self._on_task_stopped)
+
+    async def _on_task_stopped(self, snapshot: TaskSnapshot) -> None:
+        if not self._polling:
+            return
+        self.log.warning(
+            "%s: task %s stopped: %s",
+            self._log_name,
+            snapshot.arn,
+            snapshot.stopped_reason or snapshot.stop_code,
+        )
+        await self.poll_and_notify()
+
+    # -- stop ----------------------------------------------------------------------------
+
+    async def stop(self, now: bool = False) -> None:
+        if not self.task_arn:
+            return
+        api = await self._api()
+        watcher = await self._watcher()
+        try:
+            stopping = await api.stop_task(self.cluster, self.task_arn, STOP_REASON)
+        except EcsApiError as e:
+            if not e.task_gone:
+                raise
+            stopping = None
+        if stopping is None:
+            self.log.info("%s: task %s was already gone", self._log_name, self.task_arn)
+        elif not now:
+            await self._wait_until_stopped(watcher)
+        watcher.unwatch(self.task_arn)
+
+    async def _wait_until_stopped(self, watcher: TaskWatcher) -> None:
+        watcher.watch(self.task_arn)
+        try:
+            await watcher.wait_for(self.task_arn, lambda s: s.stopped, self.stop_wait_timeout)
+        except asyncio.TimeoutError:
+            self.log.warning(
+                "%s: task %s not STOPPED after %.0fs; ECS will finish stopping it",
+                self._log_name,
+                self.task_arn,
+                self.stop_wait_timeout,
+            )
+
+
+def _apply_catalog_choice(spawner: ECSSpawner, user_options: dict) -> None:
+    """JupyterHub's apply_user_options hook: a bad choice is a 400 before anything starts."""
+    spawner.choose(user_options)
