@@ -7,6 +7,7 @@ can ever reach (or be billed by) real AWS.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import ssl
@@ -40,6 +41,21 @@ FAST_LOCAL_ECS = LocalEcsConfig(
     sim_pending_s=0.05,
     sim_jitter=0.0,
 )
+
+
+#: every local ECS of the session gets its own /24 of task addresses, so no two ever share one.
+_subnets = itertools.count()
+
+
+def fresh_cidr() -> str:
+    n = next(_subnets)
+    return f"127.{100 + n // 256}.{n % 256}.0/24"
+
+
+@pytest.fixture
+def task_cidr() -> str:
+    """Task addresses of this test's own, for a LocalEcs it starts itself."""
+    return fresh_cidr()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -113,7 +129,7 @@ def local_ecs_factory() -> Iterator[Callable[..., LocalEcsHandle]]:
     handles: list[LocalEcsHandle] = []
 
     def make(**fields: Any) -> LocalEcsHandle:
-        handle = LocalEcsHandle(replace(FAST_LOCAL_ECS, **fields))
+        handle = LocalEcsHandle(replace(FAST_LOCAL_ECS, **{"cidr": fresh_cidr(), **fields}))
         handles.append(handle)
         return handle
 

@@ -13,17 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-#: The full lifecycle, in order, as ECS reports `lastStatus`.
-LIFECYCLE = (
-    "PROVISIONING",
-    "PENDING",
-    "ACTIVATING",
-    "RUNNING",
-    "DEACTIVATING",
-    "STOPPING",
-    "DEPROVISIONING",
-    "STOPPED",
-)
+from calliope_hub.ecs.taskinfo import LIFECYCLE  # an ECS fact both sides share (plain data, no hub code)
+
 ORDER = {status: index for index, status in enumerate(LIFECYCLE)}
 
 

@@ -48,8 +48,8 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     await runner.cleanup()
 
 
-async def run_one_task_to_stopped(url: str, **fields) -> tuple[LocalEcs, str]:
-    server = LocalEcs(LocalEcsConfig(port=0, throttle="off", sim_provisioning_s=0.01, sim_pending_s=0.02,
+async def run_one_task_to_stopped(url: str, cidr: str, **fields) -> tuple[LocalEcs, str]:
+    server = LocalEcs(LocalEcsConfig(port=0, throttle="off", cidr=cidr, sim_provisioning_s=0.01, sim_pending_s=0.02,
                                      events_url=url, events_header=("X-Hub-Token", "secret"), **fields))
     endpoint = await server.start()
     session = get_session()
@@ -74,9 +74,9 @@ async def wait_for_events(receiver: Receiver, arn: str, count: int) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_one_event_per_transition_with_rising_version(receiver):
+async def test_one_event_per_transition_with_rising_version(receiver, task_cidr):
     sink, url = receiver
-    server, arn = await run_one_task_to_stopped(url)
+    server, arn = await run_one_task_to_stopped(url, task_cidr)
     await wait_for_events(sink, arn, len(LIFECYCLE))
     await server.stop()
     assert sink.versions(arn) == [(version, status) for version, status in enumerate(LIFECYCLE, start=1)]
@@ -87,9 +87,9 @@ async def test_one_event_per_transition_with_rising_version(receiver):
     assert set(sink.headers) == {"secret"}
 
 
-async def test_duplicated_and_reordered_events_all_arrive(receiver):
+async def test_duplicated_and_reordered_events_all_arrive(receiver, task_cidr):
     sink, url = receiver
-    server, arn = await run_one_task_to_stopped(url, event_duplicate=0.5, event_reorder=True)
+    server, arn = await run_one_task_to_stopped(url, task_cidr, event_duplicate=0.5, event_reorder=True)
     await wait_for_events(sink, arn, len(LIFECYCLE))
     await server.stop()
     seen = sink.versions(arn)
