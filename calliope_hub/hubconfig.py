@@ -7,6 +7,7 @@ generator for everything else so the tests run what a newcomer runs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 
@@ -26,6 +27,10 @@ class HubSettings:
     cleanup_servers: bool = True
     #: '' = SQLite in the hub's working directory
     db_url: str = ""
+    #: events on: the shared secret local ECS (or EventBridge) sends to /hub/api/calliope/ecs-events
+    events_secret: str = ""
+    #: with events on: 'hub' sweeps at the reconcile cadence, 'off' leaves sweeps to the monitor
+    events_sweeps: str = "hub"
     #: extra lines appended verbatim, last word wins
     extra: list[str] = field(default_factory=list)
 
@@ -46,9 +51,16 @@ def render(settings: HubSettings) -> str:
         "c.JupyterHub.authenticator_class = 'shared-password'",
         "c.Authenticator.allow_all = True",
     ]
+    if os.geteuid() == 0:
+        # Local ECS runs tasks as this user; Jupyter refuses root unless told (images use jovyan).
+        lines.append("c.Spawner.args = ['--allow-root']")
     if settings.db_url:
         lines.append(f"c.JupyterHub.db_url = {settings.db_url!r}")
     if settings.user_password:
         lines.append(f"c.SharedPasswordAuthenticator.user_password = {settings.user_password!r}")
+    if settings.events_secret:
+        from calliope_hub.ecs.events_http import events_config_lines
+
+        lines += events_config_lines(settings.events_secret, sweeps=settings.events_sweeps)
     lines += settings.extra
     return "\n".join(lines) + "\n"

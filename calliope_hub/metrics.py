@@ -42,7 +42,10 @@ WATCHED_TASKS = Gauge(
 # calliope_hub.ecs.events
 EVENTS = Counter(
     "calliope_ecs_events",
-    "ECS Task State Change events received, by outcome (applied, stale, ignored, rejected, invalid)",
+    "ECS Task State Change events received, by outcome: applied, stale (an equal or newer version "
+    "is known), ignored (other source, detail-type, cluster or task), confirming (a STOPPED event "
+    "sent to DescribeTasks), then confirmed or refuted, unauthorized, invalid, overflow (queue full), "
+    "poison (an SQS message dropped after its last try)",
     ["outcome"],
 )
 EVENT_LAG = Histogram(

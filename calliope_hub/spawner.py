@@ -15,9 +15,10 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Any, Bool, Dict, Float, List, Unicode, default, validate
 
-from . import metrics
+from . import metrics, orphansweep
 from .catalog import Catalog, CatalogError, Choice, Placement, TaskIdentity, run_task_request
 from .ecs.api import EcsApi, EcsApiError, EcsTarget
+from .ecs.events_http import CalliopeEvents
 from .ecs.naive import PerTaskPoller
 from .ecs.taskinfo import TaskSnapshot
 from .ecs.watcher import TaskWatcher
@@ -130,9 +131,12 @@ class ECSSpawner(Spawner):
         return await EcsApi.shared(target)
 
     async def _watcher(self) -> TaskWatcher:
-        return TaskWatcher.for_cluster(
-            await self._api(), self.cluster, sweep_interval=self.poll_interval, jitter=self.poll_jitter
-        )
+        api = await self._api()
+        existing = TaskWatcher.existing(api, self.cluster)
+        if existing is not None:
+            return existing
+        options = CalliopeEvents(config=self.config).watcher_options(self.poll_interval, self.poll_jitter)
+        return TaskWatcher.for_cluster(api, self.cluster, **options)
 
     def _placement(self) -> Placement:
         return Placement(
@@ -180,6 +184,8 @@ class ECSSpawner(Spawner):
         self.cluster = state.get("cluster", self.cluster)
         self.choice_service = state.get("service", "")
         self.choice_size = state.get("size", "")
+        # JupyterHub loads every spawner's state once as it creates it: our only startup hook.
+        orphansweep.ensure_started(self)
 
     def clear_state(self) -> None:
         super().clear_state()

@@ -8,6 +8,15 @@ task, so sweeps and (later) EventBridge events can race without an old answer wi
 
 Unknown is not stopped: a failed or throttled sweep keeps the last known state and only a
 STOPPED answer, or MISSING twice in a row, ends a task.
+
+With events on (`events=True`), EventBridge's "ECS Task State Change" events deliver the
+changes: non-terminal ones are applied directly (version-ordered), while a STOPPED event is
+only a hint. Anyone who can reach the endpoint could forge one, and a stale one may describe
+an earlier task, so the watcher confirms it with DescribeTasks, batched over a short window
+(100 ARNs a call), and only ECS's answer ends a server. The full sweep then runs at the
+reconcile cadence (`sweep_interval`, 5 min) because events can be lost, and busy sweeps
+describe only the tasks in flux. `sweeping=False` turns sweeps off entirely, for a hub fed by
+`calliope-hub monitor`.
 """
 
 from __future__ import annotations
@@ -17,18 +26,20 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from calliope_hub.ecs.api import DESCRIBE_LIMIT, DescribeResult, EcsApi
 from calliope_hub.ecs.taskinfo import TaskSnapshot
-from calliope_hub.metrics import SWEEP_DURATION, SWEEP_SIZE, WATCHED_TASKS
+from calliope_hub.metrics import EVENTS, SWEEP_DURATION, SWEEP_SIZE, WATCHED_TASKS
 
 log = logging.getLogger(__name__)
 
 OnStopped = Callable[[TaskSnapshot], Awaitable[None]]
 UNSEEN = "UNKNOWN"  # the WATCHED_TASKS label of a task no sweep has seen yet
+#: how often a STOPPED event's confirmation is retried when its DescribeTasks fails
+CONFIRM_ATTEMPTS = 3
 
 
 class TaskNotWatched(KeyError):
@@ -68,10 +79,15 @@ class TaskWatcher:
         jitter: float = 0.1,
         max_concurrency: int = 4,
         call_timeout: float = 10.0,
+        events: bool = False,
+        sweeping: bool = True,
+        confirm_window: float = 0.15,
         clock: Callable[[], float] = time.monotonic,
     ):
         if sweep_interval <= 0 or busy_interval <= 0 or max_concurrency < 1 or not 0 <= jitter < 1:
             raise ValueError("intervals must be positive, max_concurrency >= 1 and 0 <= jitter < 1")
+        if confirm_window < 0:
+            raise ValueError("confirm_window must be >= 0")
         self.api = api
         self.cluster = cluster
         self.sweep_interval = sweep_interval
@@ -79,6 +95,9 @@ class TaskWatcher:
         self.jitter = jitter
         self.max_concurrency = max_concurrency
         self.call_timeout = call_timeout
+        self.events = events
+        self.sweeping = sweeping
+        self.confirm_window = confirm_window
         self._clock = clock
         self._tasks: dict[str, _Watched] = {}
         self._busy: set[str] = set()  # tasks that set the busy cadence (see _update_busy)
@@ -87,7 +106,11 @@ class TaskWatcher:
         self._inflight: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._callbacks: set[asyncio.Task[None]] = set()
+        self._to_confirm: dict[str, int] = {}  # ARN -> confirmation attempts so far
+        self._confirming: asyncio.Task[None] | None = None
+        self._last_full_sweep = time.monotonic()
         self.sweeps = 0
+        self.confirm_calls = 0
 
     @classmethod
     def for_cluster(cls, api: EcsApi, cluster: str, **options: Any) -> TaskWatcher:
@@ -96,6 +119,17 @@ class TaskWatcher:
         if watcher is None:
             watcher = cls._registry[(api, cluster)] = cls(api, cluster, **options)
         return watcher
+
+    @classmethod
+    def existing(cls, api: EcsApi, cluster: str) -> TaskWatcher | None:
+        """The process's watcher for (api, cluster) if one was made."""
+        return cls._registry.get((api, cluster))
+
+    @classmethod
+    def for_cluster_arn(cls, cluster_arn: str) -> list[TaskWatcher]:
+        """Every watcher of this process for the cluster an event names (by ARN or name)."""
+        name = cluster_arn.rsplit("/", 1)[-1]
+        return [w for (_, cluster), w in cls._registry.items() if cluster in (cluster_arn, name)]
 
     @classmethod
     async def close_all(cls) -> None:
@@ -167,6 +201,27 @@ class TaskWatcher:
             self._notify_stopped(watched, snapshot)
         return True
 
+    def apply_event(self, detail: Mapping[str, Any]) -> str:
+        """Take an event's `detail`: the outcome (applied, stale, ignored or confirming).
+
+        A STOPPED event is not applied: it queues the task for a batched DescribeTasks, and
+        ECS's answer decides. Events carry no tags, so a task keeps the tags it had.
+        """
+        snapshot = TaskSnapshot.from_ecs(detail, self._clock())
+        watched = self._tasks.get(snapshot.arn)
+        if watched is None:
+            return "ignored"
+        current = watched.snapshot
+        if current is not None and (current.stopped or not snapshot.supersedes(current)):
+            return "stale"
+        if snapshot.stopped:
+            self._confirm_soon(snapshot.arn)
+            return "confirming"
+        if current is not None and not snapshot.tags:
+            snapshot = replace(snapshot, tags=current.tags)
+        self.apply(snapshot)
+        return "applied"
+
     async def wait_for(
         self, arn: str, predicate: Callable[[TaskSnapshot], bool], timeout: float
     ) -> TaskSnapshot:
@@ -237,27 +292,75 @@ class TaskWatcher:
 
     # ---- sweeping -------------------------------------------------------------------------
 
-    async def refresh(self) -> None:
-        """Fresh status now: joins the sweep in flight, or starts one."""
+    async def refresh(self, *, busy_only: bool = False) -> None:
+        """Fresh status now: joins the sweep in flight, or starts one.
+
+        `busy_only` describes just the tasks in flux (the events-mode busy sweep).
+        """
         if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.ensure_future(self._sweep())
+            if not busy_only:
+                self._last_full_sweep = time.monotonic()
+            self._inflight = asyncio.ensure_future(self._sweep(busy_only))
         await asyncio.shield(self._inflight)
 
-    async def _sweep(self) -> None:
+    async def _sweep(self, busy_only: bool = False) -> None:
         """Describe every live watched task, 100 a call, at most max_concurrency calls at once."""
-        arns = [arn for arn, w in self._tasks.items() if not (w.snapshot and w.snapshot.stopped)]
+        arns = [
+            arn
+            for arn, w in self._tasks.items()
+            if not (w.snapshot and w.snapshot.stopped) and (not busy_only or arn in self._busy)
+        ]
         if not arns:
             return
         started = time.perf_counter()
-        gate = asyncio.Semaphore(self.max_concurrency)
-        chunks = [arns[i : i + DESCRIBE_LIMIT] for i in range(0, len(arns), DESCRIBE_LIMIT)]
-        errors = await asyncio.gather(*(self._sweep_chunk(chunk, gate) for chunk in chunks))
-        failed = [(chunk, error) for chunk, error in zip(chunks, errors) if error is not None]
+        failed, calls = await self._describe_all(arns)
         if failed:
-            self._warn_stale(failed, len(chunks))
+            self._warn_stale(failed, calls)
         self.sweeps += 1
         SWEEP_SIZE.labels(self.cluster).set(len(arns))
         SWEEP_DURATION.labels(self.cluster).observe(time.perf_counter() - started)
+
+    async def _describe_all(
+        self, arns: Sequence[str]
+    ) -> tuple[list[tuple[Sequence[str], BaseException]], int]:
+        """DescribeTasks over `arns`, 100 a call, bounded concurrency: (failed chunks, calls)."""
+        gate = asyncio.Semaphore(self.max_concurrency)
+        chunks = [arns[i : i + DESCRIBE_LIMIT] for i in range(0, len(arns), DESCRIBE_LIMIT)]
+        errors = await asyncio.gather(*(self._sweep_chunk(chunk, gate) for chunk in chunks))
+        return [(chunk, error) for chunk, error in zip(chunks, errors) if error is not None], len(chunks)
+
+    # ---- confirming STOPPED events ----------------------------------------------------------
+
+    def _confirm_soon(self, arn: str) -> None:
+        """Queue `arn` for the next batched confirmation; one batcher runs at a time."""
+        self._to_confirm.setdefault(arn, 0)
+        if self._confirming is None or self._confirming.done():
+            self._confirming = asyncio.get_running_loop().create_task(self._confirm_pending())
+
+    async def _confirm_pending(self) -> None:
+        """Collect STOPPED events for `confirm_window`, then ask ECS about all of them at once."""
+        while self._to_confirm:
+            await asyncio.sleep(self.confirm_window)
+            batch, self._to_confirm = self._to_confirm, {}
+            arns = [arn for arn in batch if arn in self._tasks]
+            try:
+                failed, calls = await self._describe_all(arns)
+            except Exception:  # never lose the batcher: the sweep still reconciles
+                log.exception("%s: confirming STOPPED events failed", self.cluster)
+                continue
+            self.confirm_calls += calls
+            self._count_confirmations(arns, batch, {arn for chunk, _ in failed for arn in chunk})
+
+    def _count_confirmations(self, arns: list[str], attempts: dict[str, int], failed: set[str]) -> None:
+        for arn in arns:
+            if arn in failed:
+                if attempts[arn] + 1 < CONFIRM_ATTEMPTS:
+                    self._to_confirm[arn] = max(self._to_confirm.get(arn, 0), attempts[arn] + 1)
+                else:
+                    log.warning("%s: could not confirm STOPPED for %s; the sweep will", self.cluster, arn)
+                continue
+            snapshot = self.get(arn)
+            EVENTS.labels("confirmed" if snapshot and snapshot.stopped else "refuted").inc()
 
     async def _sweep_chunk(self, arns: Sequence[str], gate: asyncio.Semaphore) -> BaseException | None:
         """One DescribeTasks; returns its error instead of raising, so a chunk never ends a sweep."""
@@ -309,15 +412,21 @@ class TaskWatcher:
         return self.sweep_interval * (1 + random.uniform(-self.jitter, self.jitter))
 
     def _ensure_loop(self) -> None:
+        if not self.sweeping:
+            return
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    def _busy_only_due(self) -> bool:
+        """With events on, a busy sweep between reconciles describes only the tasks in flux."""
+        return self.events and time.monotonic() - self._last_full_sweep < self.sweep_interval
 
     async def _run(self) -> None:
         """The one sweep loop: sleep, sweep, repeat; survives any error."""
         while True:
             await self._sleep_until_due()
             try:
-                await self.refresh()
+                await self.refresh(busy_only=self._busy_only_due())
             except Exception:
                 log.exception("%s: sweep failed; the next one runs as scheduled", self.cluster)
 
@@ -336,7 +445,7 @@ class TaskWatcher:
         """Stop the loop and any sweep in flight; waiters are cancelled."""
         if self._registry.get((self.api, self.cluster)) is self:
             del self._registry[(self.api, self.cluster)]
-        for task in (self._loop_task, self._inflight):
+        for task in (self._loop_task, self._inflight, self._confirming):
             if task is not None and not task.done():
                 task.cancel()
                 try:
