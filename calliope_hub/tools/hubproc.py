@@ -74,7 +74,7 @@ def api_token_config(token: str, service: str = "loadtest") -> str:
         f"c.JupyterHub.services = [{{'name': {service!r}, 'api_token': {token!r}}}]\n"
         "c.JupyterHub.load_roles = [{\n"
         f"    'name': {service + '-role'!r},\n"
-        "    'scopes': ['admin:users', 'admin:servers', 'list:users', 'read:metrics'],\n"
+        "    'scopes': ['admin:users', 'admin:servers', 'list:users', 'read:metrics', 'access:servers'],\n"
         f"    'services': [{service!r}],\n"
         "}]\n"
     )

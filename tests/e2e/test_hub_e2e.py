@@ -1,0 +1,105 @@
+"""End to end: a user's JupyterLab through the REST API, the proxy, a hub restart,
+a task killed behind the hub's back, and a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+import boto3
+
+
+async def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"not {what} within {timeout}s")
+
+
+async def server_model(stack, user: str) -> dict | None:
+    answer = await stack.api.request("GET", f"/users/{user}")
+    return answer.json()["servers"].get("")
+
+
+async def status_through_proxy(stack, user: str) -> int:
+    headers = {"Authorization": f"token {stack.token}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            f"{stack.hub.url}/user/{user}/api/status", headers=headers, allow_redirects=False
+        ) as response:
+            return response.status
+
+
+async def spawn_lab(stack, user: str) -> list[dict]:
+    await stack.api.request("POST", f"/users/{user}")
+    answer = await stack.api.request(
+        "POST", f"/users/{user}/server", {"user_options": {"service": "lab", "size": "small"}}
+    )
+    assert answer.status == 202, answer.text
+    events = []
+    async for event in stack.api.events(f"/users/{user}/server/progress"):
+        events.append(event)
+        if event.get("ready") or event.get("failed"):
+            break
+    await wait_until(lambda: _ready(stack, user), 120, "ready")
+    return events
+
+
+async def _ready(stack, user: str) -> bool:
+    model = await server_model(stack, user)
+    return bool(model and model["ready"])
+
+
+async def test_lab_lifecycle_through_the_hub(stack):
+    events = await spawn_lab(stack, "alice")
+    messages = [e.get("message", "") for e in events]
+    assert "Task submitted to ECS" in messages
+    assert any(m.startswith("RUNNING") for m in messages), messages
+    assert events[-1].get("ready"), events[-1]
+    assert await status_through_proxy(stack, "alice") == 200
+
+    # Hub restart: the task keeps running and the new hub tracks it.
+    await stack.hub.stop()
+    await stack.hub.start(timeout=120)
+    assert await _ready(stack, "alice"), "the server survived the hub restart"
+    assert await status_through_proxy(stack, "alice") == 200
+
+    # Killed behind the hub's back: the watcher notices and the hub removes the route.
+    tasks = stack.ecs.stats()["tasks"]
+    assert tasks.get("RUNNING") == 1
+    task_id = await _only_running_task_id(stack)
+    status, _ = stack.ecs.kill(task_id)
+    assert status in (200, 202)
+    await wait_until(lambda: _gone(stack, "alice"), 30, "noticed as stopped")
+    assert await status_through_proxy(stack, "alice") != 200
+
+
+async def test_stop_leaves_no_process(stack):
+    await spawn_lab(stack, "bob")
+    assert stack.server_processes(), "a real jupyterhub-singleuser serves bob"
+    answer = await stack.api.request("DELETE", "/users/bob/server")
+    assert answer.status in (202, 204)
+    await wait_until(lambda: _gone(stack, "bob"), 60, "stopped")
+    await wait_until(lambda: _no_server_process(stack), 30, "without a server process")
+
+
+async def _gone(stack, user: str) -> bool:
+    return await server_model(stack, user) is None
+
+
+
+
+async def _only_running_task_id(stack) -> str:
+    ecs = boto3.client("ecs", endpoint_url=stack.ecs.endpoint_url, region_name="us-east-1")
+    arns = ecs.list_tasks(cluster="calliope")["taskArns"]
+    assert len(arns) == 1
+    return arns[0].rsplit("/", 1)[-1]
+
+
+async def _no_server_process(stack) -> bool:
+    return not stack.server_processes()
