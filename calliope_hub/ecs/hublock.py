@@ -1,0 +1,103 @@
+"""Which hub process may sweep orphans: a PostgreSQL advisory lock, or nothing on SQLite.
+
+Two hubs on one database (a rolling deploy, an active/standby pair) must not both stop
+tasks, or each could act on a view of ownership the other has already changed. A
+session-level `pg_try_advisory_lock` on a dedicated connection is held for as long as that
+connection lives, so a hub that dies (or loses its connection) frees it without any
+timeout bookkeeping of ours, and the next hub to ask takes over. SQLite is one file on one
+machine that JupyterHub opens from one process, so there the hub is alone by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import Any, Protocol
+
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+
+
+class SweepLock(Protocol):
+    async def try_acquire(self) -> bool:
+        """True while this process holds the lock (checks the connection is still alive)."""
+
+    async def release(self) -> None: ...
+
+
+class SoleHub:
+    """SQLite: the only hub; the lock is always held."""
+
+    async def try_acquire(self) -> bool:
+        return True
+
+    async def release(self) -> None:
+        return None
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for `name` (PostgreSQL's bigint range)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+class AdvisoryLock:
+    """`pg_try_advisory_lock(key)` held on a connection of its own; psycopg2 runs in a thread."""
+
+    def __init__(self, connect_args: dict[str, Any], key: int):
+        self._connect_args = connect_args
+        self.key = key
+        self._conn: Any = None
+        self.held = False
+
+    async def try_acquire(self) -> bool:
+        return await asyncio.to_thread(self._try_acquire)
+
+    async def release(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _try_acquire(self) -> bool:
+        import psycopg2  # optional dependency: only PostgreSQL hubs need it
+
+        try:
+            if self._conn is None or self._conn.closed:
+                self.held = False
+                self._conn = psycopg2.connect(
+                    connect_timeout=5, application_name="calliope-orphan-sweeper", **self._connect_args
+                )
+                self._conn.autocommit = True
+            # When held, SELECT 1 proves the session (and so the lock) is still ours.
+            query, params = ("SELECT 1", ()) if self.held else ("SELECT pg_try_advisory_lock(%s)", (self.key,))
+            with self._conn.cursor() as cursor:
+                cursor.execute(query, params)
+                answer = cursor.fetchone()[0]
+        except psycopg2.Error as e:
+            if self.held:
+                log.warning("lost the orphan-sweep lock's connection (%s); asking again next time", e)
+            self._close()
+            return False
+        self.held = self.held or bool(answer)
+        return self.held
+
+    def _close(self) -> None:
+        conn, self._conn, self.held = self._conn, None, False
+        if conn is not None and not conn.closed:
+            conn.close()  # ends the session, which releases a session-level advisory lock
+
+
+def sweep_lock(db_url: str, name: str) -> SweepLock:
+    """The lock for the hub database at `db_url` (JupyterHub's SQLAlchemy URL).
+
+    Raises ValueError for a backend where we cannot coordinate hubs: sweeping there could
+    let two hubs stop tasks at once, so the caller must not sweep.
+    """
+    url = make_url(db_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return SoleHub()
+    if backend == "postgresql":
+        args = url.translate_connect_args(username="user", database="dbname")
+        connect_args = {k: v for k, v in args.items() if v}
+        return AdvisoryLock({**connect_args, **dict(url.query)}, lock_key(f"calliope-orphan-sweeper/{name}"))
+    raise ValueError(f"no orphan-sweep lock for a {backend} hub database; only SQLite and PostgreSQL")
