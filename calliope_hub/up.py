@@ -20,6 +20,7 @@ from rich.panel import Panel
 from .catalog import Catalog
 from .ecs.api import EcsApi, EcsTarget
 from .ecs.bootstrap import prepare_cluster
+from .ecs.events_http import DEFAULT_HEADER
 from .hubconfig import HubSettings, render
 from .tools.hubproc import HubProcess, api_token_config
 from .tools.localecs_proc import LocalEcsProcess
@@ -38,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"register an admin service token for scripts and loadtest (or set {TOKEN_ENV})")
     add("--data-dir", type=Path, default=Path(".calliope-hub"),
         help="the hub's database, logs and the generated password (default %(default)s)")
+    add("--no-events", dest="events", action="store_false",
+        help="no task state events from local ECS: the hub learns every change by polling")
 
 
 def login_password(data_dir: Path) -> str:
@@ -52,8 +55,12 @@ def login_password(data_dir: Path) -> str:
 async def _serve(args: argparse.Namespace, console: Console) -> None:
     data = args.data_dir.resolve()
     (data / "tasks").mkdir(parents=True, exist_ok=True)
+    events_secret = secrets.token_urlsafe(24) if args.events else ""
     ecs = LocalEcsProcess(
-        ["--mode", args.mode], port=args.ecs_port, log_path=data / "local-ecs.log", cwd=data / "tasks"
+        ["--mode", args.mode, *_events_args(args.port, events_secret)],
+        port=args.ecs_port,
+        log_path=data / "local-ecs.log",
+        cwd=data / "tasks",
     )
     hub: HubProcess | None = None
     try:
@@ -62,7 +69,9 @@ async def _serve(args: argparse.Namespace, console: Console) -> None:
             api = await EcsApi.shared(EcsTarget("us-east-1", ecs.endpoint_url))
             await prepare_cluster(api, Catalog.load(), "calliope", local=True)
             await EcsApi.close_all()
-        settings = HubSettings(ecs_endpoint=ecs.endpoint_url, user_password=login_password(data))
+        settings = HubSettings(
+            ecs_endpoint=ecs.endpoint_url, user_password=login_password(data), events_secret=events_secret
+        )
         config = render(settings)
         if args.api_token:
             config += api_token_config(args.api_token, ADMIN_SERVICE)
@@ -79,11 +88,20 @@ async def _serve(args: argparse.Namespace, console: Console) -> None:
         console.print("stopped: no process left behind")
 
 
+def _events_args(hub_port: int, secret: str) -> list[str]:
+    """Local ECS posts every task state change to the hub, as an EventBridge API destination."""
+    if not secret:
+        return []
+    url = f"http://127.0.0.1:{hub_port}/hub/api/calliope/ecs-events"
+    return ["--events-url", url, "--events-header", f"{DEFAULT_HEADER}: {secret}"]
+
+
 def _banner(hub: HubProcess, settings: HubSettings, args: argparse.Namespace, data: Path) -> Panel:
     lines = [
         f"[bold]Calliope Hub[/] is up at [link={hub.url}]{hub.url}[/link]",
         f"log in as any user name (e.g. [bold]alice[/]) with the password [bold]{settings.user_password}[/]",
-        f"local ECS ({args.mode} mode): {settings.ecs_endpoint}",
+        f"local ECS ({args.mode} mode): {settings.ecs_endpoint}, "
+        + ("task events pushed to the hub" if settings.events_secret else "no events (--no-events): polling"),
         f"logs: {data / 'hub' / 'jupyterhub.log'} and {data / 'local-ecs.log'}",
     ]
     if args.api_token:
