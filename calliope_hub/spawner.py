@@ -135,8 +135,12 @@ class ECSSpawner(Spawner):
         existing = TaskWatcher.existing(api, self.cluster)
         if existing is not None:
             return existing
-        options = CalliopeEvents(config=self.config).watcher_options(self.poll_interval, self.poll_jitter)
-        return TaskWatcher.for_cluster(api, self.cluster, **options)
+        events = CalliopeEvents(config=self.config)
+        watcher = TaskWatcher.for_cluster(
+            api, self.cluster, **events.watcher_options(self.poll_interval, self.poll_jitter)
+        )
+        events.start_sqs(self.region)
+        return watcher
 
     def _placement(self) -> Placement:
         return Placement(

@@ -21,6 +21,7 @@ from tornado import web
 from traitlets import Bool, Float, Integer, Unicode, validate
 from traitlets.config import Configurable
 
+from calliope_hub.ecs.api import EcsTarget
 from calliope_hub.ecs.events import EventFormatError, EventIngest, QueueFull, parse_delivery, sort_delivery
 from calliope_hub.metrics import EVENTS
 
@@ -52,6 +53,16 @@ class CalliopeEvents(Configurable):
         0.15, help="Seconds STOPPED events are collected before one DescribeTasks confirms them."
     ).tag(config=True)
 
+    sqs_queue_url = Unicode(
+        "", help="SQS queue EventBridge delivers task state changes to ('' = no SQS consumer)."
+    ).tag(config=True)
+    sqs_endpoint_url = Unicode("", help="SQS endpoint ('' = AWS's own for the spawner's region).").tag(
+        config=True
+    )
+    sqs_max_receives = Integer(5, help="Deliveries after which a failing SQS message is dropped.").tag(
+        config=True
+    )
+
     @validate("sweeps")
     def _validate_sweeps(self, proposal: dict) -> str:
         if proposal["value"] not in ("hub", "off"):
@@ -69,6 +80,15 @@ class CalliopeEvents(Configurable):
             "sweeping": self.sweeps == "hub",
             "confirm_window": self.confirm_window,
         }
+
+
+    def start_sqs(self, region: str) -> None:
+        """Start this process's SQS consumer when a queue is configured (idempotent)."""
+        if self.sqs_queue_url:
+            from calliope_hub.ecs.sqs import SqsEventConsumer
+
+            target = EcsTarget(region, self.sqs_endpoint_url or None)
+            SqsEventConsumer.ensure_started(target, self.sqs_queue_url, self.sqs_max_receives)
 
 
 def events_config_lines(secret: str, header_name: str = DEFAULT_HEADER, sweeps: str = "hub") -> list[str]:
