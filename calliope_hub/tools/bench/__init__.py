@@ -1,0 +1,218 @@
+"""`calliope-hub bench`: the whole stack at N servers, batched against the stock pattern.
+
+For each (mode, servers, repeat) it starts a fresh local ECS (sim mode, ECS's quotas on)
+and a real JupyterHub with ECSSpawner in that status mode, then measures spawning, the
+steady state, detection of killed tasks, a kill -9 restart and shutdown. Both modes run
+with the same spawner, client and poll interval, so the only difference is who polls.
+Ctrl-C stops the stack and still prints and writes what was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from calliope_hub.tools.bench import phases, report
+from calliope_hub.tools.bench.stack import BenchStack, StackOptions
+
+MODES = ("batched", "naive")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    servers: tuple[int, ...]
+    modes: tuple[str, ...]
+    window: float = 120.0
+    poll_interval: float = 30.0
+    repeats: int = 1
+    detect: int = 10
+    activity_interval: float = 300.0
+    concurrency: int = 50
+    sim_provisioning: float = 1.0
+    sim_pending: float = 1.0
+    keep_logs: bool = False
+
+    def __post_init__(self) -> None:
+        checks = {
+            "--servers needs positive counts": bool(self.servers) and min(self.servers) >= 1,
+            "--servers is at most 20000 (one socket per task in local ECS)": max(self.servers, default=0)
+            <= 20_000,
+            f"--mode must be among {', '.join(MODES)}": bool(self.modes)
+            and set(self.modes) <= set(MODES),
+            "--window must be positive": self.window > 0,
+            "--poll-interval must be positive": self.poll_interval > 0,
+            "--repeats must be at least 1": self.repeats >= 1,
+            "--detect must be between 1 and the smallest --servers": 1
+            <= self.detect
+            <= min(self.servers, default=0),
+            "--activity-interval must be positive": self.activity_interval > 0,
+            "--concurrency must be at least 1": self.concurrency >= 1,
+        }
+        problems = [message for message, ok in checks.items() if not ok]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+class Bench:
+    """Runs every (mode, servers, repeat); `runs` holds what was measured so far."""
+
+    def __init__(self, config: BenchConfig, console: Console) -> None:
+        self.config = config
+        self.console = console
+        self.runs: list[dict[str, Any]] = []
+
+    async def execute(self) -> None:
+        for servers in self.config.servers:
+            for repeat in range(self.config.repeats):
+                for mode in self.config.modes:
+                    await self._run(mode, servers, repeat)
+
+    async def _run(self, mode: str, servers: int, repeat: int) -> None:
+        record: dict[str, Any] = {
+            "mode": mode,
+            "servers": servers,
+            "poll_interval_s": self.config.poll_interval,
+            "repeat": repeat,
+            "error": None,
+        }
+        self.runs.append(record)
+        options = StackOptions(
+            poll_interval=self.config.poll_interval,
+            sim_provisioning=self.config.sim_provisioning,
+            sim_pending=self.config.sim_pending,
+            keep_logs=self.config.keep_logs,
+        )
+        stack = BenchStack(mode, options)
+        began = time.monotonic()
+        try:
+            self._say(f"{mode} N={servers} #{repeat}: starting local ECS and the hub in {stack.workdir}")
+            await stack.start()
+            await self._phases(stack, record)
+        except Exception as error:  # a run that falls over is reported, and the next one runs
+            record["error"] = f"{type(error).__name__}: {error}"[:2000]
+            self._say(f"[red]{mode} N={servers}: {record['error']}")
+        finally:
+            record["duration_s"] = round(time.monotonic() - began, 1)
+            await stack.close()
+
+    async def _phases(self, stack: BenchStack, record: dict[str, Any]) -> None:
+        config, servers = self.config, record["servers"]
+        self._say(f"spawning {servers} servers")
+        record["spawn"] = await phases.spawn_phase(stack, servers, config.concurrency)
+        names = sorted(await phases.ready_names(stack, math.ceil(servers / phases.PAGE) + 2))
+        if not names:
+            raise RuntimeError("no server became ready; see the spawn figures")
+        # Let the spawn's busy sweeps end, as a hub at rest would have.
+        await asyncio.sleep(min(config.poll_interval, 60))
+        self._say(f"steady state for {config.window:g}s")
+        steady = await phases.steady_phase(stack, names, config.window, config.activity_interval)
+        describes = steady["ecs_calls_per_min"].get("DescribeTasks", 0.0)
+        steady["describe_per_poll"] = round(describes * config.poll_interval / 60, 2)
+        steady["describe_per_poll_bound"] = math.ceil(servers / 100)
+        record["steady"] = steady
+        self._say(f"killing {config.detect} tasks")
+        timeout = 3 * config.poll_interval + 60
+        record["detect_s"] = await phases.detect_phase(stack, names, config.detect, timeout)
+        expected = set(names) - set(record["detect_s"]["users"])
+        patience = 120 + servers * 0.05
+        self._say("kill -9 and restart")
+        record["restart"] = await phases.restart_phase(stack, expected, patience)
+        self._say("shutdown, cleanup off then on")
+        shutdown = await phases.shutdown_phase(stack, expected, patience)
+        record["shutdown"] = shutdown
+        record["shutdown_block_s"] = max(part["block_s"] for part in shutdown.values())
+
+    def _say(self, message: str) -> None:
+        self.console.log(message)
+
+
+# --- the command -------------------------------------------------------------------
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part.replace("_", "")) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--servers", type=_counts, default=(1000, 2000, 5000, 10000), help="comma-separated N")
+    add("--mode", type=_words, default=MODES, help="batched,naive (default both)")
+    add("--window", type=float, default=120.0, help="steady-state window in seconds")
+    add("--poll-interval", type=float, default=30.0, help="status poll interval, both modes")
+    add("--repeats", type=int, default=1, help="runs per (mode, servers), for min/median/max")
+    add("--detect", type=int, default=10, help="tasks killed to time detection (K)")
+    add("--activity-interval", type=float, default=300.0,
+        help="seconds between one server's activity posts (JUPYTERHUB_ACTIVITY_INTERVAL)")  # fmt: skip
+    add("--concurrency", type=int, default=50, help="spawn requests in flight")
+    add("--sim-provisioning", type=float, default=1.0, help="seconds a sim task is PROVISIONING")
+    add("--sim-pending", type=float, default=1.0, help="seconds a sim task is PENDING")
+    add("--json", type=Path, help="write the runs here")
+    add("--plot", type=Path, help="write a PNG of every figure against N")
+    add("--keep-logs", action="store_true", help="keep each run's hub and local ECS logs")
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        servers=args.servers,
+        modes=args.mode,
+        window=args.window,
+        poll_interval=args.poll_interval,
+        repeats=args.repeats,
+        detect=args.detect,
+        activity_interval=args.activity_interval,
+        concurrency=args.concurrency,
+        sim_provisioning=args.sim_provisioning,
+        sim_pending=args.sim_pending,
+        keep_logs=args.keep_logs,
+    )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the bench as Ctrl-C does: the stack is torn down, results still printed."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    try:
+        config = _config(args)
+    except ValueError as error:
+        console.print(f"[red]calliope-hub bench: {error}")
+        return 2
+    document = {"machine": report.machine(), "config": vars(config), "runs": []}
+    bench = Bench(config, console)
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        asyncio.run(bench.execute())
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    document["runs"] = bench.runs
+    document["interrupted"] = interrupted
+    Console().print(report.render_table(bench.runs, interrupted))
+    if args.json:
+        report.save_json(args.json, document)
+    if args.plot:
+        report.save_plot(args.plot, bench.runs)
+    if interrupted:
+        return 130
+    return 1 if any(run["error"] for run in bench.runs) else 0
