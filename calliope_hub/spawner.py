@@ -15,7 +15,7 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Any, Bool, Dict, Float, List, Unicode, default, validate
 
-from . import metrics, orphansweep
+from . import emf, metrics, orphansweep
 from .catalog import Catalog, CatalogError, Choice, Placement, TaskIdentity, run_task_request
 from .ecs.api import EcsApi, EcsApiError, EcsTarget
 from .ecs.events_http import CalliopeEvents
@@ -190,6 +190,7 @@ class ECSSpawner(Spawner):
         self.choice_size = state.get("size", "")
         # JupyterHub loads every spawner's state once as it creates it: our only startup hook.
         orphansweep.ensure_started(self)
+        emf.configure(self.config)
 
     def clear_state(self) -> None:
         super().clear_state()
@@ -246,9 +247,10 @@ class ECSSpawner(Spawner):
             outcome = "ok"
             return f"http://{snapshot.ip}:{self.port}"
         finally:
-            metrics.SPAWN_DURATION.labels(choice.service.name, choice.size_name, outcome).observe(
-                loop.time() - began
-            )
+            elapsed = loop.time() - began
+            metrics.SPAWN_DURATION.labels(choice.service.name, choice.size_name, outcome).observe(elapsed)
+            if outcome == "ok":
+                emf.spawn_duration(choice.service.name, elapsed)
 
     async def _wait_until_running(self) -> TaskSnapshot:
         watcher = await self._watcher()

@@ -1,8 +1,8 @@
 """Every calliope_ metric, read from a real JupyterHub's /hub/metrics after a real spawn and stop.
 
 The stack is what `calliope-hub up` runs: a JupyterHub with the ECSSpawner, local ECS (sim)
-in a thread sending its task state changes to the hub's events endpoint, and the orphan
-sweeper at a test cadence. A task started by hand with the hub's startedBy is the orphan;
+in a thread sending its task state changes to the hub's events endpoint, the orphan
+sweeper at a test cadence, and CloudWatch EMF lines written to a file. A task started by hand with the hub's startedBy is the orphan;
 a second of forced throttling at local ECS makes the throttle counter move.
 """
 
@@ -27,6 +27,8 @@ from calliope_hub.ecs.orphans import ORPHAN_STOP_REASON
 from calliope_hub.hubconfig import HubSettings, render
 from calliope_hub.tools.hubapi import HubApi
 from calliope_hub.tools.hubproc import HubProcess, ProxyNotInstalled, api_token_config, free_port, proxy_command
+
+from test_emf import assert_valid_emf
 
 HUB_ID = "metrics-test"
 CLUSTER = "calliope"
@@ -86,6 +88,8 @@ async def stack(local_ecs_factory: Callable[..., Any]) -> AsyncIterator[tuple[Hu
             "c.CalliopeEvents.reconcile_interval = 1",
             "c.OrphanSweep.interval = 0.5",
             "c.OrphanSweep.grace_period = 1",
+            "c.CloudWatchEmf.enabled = True",
+            "c.CloudWatchEmf.path = 'emf.jsonl'",  # in the hub's working dir
         ],
     )
     async with HubProcess(render(settings), port=port) as hub, HubApi(hub.url, token) as admin:
@@ -146,6 +150,10 @@ async def test_every_calliope_metric_moves_through_a_spawn_and_a_stop(stack: tup
     assert orphans["found"] >= 1 and orphans["stopped"] >= 1
     spawns = {(labels["service"], labels["outcome"]) for labels, v in final["calliope_spawn_duration_seconds"] if v}
     assert ("lab", "ok") in spawns
+
+    emf = [assert_valid_emf(line) for line in (hub.workdir / "emf.jsonl").read_text().splitlines()]
+    assert [r["ServiceType"] for r in emf if "SpawnDuration" in r] == ["lab"]
+    assert any(r.get("Operation") == "Poll" and r["TaskCount"] >= 1 for r in emf)
 
 
 async def _not_ready(admin: HubApi, user: str) -> bool:

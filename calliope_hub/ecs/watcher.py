@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
+from calliope_hub import emf
 from calliope_hub.ecs.api import DESCRIBE_LIMIT, DescribeResult, EcsApi
 from calliope_hub.ecs.taskinfo import TaskSnapshot
 from calliope_hub.metrics import EVENTS, SWEEP_DURATION, SWEEP_SIZE, WATCHED_TASKS
@@ -318,7 +319,9 @@ class TaskWatcher:
             self._warn_stale(failed, calls)
         self.sweeps += 1
         SWEEP_SIZE.labels(self.cluster).set(len(arns))
-        SWEEP_DURATION.labels(self.cluster).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        SWEEP_DURATION.labels(self.cluster).observe(elapsed)
+        emf.poll(elapsed, len(arns))
 
     async def _describe_all(
         self, arns: Sequence[str]
