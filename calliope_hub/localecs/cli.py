@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from calliope_hub.localecs.config import LocalEcsConfig
+from calliope_hub.localecs.config import LocalEcsConfig, random_cidr
 from calliope_hub.localecs.model import LIFECYCLE
 from calliope_hub.localecs.service import LocalEcs
 
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--sim-stop-rate", type=float, default=0.0, help="spontaneous stops per running task per hour")
     add("--retention", type=float, default=defaults.retention_s, help="seconds a STOPPED task stays describable")
     add("--stop-timeout", type=float, default=defaults.stop_timeout_s, help="seconds from SIGTERM to SIGKILL")
-    add("--cidr", default=defaults.cidr, help="task addresses come from here, inside 127.0.0.0/8")
+    add("--cidr", help="task addresses come from here, inside 127.0.0.0/8 (default: a random /16)")
     add("--tls", action="store_true", help="serve https with a self-signed certificate (its path is printed)")
     add("--tls-dir", type=Path, help="where to keep that certificate (default: a temporary directory)")
     add("--region", default=defaults.region)
@@ -60,7 +60,7 @@ def config_from(args: argparse.Namespace) -> LocalEcsConfig:
         event_duplicate=args.event_duplicate, event_reorder=args.event_reorder,
         sim_provisioning_s=args.sim_provisioning, sim_pending_s=args.sim_pending, sim_jitter=args.sim_jitter,
         sim_fail_fraction=args.sim_fail_fraction, sim_stop_rate=args.sim_stop_rate,
-        retention_s=args.retention, stop_timeout_s=args.stop_timeout, cidr=args.cidr,
+        retention_s=args.retention, stop_timeout_s=args.stop_timeout, cidr=args.cidr or random_cidr(),
         tls=args.tls, tls_dir=args.tls_dir, region=args.region, account=args.account,
     )
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from calliope_hub.quotas import AWS_QUOTAS, Quota
@@ -14,6 +15,15 @@ THROTTLE_NAMES = {
     "modify": "cluster-modify",
     "fargate": "fargate-run-task",
 }
+
+
+def random_cidr() -> str:
+    """A /16 of its own inside 127.0.0.0/8 (never 127.0.x.x).
+
+    Several local ECS instances on one machine (a bench beside `make up`) then hand out
+    different addresses, so their tasks never fight over the same ip:port.
+    """
+    return f"127.{random.randint(16, 254)}.0.0/16"
 
 
 @dataclass
@@ -43,7 +53,7 @@ class LocalEcsConfig:
     #: seconds from SIGTERM to SIGKILL on StopTask (ECS_CONTAINER_STOP_TIMEOUT).
     stop_timeout_s: float = 30.0
     #: where task addresses come from: inside 127.0.0.0/8; 127.0.0.1 is never handed out.
-    cidr: str = "127.20.0.0/16"
+    cidr: str = field(default_factory=random_cidr)
     tls: bool = False
     #: where `tls` keeps its self-signed certificate (a temporary directory when None).
     tls_dir: Path | None = None

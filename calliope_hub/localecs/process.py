@@ -25,17 +25,16 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import re
 import shutil
 import signal
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..orphaning import die_with_parent
 from .runner import ContainerSpec, LaunchSpec, TaskHooks
 
 log = logging.getLogger(__name__)
@@ -68,24 +67,6 @@ def _kill_live_groups() -> None:
 def _signal_group(group: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signum)
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if local ECS dies without cleaning up, the kernel kills us."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _load_prctl():  # noqa: ANN202 - a ctypes function or None
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
 
 
 def docker_exit_code(returncode: int | None) -> int | None:
@@ -330,7 +311,7 @@ async def _spawn_group(argv: list[str], env: dict[str, str], log_path: Path) -> 
             stdout=output,
             stderr=output,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     _LIVE_GROUPS.add(process.pid)
     return process

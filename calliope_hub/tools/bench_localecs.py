@@ -13,11 +13,8 @@ import json
 import os
 import platform
 import random
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ from botocore.config import Config
 from rich.console import Console
 from rich.table import Table
 
-from calliope_hub.tools.hubproc import free_port
+from calliope_hub.tools.localecs_proc import LocalEcsProcess
 from calliope_hub.tools.stats import Percentiles
 
 CLUSTER = "bench"
@@ -60,28 +57,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def start_server(port: int) -> subprocess.Popen:
-    command = [
-        sys.executable, "-m", "calliope_hub.cli", "local-ecs", "--port", str(port), "--mode", "sim",
-        "--throttle", "off", "--sim-provisioning", "0.05", "--sim-pending", "0.1",
-    ]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-
-
-def server_stats(endpoint: str) -> dict:
-    with urllib.request.urlopen(endpoint + "/_localecs/stats", timeout=30) as answer:
-        return json.loads(answer.read())
-
-
-async def wait_until(endpoint: str, ready: Any, timeout: float, what: str) -> dict:
+async def wait_until(ecs: LocalEcsProcess, ready: Any, timeout: float, what: str) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            stats = await asyncio.to_thread(server_stats, endpoint)
-            if ready(stats):
-                return stats
-        except OSError:
-            pass
+        stats = await ecs.stats()
+        if ready(stats):
+            return stats
         await asyncio.sleep(0.5)
     raise RuntimeError(f"local ECS did not get {what} within {timeout:.0f} s")
 
@@ -102,11 +83,11 @@ async def run_tasks(ecs: Any, total: int, concurrency: int) -> list[str]:
     return [arn for arns in await asyncio.gather(*(batch(n) for n in sizes)) for arn in arns]
 
 
-async def bench(endpoint: str, total: int, concurrency: int, describes: int) -> tuple[dict, list[float]]:
+async def bench(server: LocalEcsProcess, total: int, concurrency: int, describes: int) -> tuple[dict, list[float]]:
     session = get_session()
     config = Config(max_pool_connections=concurrency, retries={"mode": "standard"})
     async with session.create_client(
-        "ecs", endpoint_url=endpoint, region_name="us-east-1", config=config,
+        "ecs", endpoint_url=server.endpoint_url, region_name="us-east-1", config=config,
         aws_access_key_id="bench", aws_secret_access_key="bench",
     ) as ecs:
         await ecs.create_cluster(clusterName=CLUSTER)
@@ -117,12 +98,12 @@ async def bench(endpoint: str, total: int, concurrency: int, describes: int) -> 
         started = time.perf_counter()
         arns = await run_tasks(ecs, total, concurrency)
         run_seconds = time.perf_counter() - started
-        await wait_until(endpoint, lambda s: s["tasks"].get("RUNNING", 0) >= total, 600, f"{total} RUNNING")
+        await wait_until(server, lambda s: s["tasks"].get("RUNNING", 0) >= total, 600, f"{total} RUNNING")
         running_after = time.perf_counter() - started
         # one full sweep first, as a hub's watcher makes: answers are cached per task version
         for start in range(0, len(arns), 100):
             await ecs.describe_tasks(cluster=CLUSTER, tasks=arns[start : start + 100], include=["TAGS"])
-        before = (await asyncio.to_thread(server_stats, endpoint))["server_ms"]["DescribeTasks"]["count"]
+        before = (await server.stats())["server_ms"]["DescribeTasks"]["count"]
         round_trips = []
         for _ in range(describes):
             sample = random.sample(arns, 100)
@@ -134,22 +115,12 @@ async def bench(endpoint: str, total: int, concurrency: int, describes: int) -> 
     return timing, round_trips
 
 
-def measure(total: int, concurrency: int, describes: int) -> BenchReport:
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    server = start_server(port)
-    try:
-        asyncio.run(wait_until(endpoint, lambda s: True, 30, "ready"))
-        timing, round_trips = asyncio.run(bench(endpoint, total, concurrency, describes))
-        stats = server_stats(endpoint)
+async def measure(total: int, concurrency: int, describes: int) -> BenchReport:
+    args = ["--mode", "sim", "--throttle", "off", "--sim-provisioning", "0.05", "--sim-pending", "0.1"]
+    async with LocalEcsProcess(args) as server:
+        timing, round_trips = await bench(server, total, concurrency, describes)
+        stats = await server.stats()
         rss = psutil.Process(server.pid).memory_info().rss
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
     served = stats["server_ms"]["DescribeTasks"]
     assert served["count"] == timing["warmup"] + describes, "server samples must be this run's only"
     return BenchReport(
@@ -195,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tasks < 100 or args.concurrency < 1 or args.describes < 1:
         print("bench-local-ecs: need --tasks >= 100, --concurrency >= 1, --describes >= 1", file=sys.stderr)
         return 2
-    report = measure(args.tasks, args.concurrency, args.describes)
+    report = asyncio.run(measure(args.tasks, args.concurrency, args.describes))
     Console().print(render(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from ..orphaning import die_with_parent
 from .hubproc import free_port
 
 
@@ -68,6 +69,8 @@ class LocalEcsProcess:
                 self._command,
                 cwd=self.cwd,
                 env=_task_env(),
+                # SIGTERM, so that local ECS still stops its own task processes.
+                preexec_fn=lambda: die_with_parent(signal.SIGTERM),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
