@@ -9,6 +9,7 @@ a second of forced throttling at local ECS makes the throttle counter move.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -27,8 +28,6 @@ from calliope_hub.ecs.orphans import ORPHAN_STOP_REASON
 from calliope_hub.hubconfig import HubSettings, render
 from calliope_hub.tools.hubapi import HubApi
 from calliope_hub.tools.hubproc import HubProcess, ProxyNotInstalled, api_token_config, free_port, proxy_command
-
-from test_emf import assert_valid_emf
 
 HUB_ID = "metrics-test"
 CLUSTER = "calliope"
@@ -127,6 +126,7 @@ async def test_every_calliope_metric_moves_through_a_spawn_and_a_stop(stack: tup
             return all(nonzero(running, name) for name in CURRENT_STATE)
 
         await eventually(present_state_shown, seconds=10)
+        assert await server_ready(admin, "mia")  # several sweeps passed: an owned task is never an orphan
 
         assert (await admin.request("DELETE", "/users/mia/server")).status in (202, 204)
         await eventually(lambda: _not_ready(admin, "mia"))
@@ -151,7 +151,9 @@ async def test_every_calliope_metric_moves_through_a_spawn_and_a_stop(stack: tup
     spawns = {(labels["service"], labels["outcome"]) for labels, v in final["calliope_spawn_duration_seconds"] if v}
     assert ("lab", "ok") in spawns
 
-    emf = [assert_valid_emf(line) for line in (hub.workdir / "emf.jsonl").read_text().splitlines()]
+    # One EmfWriter wrote these; tests/test_emf.py checks its lines against the EMF specification.
+    emf = [json.loads(line) for line in (hub.workdir / "emf.jsonl").read_text().splitlines()]
+    assert all(r["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "CalliopeHub" for r in emf)
     assert [r["ServiceType"] for r in emf if "SpawnDuration" in r] == ["lab"]
     assert any(r.get("Operation") == "Poll" and r["TaskCount"] >= 1 for r in emf)
 

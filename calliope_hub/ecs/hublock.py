@@ -81,9 +81,20 @@ class AdvisoryLock:
         return self.held
 
     def _close(self) -> None:
-        conn, self._conn, self.held = self._conn, None, False
-        if conn is not None and not conn.closed:
-            conn.close()  # ends the session, which releases a session-level advisory lock
+        """Unlock first: closing alone frees the lock only once the server has ended the session."""
+        import psycopg2
+
+        conn, held, self._conn, self.held = self._conn, self.held, None, False
+        if conn is None or conn.closed:
+            return
+        try:
+            if held:
+                with conn.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+        except psycopg2.Error:
+            pass  # the session is going anyway, and the lock with it
+        finally:
+            conn.close()
 
 
 def sweep_lock(db_url: str, name: str) -> SweepLock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -83,6 +84,7 @@ async def test_a_holder_that_dies_frees_the_lock(
         for _ in range(50):  # PostgreSQL ends the dead session when it notices the closed socket
             if await mine.try_acquire():
                 break
+            await asyncio.sleep(0.1)
         assert await mine.try_acquire() is True
     finally:
         await mine.release()
