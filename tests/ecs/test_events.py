@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_watcher import CLUSTER, NEVER, Clock, ScriptedEcs, arn, clock, ecs, ecs_task  # noqa: F401 (fixtures)
+from tests.ecs.test_watcher import CLUSTER, NEVER, Clock, ScriptedEcs, arn, clock, ecs, ecs_task  # noqa: F401 (fixtures)
 
 from calliope_hub.ecs.events import (
     EventFormatError,

@@ -14,8 +14,8 @@ from typing import Any
 
 import boto3
 import pytest
-from test_events import CLUSTER_ARN, event_for
-from test_watcher import CLUSTER, NEVER, ScriptedEcs, arn, ecs_task
+from tests.ecs.test_events import CLUSTER_ARN, event_for
+from tests.ecs.test_watcher import CLUSTER, NEVER, ScriptedEcs, arn, ecs_task
 
 from calliope_hub.ecs.api import EcsTarget
 from calliope_hub.ecs.events import EventIngest, TaskStateChange
