@@ -23,7 +23,12 @@ from calliope_hub.ecs.events_http import DEFAULT_HEADER
 from calliope_hub.hubconfig import HubSettings, render
 from calliope_hub.monitor import Monitor
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.hubproc import HubProcess, ProxyNotInstalled, api_token_config, proxy_command
+from calliope_hub.tools.hubproc import (
+    HubProcess,
+    ProxyNotInstalled,
+    api_token_config,
+    proxy_command,
+)
 
 
 def require_proxy() -> None:

@@ -22,7 +22,13 @@ from traitlets import Bool, Float, Integer, Unicode, validate
 from traitlets.config import Configurable
 
 from calliope_hub.ecs.api import EcsTarget
-from calliope_hub.ecs.events import EventFormatError, EventIngest, QueueFull, parse_delivery, sort_delivery
+from calliope_hub.ecs.events import (
+    EventFormatError,
+    EventIngest,
+    QueueFull,
+    parse_delivery,
+    sort_delivery,
+)
 from calliope_hub.metrics import EVENTS
 
 ROUTE = "/api/calliope/ecs-events"  # under the hub prefix: /hub/api/calliope/ecs-events

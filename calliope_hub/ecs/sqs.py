@@ -19,7 +19,12 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
 from calliope_hub.ecs.api import EcsTarget, _local_credentials
-from calliope_hub.ecs.events import EventFormatError, EventIngest, parse_delivery, sort_delivery
+from calliope_hub.ecs.events import (
+    EventFormatError,
+    EventIngest,
+    parse_delivery,
+    sort_delivery,
+)
 from calliope_hub.metrics import EVENTS
 
 log = logging.getLogger(__name__)

@@ -440,7 +440,7 @@ class TaskWatcher:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             due = min(due, time.monotonic() + self.next_delay())
 

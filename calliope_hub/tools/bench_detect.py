@@ -25,8 +25,8 @@ from calliope_hub.ecs.events_http import DEFAULT_HEADER
 from calliope_hub.hubconfig import HubSettings, render
 from calliope_hub.tools.hubapi import HubApi
 from calliope_hub.tools.hubproc import HubProcess, api_token_config, free_port
-from calliope_hub.tools.localecs_proc import LocalEcsProcess
 from calliope_hub.tools.loadtest import write_json
+from calliope_hub.tools.localecs_proc import LocalEcsProcess
 from calliope_hub.tools.stats import Percentiles
 
 EVENTS_ROUTE = "/hub/api/calliope/ecs-events"

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.ecs.test_watcher import CLUSTER, NEVER, Clock, ScriptedEcs, arn, clock, ecs, ecs_task  # noqa: F401 (fixtures)
 
 from calliope_hub.ecs.events import (
     EventFormatError,
@@ -29,6 +28,16 @@ from calliope_hub.ecs.events import (
 from calliope_hub.ecs.watcher import TaskWatcher
 from calliope_hub.localecs.events import task_state_change_event
 from calliope_hub.metrics import EVENTS
+from tests.ecs.test_watcher import (  # noqa: F401 (fixtures)
+    CLUSTER,
+    NEVER,
+    Clock,
+    ScriptedEcs,
+    arn,
+    clock,
+    ecs,
+    ecs_task,
+)
 
 CLUSTER_ARN = f"arn:aws:ecs:us-east-1:123456789012:cluster/{CLUSTER}"
 

@@ -26,7 +26,13 @@ from calliope_hub.ecs.events_http import DEFAULT_HEADER, SCOPE
 from calliope_hub.hubconfig import HubSettings, render
 from calliope_hub.localecs.events import task_state_change_event
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.hubproc import HubProcess, ProxyNotInstalled, api_token_config, free_port, proxy_command
+from calliope_hub.tools.hubproc import (
+    HubProcess,
+    ProxyNotInstalled,
+    api_token_config,
+    free_port,
+    proxy_command,
+)
 
 ROUTE = "/hub/api/calliope/ecs-events"
 

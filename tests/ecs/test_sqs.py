@@ -14,14 +14,14 @@ from typing import Any
 
 import boto3
 import pytest
-from tests.ecs.test_events import CLUSTER_ARN, event_for
-from tests.ecs.test_watcher import CLUSTER, NEVER, ScriptedEcs, arn, ecs_task
 
 from calliope_hub.ecs.api import EcsTarget
 from calliope_hub.ecs.events import EventIngest, TaskStateChange
 from calliope_hub.ecs.sqs import SqsEventConsumer, sqs_client
 from calliope_hub.ecs.watcher import TaskWatcher
 from calliope_hub.metrics import EVENTS
+from tests.ecs.test_events import CLUSTER_ARN, event_for
+from tests.ecs.test_watcher import CLUSTER, NEVER, ScriptedEcs, arn, ecs_task
 
 _queues = itertools.count()
 
