@@ -27,6 +27,8 @@ from .tools.localecs_proc import LocalEcsProcess
 
 TOKEN_ENV = "CALLIOPE_HUB_API_TOKEN"
 ADMIN_SERVICE = "calliope-admin"
+#: JupyterHub refuses to start with a shorter service token.
+MIN_TOKEN_LENGTH = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,10 +120,20 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
+def _bad_arguments(args: argparse.Namespace) -> str:
+    """What is wrong with the flags, before anything starts ('' when nothing is)."""
+    if args.port == args.ecs_port:
+        return "--port and --ecs-port must differ"
+    if args.api_token and len(args.api_token) < MIN_TOKEN_LENGTH:
+        return f"--api-token must be at least {MIN_TOKEN_LENGTH} characters (JupyterHub refuses shorter ones)"
+    return ""
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    if args.port == args.ecs_port:
-        console.print("[red]--port and --ecs-port must differ[/]")
+    problem = _bad_arguments(args)
+    if problem:
+        console.print(f"[red]calliope-hub up:[/] {problem}")
         return 2
     try:
         asyncio.run(_serve(args, console))
