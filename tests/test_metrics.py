@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -27,7 +26,8 @@ from calliope_hub.ecs.events_http import DEFAULT_HEADER, ROUTE
 from calliope_hub.ecs.orphans import ORPHAN_STOP_REASON
 from calliope_hub.hubconfig import HubSettings, render
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.hubproc import HubProcess, ProxyNotInstalled, api_token_config, free_port, proxy_command
+from calliope_hub.tools.hubproc import HubProcess, api_token_config, free_port
+from tests.hubtest import eventually, require_proxy, server_ready
 
 HUB_ID = "metrics-test"
 CLUSTER = "calliope"
@@ -59,22 +59,9 @@ def nonzero(samples: Samples, name: str) -> bool:
     return any(value > 0 for _, value in samples.get(name, ()))
 
 
-async def eventually(check: Callable[[], Any], seconds: float = 20.0) -> None:
-    for _ in range(int(seconds / 0.1)):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {seconds}s")
-
-
 @pytest.fixture
 async def stack(local_ecs_factory: Callable[..., Any]) -> AsyncIterator[tuple[HubProcess, Any, HubApi]]:
-    try:
-        proxy_command()
-    except ProxyNotInstalled as missing:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(str(missing))
+    require_proxy()
     port, secret, token = free_port(), secrets.token_urlsafe(24), secrets.token_hex(16)
     ecs = local_ecs_factory(events_url=f"http://127.0.0.1:{port}/hub{ROUTE}", events_header=(DEFAULT_HEADER, secret))
     settings = HubSettings(
@@ -104,10 +91,6 @@ async def start_orphan(endpoint_url: str) -> tuple[EcsApi, str]:
     identity = TaskIdentity(HUB_ID, "ghost", "", choice.service.name, choice.size_name, 1)
     request = run_task_request(choice, identity, Placement(CLUSTER, subnets=("subnet-local",)), {})
     return api, (await api.run_task(request))["tasks"][0]["taskArn"]
-
-
-async def server_ready(admin: HubApi, user: str) -> bool:
-    return bool((await admin.request("GET", f"/users/{user}")).json()["servers"].get("", {}).get("ready"))
 
 
 async def test_every_calliope_metric_moves_through_a_spawn_and_a_stop(stack: tuple[HubProcess, Any, HubApi]) -> None:

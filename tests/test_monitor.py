@@ -23,35 +23,8 @@ from calliope_hub.ecs.events_http import DEFAULT_HEADER
 from calliope_hub.hubconfig import HubSettings, render
 from calliope_hub.monitor import Monitor
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.hubproc import (
-    HubProcess,
-    ProxyNotInstalled,
-    api_token_config,
-    proxy_command,
-)
-
-
-def require_proxy() -> None:
-    try:
-        proxy_command()
-    except ProxyNotInstalled as missing:
-        import os
-
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(str(missing))
-
-
-async def server_of(api: HubApi, name: str) -> dict[str, Any] | None:
-    return (await api.request("GET", f"/users/{name}")).json()["servers"].get("")
-
-
-async def eventually(check: Callable[[], Any], seconds: float = 20) -> Any:
-    for _ in range(int(seconds / 0.1)):
-        if result := await check():
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {seconds}s")
+from calliope_hub.tools.hubproc import HubProcess, api_token_config
+from tests.hubtest import eventually, require_proxy, server_gone, server_ready
 
 
 async def test_a_hub_without_sweeps_follows_the_monitor(local_ecs_factory: Callable[..., Any]) -> None:
@@ -74,10 +47,10 @@ async def test_a_hub_without_sweeps_follows_the_monitor(local_ecs_factory: Calla
             try:
                 await hub_api.request("POST", "/users/mo")
                 assert (await hub_api.request("POST", "/users/mo/server", {"user_options": {}})).status in (201, 202)
-                server = await eventually(lambda: _ready(hub_api, "mo"))
+                server = await eventually(lambda: server_ready(hub_api, "mo"))
                 task_id = server["state"]["task_arn"].rsplit("/", 1)[-1]
                 assert ecs.kill(task_id)[0] == 202
-                await eventually(lambda: _gone(hub_api, "mo"))
+                await eventually(lambda: server_gone(hub_api, "mo"))
             finally:
                 monitor.cancel()
                 await asyncio.gather(monitor, return_exceptions=True)
@@ -86,12 +59,3 @@ async def test_a_hub_without_sweeps_follows_the_monitor(local_ecs_factory: Calla
             with pytest.raises(RuntimeError, match="HTTP 401"):
                 await Monitor(api, session, wrong)._push([{"source": "aws.ecs"}])
     await api.close()
-
-
-async def _ready(api: HubApi, name: str) -> dict[str, Any] | None:
-    server = await server_of(api, name)
-    return server if server and server.get("ready") else None
-
-
-async def _gone(api: HubApi, name: str) -> bool:
-    return await server_of(api, name) is None

@@ -21,6 +21,7 @@ from calliope_hub.ecs.bootstrap import prepare_cluster
 from calliope_hub.hubconfig import HubSettings, render
 from calliope_hub.tools.hubapi import HubApi
 from calliope_hub.tools.hubproc import HubProcess, api_token_config
+from tests.hubtest import require_proxy
 
 TOKEN = "calliope-e2e-admin-token"
 PASSWORD = "e2e-password-1234"
@@ -57,6 +58,7 @@ class Stack:
 
 @pytest.fixture
 async def stack(local_ecs_factory, tmp_path: Path) -> AsyncIterator[Stack]:
+    require_proxy()
     ecs = local_ecs_factory(mode="process", stop_timeout_s=5)
     client = await EcsApi.shared(EcsTarget("us-east-1", ecs.endpoint_url))
     await prepare_cluster(client, Catalog.load(), "calliope", local=True)

@@ -3,27 +3,10 @@ a task killed behind the hub's back, and a clean stop."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import aiohttp
-
 import boto3
 
-
-async def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"not {what} within {timeout}s")
-
-
-async def server_model(stack, user: str) -> dict | None:
-    answer = await stack.api.request("GET", f"/users/{user}")
-    return answer.json()["servers"].get("")
+from tests.hubtest import eventually, server_gone, server_ready
 
 
 async def status_through_proxy(stack, user: str) -> int:
@@ -46,13 +29,8 @@ async def spawn_lab(stack, user: str) -> list[dict]:
         events.append(event)
         if event.get("ready") or event.get("failed"):
             break
-    await wait_until(lambda: _ready(stack, user), 120, "ready")
+    await eventually(lambda: server_ready(stack.api, user), 120, "ready")
     return events
-
-
-async def _ready(stack, user: str) -> bool:
-    model = await server_model(stack, user)
-    return bool(model and model["ready"])
 
 
 async def test_lab_lifecycle_through_the_hub(stack):
@@ -66,7 +44,7 @@ async def test_lab_lifecycle_through_the_hub(stack):
     # Hub restart: the task keeps running and the new hub tracks it.
     await stack.hub.stop()
     await stack.hub.start(timeout=120)
-    assert await _ready(stack, "alice"), "the server survived the hub restart"
+    assert await server_ready(stack.api, "alice"), "the server survived the hub restart"
     assert await status_through_proxy(stack, "alice") == 200
 
     # Killed behind the hub's back: the watcher notices and the hub removes the route.
@@ -75,7 +53,7 @@ async def test_lab_lifecycle_through_the_hub(stack):
     task_id = await _only_running_task_id(stack)
     status, _ = stack.ecs.kill(task_id)
     assert status in (200, 202)
-    await wait_until(lambda: _gone(stack, "alice"), 30, "noticed as stopped")
+    await eventually(lambda: server_gone(stack.api, "alice"), 30, "noticed as stopped")
     assert await status_through_proxy(stack, "alice") != 200
 
 
@@ -84,14 +62,8 @@ async def test_stop_leaves_no_process(stack):
     assert stack.server_processes(), "a real jupyterhub-singleuser serves bob"
     answer = await stack.api.request("DELETE", "/users/bob/server")
     assert answer.status in (202, 204)
-    await wait_until(lambda: _gone(stack, "bob"), 60, "stopped")
-    await wait_until(lambda: _no_server_process(stack), 30, "without a server process")
-
-
-async def _gone(stack, user: str) -> bool:
-    return await server_model(stack, user) is None
-
-
+    await eventually(lambda: server_gone(stack.api, "bob"), 60, "stopped")
+    await eventually(lambda: _no_server_process(stack), 30, "without a server process")
 
 
 async def _only_running_task_id(stack) -> str:

@@ -1,4 +1,4 @@
-"""Fixtures for the EcsApi tests, on top of the suite's `moto_ecs` and `ecs_endpoint`."""
+"""Fixtures for the ecs tests: EcsApi on moto, and a scripted ECS with a clock for the watcher."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import boto3
 import pytest
 
 from calliope_hub.ecs.api import EcsApi, EcsTarget
+from tests.ecs.scripted import Clock, ScriptedEcs
 
 REGION = "us-east-1"
 _clusters = itertools.count()
@@ -54,3 +55,13 @@ def network(request: pytest.FixtureRequest, ecs_endpoint: str) -> dict[str, Any]
 def cluster_name() -> str:
     """A cluster of this test's own: moto's state lives as long as the session."""
     return f"calliope-api-{next(_clusters)}"
+
+
+@pytest.fixture
+def ecs() -> ScriptedEcs:
+    return ScriptedEcs()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()

@@ -26,25 +26,8 @@ from calliope_hub.ecs.events import (
     task_state_change,
 )
 from calliope_hub.ecs.watcher import TaskWatcher
-from calliope_hub.localecs.events import task_state_change_event
 from calliope_hub.metrics import EVENTS
-from tests.ecs.test_watcher import (  # noqa: F401 (fixtures)
-    CLUSTER,
-    NEVER,
-    Clock,
-    ScriptedEcs,
-    arn,
-    clock,
-    ecs,
-    ecs_task,
-)
-
-CLUSTER_ARN = f"arn:aws:ecs:us-east-1:123456789012:cluster/{CLUSTER}"
-
-
-def event_for(task: dict[str, Any], cluster_arn: str = CLUSTER_ARN) -> dict[str, Any]:
-    return task_state_change_event({**task, "clusterArn": cluster_arn}, region="us-east-1", account="123456789012")
-
+from tests.ecs.scripted import CLUSTER, CLUSTER_ARN, NEVER, Clock, ScriptedEcs, arn, ecs_task, event_for
 
 async def until(condition: Any, seconds: float = 5.0) -> None:
     """Let the watcher's batcher (which sleeps its confirm window) run until `condition` holds."""

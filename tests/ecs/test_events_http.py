@@ -7,9 +7,7 @@ apart, so only events (and their confirm) can tell it that a task died.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,13 +24,8 @@ from calliope_hub.ecs.events_http import DEFAULT_HEADER, SCOPE
 from calliope_hub.hubconfig import HubSettings, render
 from calliope_hub.localecs.events import task_state_change_event
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.hubproc import (
-    HubProcess,
-    ProxyNotInstalled,
-    api_token_config,
-    free_port,
-    proxy_command,
-)
+from calliope_hub.tools.hubproc import HubProcess, api_token_config, free_port
+from tests.hubtest import eventually, require_proxy, server_ready
 
 ROUTE = "/hub/api/calliope/ecs-events"
 
@@ -66,8 +59,7 @@ class EventsStack:
         return json.loads(json.dumps(task, default=lambda moment: moment.timestamp()))  # the wire's epochs
 
     async def server_running(self, user: str) -> bool:
-        answer = await self.admin.request("GET", f"/users/{user}")
-        return bool(answer.json()["servers"].get("", {}).get("ready"))
+        return bool(await server_ready(self.admin, user))
 
     async def metric(self, outcome: str) -> float:
         text = (await self.admin.request("GET", "/../metrics")).text
@@ -75,18 +67,9 @@ class EventsStack:
         return sum(float(row.split()[-1]) for row in text.splitlines() if row.startswith(line))
 
 
-def _require_proxy() -> None:
-    try:
-        proxy_command()
-    except ProxyNotInstalled as missing:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(str(missing))
-
-
 @pytest.fixture
 async def stack(local_ecs_factory: Callable[..., Any]) -> AsyncIterator[EventsStack]:
-    _require_proxy()
+    require_proxy()
     port, secret, admin_token, sender_token = free_port(), secrets.token_urlsafe(24), secrets.token_hex(16), secrets.token_hex(16)
     ecs = local_ecs_factory(
         events_url=f"http://127.0.0.1:{port}{ROUTE}",
@@ -111,14 +94,6 @@ async def stack(local_ecs_factory: Callable[..., Any]) -> AsyncIterator[EventsSt
             yield EventsStack(hub, ecs, admin, secret, sender_token)
         finally:
             await admin.close()
-
-
-async def eventually(condition: Callable[[], Any], seconds: float = 15.0) -> None:
-    for _ in range(int(seconds / 0.1)):
-        if await condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {seconds}s")
 
 
 async def spawn(stack: EventsStack, user: str) -> None:

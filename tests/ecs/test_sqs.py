@@ -20,8 +20,7 @@ from calliope_hub.ecs.events import EventIngest, TaskStateChange
 from calliope_hub.ecs.sqs import SqsEventConsumer, sqs_client
 from calliope_hub.ecs.watcher import TaskWatcher
 from calliope_hub.metrics import EVENTS
-from tests.ecs.test_events import CLUSTER_ARN, event_for
-from tests.ecs.test_watcher import CLUSTER, NEVER, ScriptedEcs, arn, ecs_task
+from tests.ecs.scripted import CLUSTER, CLUSTER_ARN, NEVER, ScriptedEcs, arn, ecs_task, event_for
 
 _queues = itertools.count()
 

@@ -19,66 +19,7 @@ from calliope_hub.ecs.api import DescribeResult, EcsApi, EcsApiError, EcsTarget
 from calliope_hub.ecs.taskinfo import MISSING_REASON, TaskSnapshot
 from calliope_hub.ecs.watcher import TaskNotWatched, TaskWatcher
 from calliope_hub.metrics import SWEEP_SIZE, WATCHED_TASKS
-
-CLUSTER = "watcher-test"
-NEVER = 3600.0  # an interval no test waits for, so only explicit refresh() sweeps
-
-
-def arn(i: int) -> str:
-    return f"arn:aws:ecs:us-east-1:123456789012:task/{CLUSTER}/{i:032x}"
-
-
-def ecs_task(task_arn: str, status: str = "RUNNING", version: int = 3, **extra: Any) -> dict[str, Any]:
-    """A DescribeTasks task as ECS answers it (only the keys the watcher reads)."""
-    desired = "STOPPED" if status in ("DEACTIVATING", "STOPPING", "DEPROVISIONING", "STOPPED") else "RUNNING"
-    task: dict[str, Any] = {"taskArn": task_arn, "lastStatus": status, "desiredStatus": desired, "version": version}
-    if status == "RUNNING":
-        task["containers"] = [{"name": "lab", "networkInterfaces": [{"privateIpv4Address": "10.0.0.7"}]}]
-    task.update(extra)
-    return task
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class ScriptedEcs:
-    """Plays ECS for the watcher: answers from `tasks`, unknown ARNs come back MISSING."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[str, dict[str, Any]] = {}
-        self.calls: list[list[str]] = []
-        self.errors: list[BaseException] = []  # raised by the next calls, in order
-        self.gate: asyncio.Event | None = None  # when set, calls block until it is set
-
-    async def describe_tasks(self, cluster: str, arns: Sequence[str]) -> DescribeResult:
-        assert cluster == CLUSTER and 0 < len(arns) <= 100
-        self.calls.append(list(arns))
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.errors:
-            raise self.errors.pop(0)
-        missing = [a for a in arns if a not in self.tasks]
-        return DescribeResult(
-            tasks=[self.tasks[a] for a in arns if a in self.tasks],
-            missing=missing,
-            failures=[{"arn": a, "reason": "MISSING"} for a in missing],
-        )
-
-
-@pytest.fixture
-def ecs() -> ScriptedEcs:
-    return ScriptedEcs()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
+from tests.ecs.scripted import CLUSTER, NEVER, Clock, ScriptedEcs, arn, ecs_task
 
 @pytest.fixture
 async def watcher(ecs: ScriptedEcs, clock: Clock) -> AsyncIterator[TaskWatcher]:

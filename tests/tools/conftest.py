@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from calliope_hub.tools.hubproc import HubProcess, ProxyNotInstalled, api_token_config, proxy_command
+from calliope_hub.tools.hubproc import HubProcess, api_token_config
+from tests.hubtest import require_proxy
 
 TOKEN = "calliope-tools-test-token"
 
@@ -74,16 +74,6 @@ THROTTLED_INSTANT_HUB = (
     # spawn_throttle_retry_range is not a configurable trait in 6.1.1; only the setting works.
     + "c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0, 'spawn_throttle_retry_range': (1, 2)}\n"
 )
-
-
-def require_proxy() -> None:
-    """Skip without configurable-http-proxy, except on CI where that is a failure."""
-    try:
-        proxy_command()
-    except ProxyNotInstalled as missing:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(str(missing))
 
 
 def running_hub(config_text: str) -> Iterator[HubProcess]:
