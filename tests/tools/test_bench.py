@@ -47,7 +47,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, sub
     command = [
         sys.executable, "-m", "calliope_hub.cli", "bench",
         "--servers", str(SERVERS), "--mode", "batched,naive",
-        "--window", "12", "--poll-interval", str(POLL_S), "--detect", str(KILLS),
+        "--window", "12", "--idle-window", "4", "--poll-interval", str(POLL_S), "--detect", str(KILLS),
         "--json", str(out / "bench.json"), "--plot", str(out / "bench.png"),
     ]  # fmt: skip
     env = {**os.environ, MARK: mark}
@@ -86,6 +86,7 @@ def test_every_phase_measured_sane_values(bench_run: tuple[dict, Path, subproces
         assert spawn["ready"] == SERVERS and spawn["failed"] == 0 and spawn["per_second"] > 0
         assert 0 < spawn["ready_s"]["p50"] <= spawn["ready_s"]["max"]
         assert 0 < steady["hub_cpu_pct"] < 200 and steady["hub_rss_mib"] > 50
+        assert 0 <= steady["hub_cpu_idle_pct"] < 200
         assert 0 < steady["api_ms"]["p50"] <= steady["api_ms"]["p99"]
         assert steady["tasks"]["RUNNING"] == SERVERS
         # Killed tasks are noticed within a poll interval or two, by both patterns.

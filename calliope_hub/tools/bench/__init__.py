@@ -37,6 +37,7 @@ class BenchConfig:
     repeats: int = 1
     detect: int = 10
     activity_interval: float = 300.0
+    idle_window: float = 60.0
     concurrency: int = 50
     sim_provisioning: float = 1.0
     sim_pending: float = 1.0
@@ -56,6 +57,7 @@ class BenchConfig:
             <= self.detect
             <= min(self.servers, default=0),
             "--activity-interval must be positive": self.activity_interval > 0,
+            "--idle-window must be 0 or more": self.idle_window >= 0,
             "--concurrency must be at least 1": self.concurrency >= 1,
         }
         problems = [message for message, ok in checks.items() if not ok]
@@ -114,8 +116,10 @@ class Bench:
             raise RuntimeError("no server became ready; see the spawn figures")
         # Let the spawn's busy sweeps end, as a hub at rest would have.
         await asyncio.sleep(min(config.poll_interval, 60))
+        idle = await phases.idle_cpu_pct(stack, config.idle_window) if config.idle_window else None
         self._say(f"steady state for {config.window:g}s")
         steady = await phases.steady_phase(stack, names, config.window, config.activity_interval)
+        steady["hub_cpu_idle_pct"] = idle
         describes = steady["ecs_calls_per_min"].get("DescribeTasks", 0.0)
         steady["describe_per_poll"] = round(describes * config.poll_interval / 60, 2)
         steady["describe_per_poll_bound"] = math.ceil(servers / 100)
@@ -160,6 +164,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--detect", type=int, default=10, help="tasks killed to time detection (K)")
     add("--activity-interval", type=float, default=300.0,
         help="seconds between one server's activity posts (JUPYTERHUB_ACTIVITY_INTERVAL)")  # fmt: skip
+    add("--idle-window", type=float, default=60.0,
+        help="seconds of hub CPU with no client load before the steady window (0 = skip)")  # fmt: skip
     add("--concurrency", type=int, default=50, help="spawn requests in flight")
     add("--sim-provisioning", type=float, default=1.0, help="seconds a sim task is PROVISIONING")
     add("--sim-pending", type=float, default=1.0, help="seconds a sim task is PENDING")
@@ -177,6 +183,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         repeats=args.repeats,
         detect=args.detect,
         activity_interval=args.activity_interval,
+        idle_window=args.idle_window,
         concurrency=args.concurrency,
         sim_provisioning=args.sim_provisioning,
         sim_pending=args.sim_pending,

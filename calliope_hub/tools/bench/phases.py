@@ -185,6 +185,15 @@ def _per_minute(before: dict, after: dict, window: float) -> tuple[dict[str, flo
     return calls, round(throttled * 60 / window, 2), by_outcome
 
 
+async def idle_cpu_pct(stack: BenchStack, seconds: float) -> float:
+    """The hub's CPU with no client load at all: status tracking and JupyterHub's own timers."""
+    assert stack.hub is not None
+    before = _cpu_seconds(stack.hub.pid)
+    began = time.monotonic()
+    await asyncio.sleep(seconds)
+    return round((_cpu_seconds(stack.hub.pid) - before) * 100 / (time.monotonic() - began), 2)
+
+
 async def steady_phase(
     stack: BenchStack, names: list[str], window: float, activity_interval: float
 ) -> dict[str, Any]:

@@ -29,6 +29,7 @@ FIGURES: list[tuple[str, tuple[str, ...]]] = [
     ("DescribeTasks/poll", ("steady", "describe_per_poll")),
     ("throttled/min", ("steady", "throttled_per_min")),
     ("hub CPU %", ("steady", "hub_cpu_pct")),
+    ("hub CPU idle %", ("steady", "hub_cpu_idle_pct")),
     ("hub RSS MiB", ("steady", "hub_rss_mib")),
     ("sweep s", ("steady", "sweep_s_mean")),
     ("API p50 ms", ("steady", "api_ms", "p50")),
