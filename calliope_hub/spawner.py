@@ -259,6 +259,9 @@ class ECSSpawner(Spawner):
         if snapshot.stopped:
             reason = snapshot.stopped_reason or snapshot.stop_code or "no reason given"
             raise web.HTTPError(500, f"The ECS task stopped while starting: {reason}")
+        if self.status_mode == "naive":
+            # The stock pattern tracks a running server only by its own DescribeTasks per poll.
+            watcher.unwatch(self.task_arn)
         return snapshot
 
     async def progress(self) -> AsyncIterator[dict]:

@@ -126,3 +126,18 @@ async def test_progress_follows_the_lifecycle(local_ecs_factory, spawners_on):
     percents = [e["progress"] for e in events]
     assert percents == sorted(percents) and len(set(percents)) == len(percents)
     await spawner.stop()
+
+
+async def test_naive_mode_polls_one_task_per_call(spawner_factory, ecs_endpoint):
+    """The benchmark's baseline: once running, each poll() is its own DescribeTasks."""
+    spawner = spawner_factory(status_mode="naive", user_options={"service": "chat", "size": "small"})
+    await spawner.start()
+    watcher = await spawner._watcher()
+    assert watcher.get(spawner.task_arn) is None, "the stock pattern has no shared watcher"
+
+    api = await spawner._api()
+    before = api.calls[("DescribeTasks", "ok")]
+    assert await spawner.poll() is None
+    assert await spawner.poll() is None
+    assert api.calls[("DescribeTasks", "ok")] == before + 2
+    await spawner.stop()
