@@ -154,7 +154,8 @@ def save_plot(path: Path, runs: list[dict[str, Any]]) -> None:
         axis.grid(alpha=0.3)
         if _positive_spread(axis):
             axis.set_yscale("log")
-        axis.legend(fontsize="small")
+        if axis.get_lines():
+            axis.legend(fontsize="small")
     for axis in list(axes.flat)[len(FIGURES) :]:
         axis.set_visible(False)
     figure.tight_layout()
