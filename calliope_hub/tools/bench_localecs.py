@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import sys
 import time
@@ -26,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from calliope_hub.tools.localecs_proc import LocalEcsProcess
+from calliope_hub.tools.machine import machine
 from calliope_hub.tools.stats import Percentiles
 
 CLUSTER = "bench"
@@ -46,15 +45,6 @@ class BenchReport:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "ram_gib": round(psutil.virtual_memory().total / 1024**3, 1),
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-    }
 
 
 async def wait_until(ecs: LocalEcsProcess, ready: Any, timeout: float, what: str) -> dict:
@@ -148,7 +138,7 @@ def render(report: BenchReport) -> Table:
         ("DescribeTasks 100 ARNs, client p50", f"{report.describe_client_ms['p50']} ms"),
         ("DescribeTasks 100 ARNs, client p99", f"{report.describe_client_ms['p99']} ms"),
         ("server resident memory", f"{report.server_rss_mib} MiB"),
-        ("machine", f"{report.machine['nproc']} CPUs, {report.machine['ram_gib']} GiB RAM"),
+        ("machine", f"{report.machine['cpus']} CPUs, {report.machine['memory_gib']} GiB RAM"),
     ]
     for row in rows:
         table.add_row(*row)

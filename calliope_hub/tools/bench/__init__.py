@@ -14,7 +14,6 @@ import asyncio
 import math
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from rich.console import Console
 
 from calliope_hub.tools.bench import phases, report
 from calliope_hub.tools.bench.stack import BenchStack, StackOptions
+from calliope_hub.tools.machine import machine
 
 MODES = ("batched", "naive")
 
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         console.print(f"[red]calliope-hub bench: {error}")
         return 2
-    document = {"machine": report.machine(), "config": vars(config), "runs": []}
+    document = {"machine": machine(), "config": vars(config), "runs": []}
     bench = Bench(config, console)
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _interrupt)

@@ -1,4 +1,4 @@
-"""What a bench run hands to people and tools: the machine, a table, JSON and a figure.
+"""What a bench run hands to people and tools: a table, JSON and a figure.
 
 The JSON keeps issue 5's shape (`{"machine": ..., "runs": [...]}`, one record per mode,
 servers and repeat) so other tools can read it; `summary` adds min/median/max over repeats,
@@ -7,14 +7,10 @@ which is the noise every published figure carries.
 
 from __future__ import annotations
 
-import os
-import platform
-import resource
 import statistics
 from pathlib import Path
 from typing import Any
 
-import psutil
 from rich.table import Table
 
 from calliope_hub.tools.loadtest import write_json
@@ -40,30 +36,6 @@ FIGURES: list[tuple[str, tuple[str, ...]]] = [
     ("lost", ("restart", "lost")),
     ("shutdown block s", ("shutdown_block_s",)),
 ]
-
-
-def machine() -> dict[str, Any]:
-    """Enough to judge whether someone else's figures are comparable with these."""
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import jupyterhub
-
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jupyterhub": jupyterhub.__version__,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def pick(record: dict[str, Any], path: tuple[str, ...]) -> Any:
