@@ -22,7 +22,7 @@ import aiohttp
 
 from calliope_hub.ecs.api import DESCRIBE_LIMIT, EcsApi, EcsApiError, EcsTarget
 from calliope_hub.ecs.events import DETAIL_TYPE, SOURCE
-from calliope_hub.ecs.events_http import DEFAULT_HEADER
+from calliope_hub.ecs.events_http import DEFAULT_HEADER, events_url
 
 log = logging.getLogger("calliope_hub.monitor")
 SECRET_ENV = "CALLIOPE_EVENTS_SECRET"
@@ -54,7 +54,7 @@ class Monitor:
 
     def __init__(self, api: EcsApi, session: aiohttp.ClientSession, args: argparse.Namespace):
         self.api, self.session, self.args = api, session, args
-        self.url = args.hub_url.rstrip("/") + "/hub/api/calliope/ecs-events"
+        self.url = events_url(args.hub_url)
         self.versions: dict[str, int] = {}
 
     async def sweep(self) -> int:

@@ -20,10 +20,9 @@ from rich.panel import Panel
 from .catalog import Catalog
 from .ecs.api import EcsApi, EcsTarget
 from .ecs.bootstrap import prepare_cluster
-from .ecs.events_http import DEFAULT_HEADER
 from .hubconfig import HubSettings, render
 from .tools.hubproc import HubProcess, api_token_config
-from .tools.localecs_proc import LocalEcsProcess
+from .tools.localecs_proc import LocalEcsProcess, event_args
 
 TOKEN_ENV = "CALLIOPE_HUB_API_TOKEN"
 ADMIN_SERVICE = "calliope-admin"
@@ -59,7 +58,7 @@ async def _serve(args: argparse.Namespace, console: Console) -> None:
     (data / "tasks").mkdir(parents=True, exist_ok=True)
     events_secret = secrets.token_urlsafe(24) if args.events else ""
     ecs = LocalEcsProcess(
-        ["--mode", args.mode, *_events_args(args.port, events_secret)],
+        ["--mode", args.mode, *event_args(f"http://127.0.0.1:{args.port}", events_secret)],
         port=args.ecs_port,
         log_path=data / "local-ecs.log",
         cwd=data / "tasks",
@@ -88,14 +87,6 @@ async def _serve(args: argparse.Namespace, console: Console) -> None:
                 await hub.stop()
             await ecs.stop()
         console.print("stopped: no process left behind")
-
-
-def _events_args(hub_port: int, secret: str) -> list[str]:
-    """Local ECS posts every task state change to the hub, as an EventBridge API destination."""
-    if not secret:
-        return []
-    url = f"http://127.0.0.1:{hub_port}/hub/api/calliope/ecs-events"
-    return ["--events-url", url, "--events-header", f"{DEFAULT_HEADER}: {secret}"]
 
 
 def _banner(hub: HubProcess, settings: HubSettings, args: argparse.Namespace, data: Path) -> Panel:

@@ -36,6 +36,11 @@ SCOPE = "custom:calliope:ecs-events"
 DEFAULT_HEADER = "X-Calliope-Events-Secret"
 
 
+def events_url(hub_url: str) -> str:
+    """Where a hub at `hub_url` takes task state change events."""
+    return f"{hub_url.rstrip('/')}/hub{ROUTE}"
+
+
 class CalliopeEvents(Configurable):
     """Event-driven task state: the endpoint's auth and queue, and how the watcher sweeps."""
 
@@ -86,7 +91,6 @@ class CalliopeEvents(Configurable):
             "sweeping": self.sweeps == "hub",
             "confirm_window": self.confirm_window,
         }
-
 
     def start_sqs(self, region: str) -> None:
         """Start this process's SQS consumer when a queue is configured (idempotent)."""

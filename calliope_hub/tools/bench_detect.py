@@ -21,15 +21,13 @@ from typing import Any
 from calliope_hub.catalog import Catalog
 from calliope_hub.ecs.api import EcsApi, EcsTarget
 from calliope_hub.ecs.bootstrap import prepare_cluster
-from calliope_hub.ecs.events_http import DEFAULT_HEADER
 from calliope_hub.hubconfig import HubSettings, render
 from calliope_hub.tools.hubapi import HubApi
 from calliope_hub.tools.hubproc import HubProcess, api_token_config, free_port
 from calliope_hub.tools.loadtest import write_json
-from calliope_hub.tools.localecs_proc import LocalEcsProcess
+from calliope_hub.tools.localecs_proc import LocalEcsProcess, event_args
 from calliope_hub.tools.stats import Percentiles
 
-EVENTS_ROUTE = "/hub/api/calliope/ecs-events"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +69,7 @@ async def measure(mode: str, kills: int, poll_interval: float) -> dict[str, Any]
     workdir = Path(tempfile.mkdtemp(prefix=f"calliope-detect-{mode}-"))
     port, token = free_port(), secrets.token_hex(16)
     secret = secrets.token_urlsafe(24) if mode == "events" else ""
-    events_args = ["--events-url", f"http://127.0.0.1:{port}{EVENTS_ROUTE}",
-                   "--events-header", f"{DEFAULT_HEADER}: {secret}"] if secret else []  # fmt: skip
+    events_args = event_args(f"http://127.0.0.1:{port}", secret)
     ecs = LocalEcsProcess(
         ["--mode", "sim", "--throttle", "aws", "--sim-provisioning", "0.2", "--sim-pending", "0.2", *events_args],
         log_path=workdir / "local-ecs.log",

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from ..ecs.events_http import DEFAULT_HEADER, events_url
 from ..orphaning import die_with_parent
 from .hubproc import free_port
 
@@ -30,6 +31,14 @@ def _task_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
+
+
+def event_args(hub_url: str, secret: str) -> list[str]:
+    """`local-ecs` flags that post every task state change to the hub at `hub_url`, with
+    the shared secret, as an EventBridge API destination would ([] when `secret` is '')."""
+    if not secret:
+        return []
+    return ["--events-url", events_url(hub_url), "--events-header", f"{DEFAULT_HEADER}: {secret}"]
 
 
 class LocalEcsStartError(RuntimeError):
