@@ -30,7 +30,7 @@ from traitlets.config import Configurable
 from calliope_hub.catalog.run_task import TaskIdentity, read_tags
 from calliope_hub.ecs.hublock import SweepLock, sweep_lock
 from calliope_hub.ecs.orphans import ACTIONS, OrphanSweeper, Ownership, ServerKey, sweep_forever
-from calliope_hub.ecs.taskinfo import task_ip
+from calliope_hub.ecs.snapshot import task_ip
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from .catalog import Catalog, CatalogError, Choice, Placement, TaskIdentity, run
 from .ecs.api import EcsApi, EcsApiError, EcsTarget
 from .ecs.events_http import CalliopeEvents
 from .ecs.naive import PerTaskPoller
-from .ecs.taskinfo import TaskSnapshot
+from .ecs.snapshot import TaskSnapshot
 from .ecs.watcher import TaskWatcher
 
 STOP_REASON = "Stopped by Calliope Hub"

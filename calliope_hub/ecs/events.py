@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from calliope_hub.ecs.taskinfo import LIFECYCLE, _epoch
+from calliope_hub.ecs.snapshot import LIFECYCLE, _epoch
 from calliope_hub.ecs.watcher import TaskWatcher
 from calliope_hub.metrics import EVENT_LAG, EVENTS
 

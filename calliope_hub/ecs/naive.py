@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from .api import EcsApi, EcsApiError
-from .taskinfo import TaskSnapshot
+from .snapshot import TaskSnapshot
 
 
 class PerTaskPoller:

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from calliope_hub import emf
 from calliope_hub.ecs.api import DESCRIBE_LIMIT, DescribeResult, EcsApi
-from calliope_hub.ecs.taskinfo import TaskSnapshot
+from calliope_hub.ecs.snapshot import TaskSnapshot
 from calliope_hub.metrics import EVENTS, SWEEP_DURATION, SWEEP_SIZE, WATCHED_TASKS
 
 log = logging.getLogger(__name__)

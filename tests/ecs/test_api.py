@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from calliope_hub.ecs.api import EcsApi, EcsApiError, EcsTarget
-from calliope_hub.ecs.taskinfo import TaskSnapshot
+from calliope_hub.ecs.snapshot import TaskSnapshot
 from calliope_hub.metrics import ECS_API_CALLS, ECS_THROTTLES
 from calliope_hub.quotas import Quota
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from calliope_hub.ecs.taskinfo import MISSING_REASON, TaskSnapshot, task_ip
+from calliope_hub.ecs.snapshot import MISSING_REASON, TaskSnapshot, task_ip
 
 ARN = "arn:aws:ecs:us-east-1:123456789012:task/calliope/0123456789abcdef"
 SERVICE_CONNECT = {"type": "ServiceConnect", "details": [{"name": "privateIPv4Address", "value": "192.0.2.1"}]}
