@@ -15,7 +15,8 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Any, Bool, Dict, Float, List, Unicode, default, validate
 
-from . import emf, metrics, orphansweep
+from . import orphansweep
+from .observability import emf, metrics
 from .catalog import Catalog, CatalogError, Choice, Placement, TaskIdentity, run_task_request
 from .ecs.api import EcsApi, EcsApiError, EcsTarget
 from .ecs.events_http import CalliopeEvents

@@ -2,7 +2,7 @@
 
 A renamed metric or a typo in a label leaves a panel silently empty in Grafana; this test
 reads every panel's PromQL and checks its names against prometheus_client's registry after
-importing calliope_hub.metrics and jupyterhub.metrics, as the hub does.
+importing calliope_hub.observability.metrics and jupyterhub.metrics, as the hub does.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
-from calliope_hub import metrics
+from calliope_hub.observability import metrics
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana" / "calliope-hub.json"
 METRIC = re.compile(r"\b((?:calliope|jupyterhub|process)_[a-zA-Z0-9_]+)")

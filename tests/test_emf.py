@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from calliope_hub.emf import CloudWatchEmf, EmfWriter
+from calliope_hub.observability.emf import CloudWatchEmf, EmfWriter
 
 #: MetricDatum units CloudWatch accepts.
 UNITS = {

@@ -18,15 +18,15 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from calliope_hub import metrics
+from calliope_hub.observability import metrics
 from calliope_hub.catalog import Catalog, Placement, TaskIdentity, run_task_request
 from calliope_hub.ecs.api import EcsApi, EcsTarget
 from calliope_hub.ecs.bootstrap import prepare_cluster
 from calliope_hub.ecs.events_http import DEFAULT_HEADER, ROUTE
 from calliope_hub.ecs.orphans import ORPHAN_STOP_REASON
-from calliope_hub.hubconfig import HubSettings, render
+from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.hubproc import HubProcess, api_token_config, free_port
+from calliope_hub.tools.local.hubproc import HubProcess, api_token_config, free_port
 from tests.hubtest import eventually, require_proxy, server_ready
 
 HUB_ID = "metrics-test"
@@ -38,7 +38,7 @@ Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
 def calliope_metrics() -> dict[str, str]:
-    """name -> type of every metric calliope_hub.metrics defines."""
+    """name -> type of every metric calliope_hub.observability.metrics defines."""
     return {
         m._name: m._type for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)
     }

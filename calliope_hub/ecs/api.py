@@ -26,7 +26,7 @@ from aiobotocore.session import AioSession
 from botocore import xform_name
 from botocore.exceptions import BotoCoreError, ClientError
 
-from calliope_hub.metrics import ECS_API_CALLS, ECS_THROTTLES
+from calliope_hub.observability.metrics import ECS_API_CALLS, ECS_THROTTLES
 from calliope_hub.quotas import AWS_QUOTAS, CATEGORIES, Quota, QuotaBuckets
 
 log = logging.getLogger(__name__)

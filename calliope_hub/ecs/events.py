@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from calliope_hub.ecs.snapshot import LIFECYCLE, _epoch
 from calliope_hub.ecs.watcher import TaskWatcher
-from calliope_hub.metrics import EVENT_LAG, EVENTS
+from calliope_hub.observability.metrics import EVENT_LAG, EVENTS
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from calliope_hub.ecs.events import (
     parse_delivery,
     sort_delivery,
 )
-from calliope_hub.metrics import EVENTS
+from calliope_hub.observability.metrics import EVENTS
 
 ROUTE = "/api/calliope/ecs-events"  # under the hub prefix: /hub/api/calliope/ecs-events
 SCOPE = "custom:calliope:ecs-events"

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from calliope_hub.catalog.run_task import read_tags
 from calliope_hub.ecs.api import DESCRIBE_LIMIT, EcsApi, EcsApiError
-from calliope_hub.metrics import ORPHANS
+from calliope_hub.observability.metrics import ORPHANS
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from calliope_hub.ecs.events import (
     parse_delivery,
     sort_delivery,
 )
-from calliope_hub.metrics import EVENTS
+from calliope_hub.observability.metrics import EVENTS
 
 log = logging.getLogger(__name__)
 

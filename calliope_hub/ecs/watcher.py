@@ -30,10 +30,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from calliope_hub import emf
+from calliope_hub.observability import emf
 from calliope_hub.ecs.api import DESCRIBE_LIMIT, DescribeResult, EcsApi
 from calliope_hub.ecs.snapshot import TaskSnapshot
-from calliope_hub.metrics import EVENTS, SWEEP_DURATION, SWEEP_SIZE, WATCHED_TASKS
+from calliope_hub.observability.metrics import EVENTS, SWEEP_DURATION, SWEEP_SIZE, WATCHED_TASKS
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from calliope_hub.ecs.events import (
     task_state_change,
 )
 from calliope_hub.ecs.watcher import TaskWatcher
-from calliope_hub.metrics import EVENTS
+from calliope_hub.observability.metrics import EVENTS
 from tests.ecs.scripted import CLUSTER, CLUSTER_ARN, NEVER, Clock, ScriptedEcs, arn, ecs_task, event_for
 
 async def until(condition: Any, seconds: float = 5.0) -> None:

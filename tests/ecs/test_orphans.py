@@ -18,7 +18,7 @@ from calliope_hub.catalog import Catalog, Placement, TaskIdentity, run_task_requ
 from calliope_hub.ecs.api import DescribeResult, EcsApi, EcsTarget
 from calliope_hub.ecs.bootstrap import prepare_cluster
 from calliope_hub.ecs.orphans import ORPHAN_STOP_REASON, OrphanSweeper, Ownership, ServerKey
-from calliope_hub.metrics import ORPHANS
+from calliope_hub.observability.metrics import ORPHANS
 
 CLUSTER = "calliope"
 HUB = "orphan-test"

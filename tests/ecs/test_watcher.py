@@ -18,7 +18,7 @@ import pytest
 from calliope_hub.ecs.api import DescribeResult, EcsApi, EcsApiError, EcsTarget
 from calliope_hub.ecs.snapshot import MISSING_REASON, TaskSnapshot
 from calliope_hub.ecs.watcher import TaskNotWatched, TaskWatcher
-from calliope_hub.metrics import SWEEP_SIZE, WATCHED_TASKS
+from calliope_hub.observability.metrics import SWEEP_SIZE, WATCHED_TASKS
 from tests.ecs.scripted import CLUSTER, NEVER, Clock, ScriptedEcs, arn, ecs_task
 
 @pytest.fixture
