@@ -13,7 +13,7 @@ import sys
 
 #: command name -> (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("calliope_hub.up", "run local ECS, JupyterHub and the proxy on this machine"),
+    "up": ("calliope_hub.tools.up", "run local ECS, JupyterHub and the proxy on this machine"),
     "local-ecs": ("calliope_hub.localecs.cli", "run the ECS-compatible control plane"),
     "bench-local-ecs": (
         "calliope_hub.tools.bench_localecs",

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.hubproc import ProxyNotInstalled, proxy_command
+from calliope_hub.tools.local.hubproc import ProxyNotInstalled, proxy_command
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ import time
 import psutil
 
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.hubproc import free_port
+from calliope_hub.tools.local.hubproc import free_port
 
 TOKEN = "up-test-admin-token"
 

@@ -34,7 +34,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..orphaning import die_with_parent
+from .orphaning import die_with_parent
 from .runner import ContainerSpec, LaunchSpec, TaskHooks
 
 log = logging.getLogger(__name__)

@@ -21,11 +21,11 @@ from typing import Any
 from calliope_hub.catalog import Catalog
 from calliope_hub.ecs.api import EcsApi, EcsTarget
 from calliope_hub.ecs.bootstrap import prepare_cluster
-from calliope_hub.hubconfig import HubSettings, render
+from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.hubproc import HubProcess, api_token_config, free_port
+from calliope_hub.tools.local.hubproc import HubProcess, api_token_config, free_port
 from calliope_hub.tools.loadtest import write_json
-from calliope_hub.tools.localecs_proc import LocalEcsProcess, event_args
+from calliope_hub.tools.local.localecs_proc import LocalEcsProcess, event_args
 from calliope_hub.tools.stats import Percentiles
 
 

@@ -23,7 +23,7 @@ from botocore.config import Config
 from rich.console import Console
 from rich.table import Table
 
-from calliope_hub.tools.localecs_proc import LocalEcsProcess
+from calliope_hub.tools.local.localecs_proc import LocalEcsProcess
 from calliope_hub.tools.machine import machine
 from calliope_hub.tools.stats import Percentiles
 

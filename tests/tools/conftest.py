@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from calliope_hub.tools.hubproc import HubProcess, api_token_config
+from calliope_hub.tools.local.hubproc import HubProcess, api_token_config
 from tests.hubtest import require_proxy
 
 TOKEN = "calliope-tools-test-token"

@@ -7,9 +7,9 @@ from typing import Any
 import psutil
 import pytest
 
-from calliope_hub.tools import hubproc
+from calliope_hub.tools.local import hubproc
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.hubproc import PROXY_NAME, PROXY_PID_FILE, HubProcess, HubStartError, ProxyNotInstalled
+from calliope_hub.tools.local.hubproc import PROXY_NAME, PROXY_PID_FILE, HubProcess, HubStartError, ProxyNotInstalled
 
 pytestmark = pytest.mark.usefixtures("proxy_installed")
 

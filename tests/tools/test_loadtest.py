@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.hubproc import HubProcess
+from calliope_hub.tools.local.hubproc import HubProcess
 from calliope_hub.tools.loadtest import LoadtestConfig, run_loadtest
 from calliope_hub.tools.stats import Percentiles
 

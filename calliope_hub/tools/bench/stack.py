@@ -18,9 +18,9 @@ from pathlib import Path
 from calliope_hub.catalog import Catalog
 from calliope_hub.ecs.api import EcsApi, EcsTarget
 from calliope_hub.ecs.bootstrap import prepare_cluster
-from calliope_hub.hubconfig import HubSettings, render
-from calliope_hub.tools.hubproc import HubProcess, api_token_config, free_port
-from calliope_hub.tools.localecs_proc import LocalEcsProcess
+from calliope_hub.tools.local.hubconfig import HubSettings, render
+from calliope_hub.tools.local.hubproc import HubProcess, api_token_config, free_port
+from calliope_hub.tools.local.localecs_proc import LocalEcsProcess
 
 CLUSTER = "calliope"
 SERVICE = "bench"

@@ -17,12 +17,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
-from .catalog import Catalog
-from .ecs.api import EcsApi, EcsTarget
-from .ecs.bootstrap import prepare_cluster
-from .hubconfig import HubSettings, render
-from .tools.hubproc import HubProcess, api_token_config
-from .tools.localecs_proc import LocalEcsProcess, event_args
+from ..catalog import Catalog
+from ..ecs.api import EcsApi, EcsTarget
+from ..ecs.bootstrap import prepare_cluster
+from .local.hubconfig import HubSettings, render
+from .local.hubproc import HubProcess, api_token_config
+from .local.localecs_proc import LocalEcsProcess, event_args
 
 TOKEN_ENV = "CALLIOPE_HUB_API_TOKEN"
 ADMIN_SERVICE = "calliope-admin"

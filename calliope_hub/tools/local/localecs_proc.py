@@ -21,8 +21,8 @@ from typing import Any
 
 import aiohttp
 
-from ..ecs.events_http import DEFAULT_HEADER, events_url
-from ..orphaning import die_with_parent
+from ...ecs.events_http import DEFAULT_HEADER, events_url
+from ...localecs.orphaning import die_with_parent
 from .hubproc import free_port
 
 

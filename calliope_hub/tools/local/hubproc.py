@@ -28,7 +28,7 @@ import aiohttp
 import psutil
 
 #: The checkout that holds the calliope_hub package (and, after `make up`, node_modules).
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PROXY_NAME = "configurable-http-proxy"
 #: Relative to the hub's working dir: JupyterHub's default ``ConfigurableHTTPProxy.pid_file``.
 PROXY_PID_FILE = "jupyterhub-proxy.pid"
