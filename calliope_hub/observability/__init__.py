@@ -1,0 +1,1 @@
+"""What the hub tells operators: Prometheus metrics (/hub/metrics) and CloudWatch EMF log lines."""
