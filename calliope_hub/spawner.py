@@ -22,7 +22,7 @@ from .ecs.api import EcsApi, EcsApiError, EcsTarget
 from .ecs.events_http import CalliopeEvents
 from .ecs.naive import PerTaskPoller
 from .ecs.snapshot import TaskSnapshot
-from .ecs.watcher import TaskWatcher
+from .ecs.status import TaskWatcher
 
 STOP_REASON = "Stopped by Calliope Hub"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from calliope_hub.ecs.snapshot import LIFECYCLE, _epoch
-from calliope_hub.ecs.watcher import TaskWatcher
+from calliope_hub.ecs.status import TaskWatcher
 from calliope_hub.observability.metrics import EVENT_LAG, EVENTS
 
 log = logging.getLogger(__name__)

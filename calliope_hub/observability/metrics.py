@@ -21,7 +21,7 @@ ECS_THROTTLES = Counter(
     ["operation"],
 )
 
-# calliope_hub.ecs.watcher
+# calliope_hub.ecs.status
 SWEEP_DURATION = Histogram(
     "calliope_sweep_duration_seconds",
     "Wall time of one TaskWatcher sweep over every watched task",

@@ -25,7 +25,7 @@ from calliope_hub.ecs.events import (
     sort_delivery,
     task_state_change,
 )
-from calliope_hub.ecs.watcher import TaskWatcher
+from calliope_hub.ecs.status import TaskWatcher
 from calliope_hub.observability.metrics import EVENTS
 from tests.ecs.scripted import CLUSTER, CLUSTER_ARN, NEVER, Clock, ScriptedEcs, arn, ecs_task, event_for
 

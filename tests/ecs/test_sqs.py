@@ -18,7 +18,7 @@ import pytest
 from calliope_hub.ecs.api import EcsTarget
 from calliope_hub.ecs.events import EventIngest, TaskStateChange
 from calliope_hub.ecs.sqs import SqsEventConsumer, sqs_client
-from calliope_hub.ecs.watcher import TaskWatcher
+from calliope_hub.ecs.status import TaskWatcher
 from calliope_hub.observability.metrics import EVENTS
 from tests.ecs.scripted import CLUSTER, CLUSTER_ARN, NEVER, ScriptedEcs, arn, ecs_task, event_for
 

@@ -17,7 +17,7 @@ import pytest
 
 from calliope_hub.ecs.api import DescribeResult, EcsApi, EcsApiError, EcsTarget
 from calliope_hub.ecs.snapshot import MISSING_REASON, TaskSnapshot
-from calliope_hub.ecs.watcher import TaskNotWatched, TaskWatcher
+from calliope_hub.ecs.status import TaskNotWatched, TaskWatcher
 from calliope_hub.observability.metrics import SWEEP_SIZE, WATCHED_TASKS
 from tests.ecs.scripted import CLUSTER, NEVER, Clock, ScriptedEcs, arn, ecs_task
 
@@ -137,7 +137,7 @@ async def test_failed_sweep_keeps_state_and_reports_staleness(
     del ecs.tasks[a]
     ecs.errors = [error]
     clock.now += 45
-    with caplog.at_level(logging.WARNING, logger="calliope_hub.ecs.watcher"):
+    with caplog.at_level(logging.WARNING, logger="calliope_hub.ecs.status"):
         await watcher.refresh()
     assert watcher.get(a).running  # type: ignore[union-attr]
     assert watcher.staleness(a) == 45

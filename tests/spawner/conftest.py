@@ -20,7 +20,7 @@ from jupyterhub.objects import Hub
 from calliope_hub.catalog import Catalog
 from calliope_hub.ecs.api import EcsApi, EcsTarget
 from calliope_hub.ecs.bootstrap import prepare_cluster
-from calliope_hub.ecs.watcher import TaskWatcher
+from calliope_hub.ecs.status import TaskWatcher
 from calliope_hub.spawner import ECSSpawner
 
 

@@ -8,7 +8,7 @@ import pytest
 from tornado import web
 
 from calliope_hub.ecs.api import EcsApi, EcsTarget
-from calliope_hub.ecs.watcher import TaskWatcher
+from calliope_hub.ecs.status import TaskWatcher
 
 
 def run_task_calls(api: EcsApi) -> int:
