@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from calliope_hub.localecs.config import LocalEcsConfig, random_cidr
 from calliope_hub.localecs.model import LIFECYCLE
 from calliope_hub.localecs.service import LocalEcs
 
+#: The events header may come from here instead of --events-header: a secret in argv is visible in `ps`.
+EVENTS_HEADER_ENV = "CALLIOPE_LOCAL_ECS_EVENTS_HEADER"
 #: seconds between two status lines on a terminal.
 STATUS_EVERY_S = 3.0
 
@@ -30,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--throttle", default=defaults.throttle,
         help="aws (ECS's quotas), off, or e.g. read=100:20,modify=100:40,fargate=20:20 (burst:rate per s)")
     add("--events-url", help="POST every ECS Task State Change event here, as an EventBridge API destination")
-    add("--events-header", help="header sent with every event, 'Name: value'")
+    add("--events-header", help=f"header sent with every event, 'Name: value' (or set {EVENTS_HEADER_ENV})")
     add("--event-duplicate", type=float, default=0.0, help="fraction of events delivered twice (for tests)")
     add("--event-reorder", action="store_true", help="deliver events out of order (for tests)")
     add("--sim-provisioning", type=float, default=defaults.sim_provisioning_s, help="seconds in PROVISIONING")
@@ -50,10 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace) -> LocalEcsConfig:
     """The one place command-line flags become a LocalEcsConfig."""
     header = None
-    if args.events_header:
+    header_text = args.events_header or os.environ.get(EVENTS_HEADER_ENV)
+    if header_text:
         from calliope_hub.localecs.events import parse_header
 
-        header = parse_header(args.events_header)
+        header = parse_header(header_text)
     return LocalEcsConfig(
         host=args.host, port=args.port, mode=args.mode, throttle=args.throttle,
         events_url=args.events_url, events_header=header,
