@@ -1,15 +1,77 @@
-"""ECS API quotas as token buckets, shared by the hub's client and local ECS's server.
+"""Facts about ECS and AWS that the hub and local ECS both rely on, each written once.
 
-AWS meters ECS calls per account and Region in token buckets shared by every action of a
-category. The hub keeps itself under the quota with the same model local ECS uses to
-enforce it, so both sides agree on what "Rate exceeded" means.
+Local ECS imports nothing else from calliope_hub (the ECS wire protocol is the only link
+between the two), so whatever both sides must agree on lives here: the task lifecycle, the
+API limits, the `startedBy` alphabet, the Fargate size table, the quotas with the token
+bucket that models them, and the shape of an EventBridge "ECS Task State Change" event.
+When two copies of a fact drift, the hub and its test double disagree about AWS and the
+tests stop meaning anything; hence one module of plain data and pure functions, no I/O.
 """
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# ---------------------------------------------------------------- tasks and API limits
+
+#: ECS's task lifecycle, in order.
+LIFECYCLE = (
+    "PROVISIONING",
+    "PENDING",
+    "ACTIVATING",
+    "RUNNING",
+    "DEACTIVATING",
+    "STOPPING",
+    "DEPROVISIONING",
+    "STOPPED",
+)
+#: DescribeTasks takes at most this many ARNs a call.
+DESCRIBE_LIMIT = 100
+#: ListTasks answers at most this many ARNs a page (its maxResults).
+LIST_PAGE_LIMIT = 100
+#: RunTask's startedBy: at most 128 characters of [A-Za-z0-9-_/].
+MAX_STARTED_BY = 128
+STARTED_BY_PATTERN = re.compile(r"^[A-Za-z0-9_/-]{1,128}$")
+_NOT_STARTED_BY = re.compile(r"[^A-Za-z0-9_/-]")
+
+
+def started_by(hub_id: str) -> str:
+    """The startedBy every task of hub `hub_id` carries: calliope-hub/<hub_id> in ECS's alphabet.
+
+    Other characters become "-" and the result is cut at 128, so "prod.hub" is found as
+    calliope-hub/prod-hub by every ListTasks that looks for this hub's tasks.
+    """
+    if not hub_id:
+        raise ValueError("hub_id must not be empty: it scopes startedBy")
+    return _NOT_STARTED_BY.sub("-", f"calliope-hub/{hub_id}")[:MAX_STARTED_BY]
+
+
+# ---------------------------------------------------------------- Fargate sizes
+
+#: Fargate's valid task memory (MiB) for each task cpu (units), from the AWS docs.
+FARGATE_MEMORY: dict[int, tuple[int, ...]] = {
+    256: (512, 1024, 2048),
+    512: tuple(range(1024, 4096 + 1, 1024)),
+    1024: tuple(range(2048, 8192 + 1, 1024)),
+    2048: tuple(range(4096, 16384 + 1, 1024)),
+    4096: tuple(range(8192, 30720 + 1, 1024)),
+    8192: tuple(range(16384, 61440 + 1, 4096)),
+    16384: tuple(range(32768, 122880 + 1, 8192)),
+}
+
+
+def is_fargate_size(cpu: int, memory: int) -> bool:
+    """Whether (cpu units, memory MiB) is a task size Fargate runs."""
+    return memory in FARGATE_MEMORY.get(cpu, ())
+
+
+# ---------------------------------------------------------------- quotas
 
 
 @dataclass(frozen=True)
@@ -20,7 +82,7 @@ class Quota:
     rate: float
 
 
-#: category -> quota, as documented by AWS for ECS.
+#: category -> quota, as documented by AWS for ECS (per account and Region).
 AWS_QUOTAS: dict[str, Quota] = {
     "cluster-read": Quota(burst=100, rate=20),
     "cluster-modify": Quota(burst=100, rate=40),
@@ -38,7 +100,11 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class TokenBucket:
-    """A token bucket with an injectable clock, so tests never sleep."""
+    """A token bucket with an injectable clock, so tests never sleep.
+
+    The hub's client keeps itself under the quota with the same model local ECS uses to
+    enforce it, so both sides agree on what "Rate exceeded" means.
+    """
 
     quota: Quota
     clock: Callable[[], float] = time.monotonic
@@ -90,3 +156,69 @@ class QuotaBuckets:
     def delay_for(self, operation: str) -> float:
         """Seconds until `operation` could take its tokens."""
         return max((b.delay_for() for b in self._for(operation)), default=0.0)
+
+
+# ---------------------------------------------------------------- EventBridge events
+
+SOURCE = "aws.ecs"
+DETAIL_TYPE = "ECS Task State Change"
+#: Task fields (at any depth) that DescribeTasks gives as epoch numbers and events as ISO strings.
+TIMESTAMP_FIELDS = frozenset({
+    "createdAt", "startedAt", "stoppingAt", "stoppedAt", "pullStartedAt", "pullStoppedAt", "connectivityAt",
+    "executionStoppedAt", "updatedAt", "lastStartedAt",
+})  # fmt: skip
+
+
+def iso_timestamp(epoch: float, *, milliseconds: bool = True) -> str:
+    """EventBridge's form: 2020-01-23T17:57:34.402Z in detail, 2020-01-23T17:57:58Z for `time`."""
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.isoformat(timespec="milliseconds" if milliseconds else "seconds").replace("+00:00", "Z")
+
+
+def task_state_change_event(
+    task: dict[str, Any], *, region: str | None = None, account: str | None = None, now: float | None = None
+) -> dict[str, Any]:
+    """A DescribeTasks task (epoch numbers or botocore datetimes) as EventBridge delivers it.
+
+    Local ECS publishes its tasks through this and `calliope-hub monitor` the tasks it
+    described, so the hub sees one event shape from both. As in real events, timestamps are
+    ISO strings with milliseconds and `detail.updatedAt` is the moment of the change (`now`)
+    when the task has none. Region and account default to the ones in the task's ARN.
+    """
+    stamp = time.time() if now is None else now
+    detail = _with_iso_timestamps(task)
+    detail.setdefault("updatedAt", iso_timestamp(stamp))
+    arn = str(task["taskArn"])
+    arn_parts = arn.split(":")
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": DETAIL_TYPE,
+        "source": SOURCE,
+        "account": account if account is not None else _arn_part(arn_parts, 4),
+        "time": iso_timestamp(stamp, milliseconds=False),
+        "region": region if region is not None else _arn_part(arn_parts, 3),
+        "resources": [arn],
+        "detail": detail,
+    }
+
+
+def _arn_part(parts: list[str], index: int) -> str:
+    return parts[index] if len(parts) > 5 else ""
+
+
+def _with_iso_timestamps(value: Any) -> Any:
+    """A deep copy of a JSON-like value with its timestamps as ISO strings."""
+    if isinstance(value, dict):
+        return {key: _as_event_value(key, item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_iso_timestamps(item) for item in value]
+    return value
+
+
+def _as_event_value(key: str, value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso_timestamp(value.timestamp())
+    if key in TIMESTAMP_FIELDS and isinstance(value, int | float) and not isinstance(value, bool):
+        return iso_timestamp(value)
+    return _with_iso_timestamps(value)

@@ -2,7 +2,7 @@
 
 Every spawner and the TaskWatcher go through `EcsApi`, so there is one HTTP connection pool,
 one set of client-side token buckets and one place that counts calls. The buckets mirror
-AWS's per-account quotas (calliope_hub.quotas): a call waits for its token instead of being
+AWS's per-account quotas (calliope_hub.ecsfacts): a call waits for its token instead of being
 throttled, because a throttled ECS answer costs a round trip and a backoff, and the bucket
 is shared by everything else in the account.
 """
@@ -27,7 +27,7 @@ from botocore import xform_name
 from botocore.exceptions import BotoCoreError, ClientError
 
 from calliope_hub.observability.metrics import ECS_API_CALLS, ECS_THROTTLES
-from calliope_hub.quotas import AWS_QUOTAS, CATEGORIES, Quota, QuotaBuckets
+from calliope_hub.ecsfacts import AWS_QUOTAS, CATEGORIES, Quota, QuotaBuckets
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from calliope_hub.ecs.snapshot import LIFECYCLE, _epoch
+from calliope_hub.ecs.snapshot import _epoch
 from calliope_hub.ecs.status import TaskWatcher
+from calliope_hub.ecsfacts import LIFECYCLE
 from calliope_hub.observability.metrics import EVENT_LAG, EVENTS
 
 log = logging.getLogger(__name__)

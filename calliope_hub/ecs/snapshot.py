@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from calliope_hub.ecsfacts import LIFECYCLE
+
 #: The synthesized reason for a task ECS no longer knows (confirmed MISSING).
 MISSING_REASON = "Task is MISSING from ECS"
 
@@ -71,17 +73,6 @@ def _exit_code(containers: Iterable[Mapping[str, Any]]) -> int | None:
     return None
 
 
-#: ECS's task lifecycle, in order.
-LIFECYCLE = (
-    "PROVISIONING",
-    "PENDING",
-    "ACTIVATING",
-    "RUNNING",
-    "DEACTIVATING",
-    "STOPPING",
-    "DEPROVISIONING",
-    "STOPPED",
-)
 _STAGE = {status: rank for rank, status in enumerate(LIFECYCLE)}
 
 

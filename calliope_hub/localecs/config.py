@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from calliope_hub.quotas import AWS_QUOTAS, Quota
+from calliope_hub.ecsfacts import AWS_QUOTAS, Quota
 
 #: the short names `--throttle` accepts, mapped to the AWS quota categories.
 THROTTLE_NAMES = {

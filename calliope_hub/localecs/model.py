@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from calliope_hub.ecs.snapshot import LIFECYCLE  # an ECS fact both sides share (plain data, no hub code)
+from calliope_hub.ecsfacts import LIFECYCLE
 
 ORDER = {status: index for index, status in enumerate(LIFECYCLE)}
 

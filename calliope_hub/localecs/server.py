@@ -17,10 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
+from calliope_hub.ecsfacts import Quota, QuotaBuckets
 from calliope_hub.localecs.model import ORDER, EcsError, RawJson
 from calliope_hub.localecs.operations import OPERATIONS
 from calliope_hub.localecs.state import ControlPlane
-from calliope_hub.quotas import Quota, QuotaBuckets
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from calliope_hub.ecs.api import EcsApi, EcsApiError, EcsTarget
 from calliope_hub.ecs.snapshot import TaskSnapshot
 from calliope_hub.observability.metrics import ECS_API_CALLS, ECS_THROTTLES
-from calliope_hub.quotas import Quota
+from calliope_hub.ecsfacts import Quota
 
 REGION = "us-east-1"  # moto_target's region too
 HUB = "calliope-hub/test-hub"

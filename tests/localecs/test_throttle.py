@@ -10,7 +10,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from calliope_hub.localecs.config import parse_throttle
-from calliope_hub.quotas import AWS_QUOTAS, Quota
+from calliope_hub.ecsfacts import AWS_QUOTAS, Quota
 
 
 def test_burst_then_throttled_then_refilled(local_ecs_factory):
