@@ -22,7 +22,7 @@ import aiohttp
 
 from calliope_hub.ecs.api import DESCRIBE_LIMIT, EcsApi, EcsApiError, EcsTarget
 from calliope_hub.ecs.events import DETAIL_TYPE, SOURCE
-from calliope_hub.ecs.events_http import DEFAULT_HEADER, events_url
+from calliope_hub.hub.events_handler import DEFAULT_HEADER, events_url
 
 log = logging.getLogger("calliope_hub.monitor")
 SECRET_ENV = "CALLIOPE_EVENTS_SECRET"

@@ -15,12 +15,12 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Any, Bool, Dict, Float, List, Unicode, default, validate
 
-from . import orphansweep
+from .hub import owners as orphansweep
 from .observability import emf, metrics
 from .catalog import Catalog, CatalogError, Choice, Placement, TaskIdentity, run_task_request
 from .ecs.api import EcsApi, EcsApiError, EcsTarget
-from .ecs.events_http import CalliopeEvents
-from .ecs.naive import PerTaskPoller
+from .hub.events_handler import CalliopeEvents
+from .tools.baseline import PerTaskPoller
 from .ecs.snapshot import TaskSnapshot
 from .ecs.status import TaskWatcher
 

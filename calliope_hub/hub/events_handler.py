@@ -104,7 +104,7 @@ class CalliopeEvents(Configurable):
 def events_config_lines(secret: str, header_name: str = DEFAULT_HEADER, sweeps: str = "hub") -> list[str]:
     """jupyterhub_config.py lines that turn events on with the endpoint and its scope."""
     return [
-        "from calliope_hub.ecs.events_http import ROUTE, SCOPE, EcsEventsHandler",
+        "from calliope_hub.hub.events_handler import ROUTE, SCOPE, EcsEventsHandler",
         "c.JupyterHub.extra_handlers = [(ROUTE, EcsEventsHandler)]",
         "c.JupyterHub.custom_scopes = {SCOPE: {'description': 'Deliver ECS task state change events'}}",
         "c.CalliopeEvents.enabled = True",

@@ -28,7 +28,7 @@ from traitlets import Float, Unicode, validate
 from traitlets.config import Configurable
 
 from calliope_hub.catalog.run_task import TaskIdentity, read_tags
-from calliope_hub.ecs.hublock import SweepLock, sweep_lock
+from calliope_hub.hub.lock import SweepLock, sweep_lock
 from calliope_hub.ecs.orphans import ACTIONS, OrphanSweeper, Ownership, ServerKey, sweep_forever
 from calliope_hub.ecs.snapshot import task_ip
 

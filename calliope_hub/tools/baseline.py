@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from .api import EcsApi, EcsApiError
-from .snapshot import TaskSnapshot
+from calliope_hub.ecs.api import EcsApi, EcsApiError
+from calliope_hub.ecs.snapshot import TaskSnapshot
 
 
 class PerTaskPoller:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from calliope_hub.ecs.hublock import AdvisoryLock, SoleHub, lock_key, sweep_lock
+from calliope_hub.hub.lock import AdvisoryLock, SoleHub, lock_key, sweep_lock
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -43,7 +43,7 @@ def holder(pg_url: str, hub_id: str) -> Iterator[subprocess.Popen[str]]:
     program = textwrap.dedent(
         f"""
         import asyncio, time
-        from calliope_hub.ecs.hublock import sweep_lock
+        from calliope_hub.hub.lock import sweep_lock
         lock = sweep_lock({pg_url!r}, {hub_id!r})
         print(asyncio.run(lock.try_acquire()), flush=True)
         time.sleep(60)

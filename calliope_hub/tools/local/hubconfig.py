@@ -59,7 +59,7 @@ def render(settings: HubSettings) -> str:
     if settings.user_password:
         lines.append(f"c.SharedPasswordAuthenticator.user_password = {settings.user_password!r}")
     if settings.events_secret:
-        from calliope_hub.ecs.events_http import events_config_lines
+        from calliope_hub.hub.events_handler import events_config_lines
 
         lines += events_config_lines(settings.events_secret, sweeps=settings.events_sweeps)
     lines += settings.extra

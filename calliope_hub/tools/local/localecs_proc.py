@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from ...ecs.events_http import DEFAULT_HEADER, events_url
+from ...hub.events_handler import DEFAULT_HEADER, events_url
 from ...localecs.orphaning import die_with_parent
 from .hubproc import free_port
 
