@@ -14,7 +14,7 @@ Safety comes first, because stopping a live server is worse than paying for an i
 - a task tagged for another hub (two hub ids can share a startedBy) is never touched.
 
 The core is plain code with an injectable clock; what "owned" means comes from an `Owners`
-(the JupyterHub binding is calliope_hub.orphansweep, a fake in the tests).
+(the JupyterHub binding is calliope_hub.hub.owners, a fake in the tests).
 """
 
 from __future__ import annotations
