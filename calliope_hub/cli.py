@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "loadtest": ("calliope_hub.tools.loadtest", "spawn N servers on any JupyterHub and time them"),
     "bench": ("calliope_hub.tools.bench", "measure the hub at N servers, batched against naive"),
     "bench-detect": ("calliope_hub.tools.bench_detect", "time until the hub notices a killed task, events vs polling"),
-    "monitor": ("calliope_hub.monitor", "sweep ECS and push task state changes to the hub's events endpoint"),
+    "monitor": ("calliope_hub.events.monitor", "sweep ECS and push task state changes to the hub's events endpoint"),
 }
 
 

@@ -22,7 +22,7 @@ from traitlets import Bool, Float, Integer, Unicode, validate
 from traitlets.config import Configurable
 
 from calliope_hub.ecs.api import EcsTarget
-from calliope_hub.ecs.events import (
+from calliope_hub.events.ingest import (
     EventFormatError,
     EventIngest,
     QueueFull,
@@ -95,7 +95,7 @@ class CalliopeEvents(Configurable):
     def start_sqs(self, region: str) -> None:
         """Start this process's SQS consumer when a queue is configured (idempotent)."""
         if self.sqs_queue_url:
-            from calliope_hub.ecs.sqs import SqsEventConsumer
+            from calliope_hub.events.sqs import SqsEventConsumer
 
             target = EcsTarget(region, self.sqs_endpoint_url or None)
             SqsEventConsumer.ensure_started(target, self.sqs_queue_url, self.sqs_max_receives)

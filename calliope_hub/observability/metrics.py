@@ -39,7 +39,7 @@ WATCHED_TASKS = Gauge(
     ["cluster", "last_status"],
 )
 
-# calliope_hub.ecs.events
+# calliope_hub.events.ingest
 EVENTS = Counter(
     "calliope_ecs_events",
     "ECS Task State Change events received, by outcome: applied, stale (an equal or newer version "

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calliope_hub.ecs.events import (
+from calliope_hub.events.ingest import (
     EventFormatError,
     EventIngest,
     QueueFull,

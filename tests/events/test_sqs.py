@@ -16,8 +16,8 @@ import boto3
 import pytest
 
 from calliope_hub.ecs.api import EcsTarget
-from calliope_hub.ecs.events import EventIngest, TaskStateChange
-from calliope_hub.ecs.sqs import SqsEventConsumer, sqs_client
+from calliope_hub.events.ingest import EventIngest, TaskStateChange
+from calliope_hub.events.sqs import SqsEventConsumer, sqs_client
 from calliope_hub.ecs.status import TaskWatcher
 from calliope_hub.observability.metrics import EVENTS
 from tests.ecs.scripted import CLUSTER, CLUSTER_ARN, NEVER, ScriptedEcs, arn, ecs_task, event_for

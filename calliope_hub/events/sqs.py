@@ -19,7 +19,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
 from calliope_hub.ecs.api import EcsTarget, _local_credentials
-from calliope_hub.ecs.events import (
+from calliope_hub.events.ingest import (
     EventFormatError,
     EventIngest,
     parse_delivery,

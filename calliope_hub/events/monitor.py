@@ -21,10 +21,10 @@ from typing import Any
 import aiohttp
 
 from calliope_hub.ecs.api import DESCRIBE_LIMIT, EcsApi, EcsApiError, EcsTarget
-from calliope_hub.ecs.events import DETAIL_TYPE, SOURCE
+from calliope_hub.ecsfacts import DETAIL_TYPE, SOURCE
 from calliope_hub.hub.events_handler import DEFAULT_HEADER, events_url
 
-log = logging.getLogger("calliope_hub.monitor")
+log = logging.getLogger(__name__)
 SECRET_ENV = "CALLIOPE_EVENTS_SECRET"
 
 
