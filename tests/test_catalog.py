@@ -15,18 +15,23 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from tornado import web
 
 from calliope_hub.catalog import (
     BUILTIN_DIRECTORY,
     Catalog,
+    CatalogConfigError,
     CatalogError,
     Placement,
     TaskIdentity,
     decode_tag_value,
     encode_tag_value,
+    load_catalog,
     read_tags,
     run_task_request,
 )
+from calliope_hub.ecs.api import EcsApi, EcsTarget
+from tests.spawner.conftest import spawners_on  # noqa: F401  (a fixture: spawners on a local ECS of the test's own)
 
 REGION = "us-east-1"
 
@@ -81,7 +86,7 @@ def test_task_definition_for_ecs_and_for_local_ecs(catalog: Catalog) -> None:
     chat_local = catalog.task_definition("chat", local=True)["containerDefinitions"][0]
     assert chat_local["command"] == ["python", "-m", "calliope_hub.standins", "chat"]
     assert "healthCheck" not in chat_local
-    with pytest.raises(CatalogError, match="unknown service 'nope'"):
+    with pytest.raises(CatalogConfigError, match="unknown service 'nope'"):
         catalog.task_definition("nope", local=True)
 
 
@@ -115,57 +120,122 @@ def _drop(key: str):
     return edit
 
 
+def line_of(text: str, *keys: str) -> int:
+    """The 1-based line of the block-style key path `keys` in `text` (1 for the whole file)."""
+    lines, position = text.splitlines(), 0
+    for depth, key in enumerate(keys):
+        prefix = "  " * depth + key + ":"
+        position = next(n for n in range(position, len(lines)) if lines[n].startswith(prefix))
+    return position + 1 if keys else 1
+
+
+# case: (edit of lab.yaml, the key path the error must point at, what the message must say)
 BAD_FILES = {
     "invalid Fargate pair": (
         _set("sizes.small.memory", 512),
+        ("sizes", "small"),
         "sizes.small: cpu 1024 with memory 512 is not a valid Fargate pair; "
         "for cpu 1024 memory must be 2048 to 8192 MiB in steps of 1024",
     ),
-    "cpu Fargate lacks": (_set("sizes.small.cpu", 300), "cpu 300 is not a Fargate cpu value; allowed: 256, 512"),
-    "memory as text": (_set("sizes.small.memory", "2048"), "sizes.small.memory: Input should be a valid integer"),
-    "unknown top-level key": (_set("cpu", 4096), "unknown key 'cpu' (allowed here: name, display_name"),
+    "cpu Fargate lacks": (
+        _set("sizes.small.cpu", 300), ("sizes", "small"), "cpu 300 is not a Fargate cpu value; allowed: 256, 512",
+    ),
+    "memory as text": (
+        _set("sizes.small.memory", "2048"),
+        ("sizes", "small", "memory"),
+        "sizes.small.memory: Input should be a valid integer",
+    ),
+    "unknown top-level key": (_set("cpu", 4096), ("cpu",), "cpu: unknown key 'cpu' (allowed here: name, display_name"),
     "unknown nested key": (
         _set("health_check.intervall", 10),
+        ("health_check", "intervall"),
         "health_check.intervall: unknown key 'intervall' (allowed here: command, interval, timeout",
     ),
-    "unknown size key": (_set("sizes.small.gpu", 1), "sizes.small.gpu: unknown key 'gpu' (allowed here: cpu, memory"),
-    "missing image": (_drop("image"), "image: required key is missing"),
-    "empty image": (_set("image", ""), "image: String should have at least 1 character"),
+    "unknown size key": (
+        _set("sizes.small.gpu", 1),
+        ("sizes", "small", "gpu"),
+        "sizes.small.gpu: unknown key 'gpu' (allowed here: cpu, memory",
+    ),
+    "missing image": (_drop("image"), (), "image: required key is missing"),
+    "empty image": (_set("image", ""), ("image",), "image: String should have at least 1 character"),
     "default size not offered": (
         _set("default_size", "huge"),
-        "default_size 'huge' is not one of its sizes (small, medium, large)",
+        ("default_size",),
+        "default_size: 'huge' is not one of its sizes (small, medium, large)",
     ),
-    "health check out of ECS range": (_set("health_check.interval", 1), "health_check.interval: Input should be greater"),
-    "health check not CMD": (_set("health_check.command", ["curl", "x"]), "must start with CMD or CMD-SHELL"),
-    "size name with a slash": (_set("sizes.big/one", {"cpu": 256, "memory": 512}), "size name 'big/one' must be"),
-    "name not the file name": (_set("name", "chat"), "name 'chat' must match the file name 'lab'"),
-    "bad YAML": (lambda data: "name: lab\nsizes: [unclosed\n", "not valid YAML"),
-    "not a mapping": (lambda data: "- lab\n- chat\n", "must be a mapping of keys"),
+    "health check out of ECS range": (
+        _set("health_check.interval", 1),
+        ("health_check", "interval"),
+        "health_check.interval: Input should be greater",
+    ),
+    "health check not CMD": (
+        _set("health_check.command", ["curl", "x"]),
+        ("health_check", "command"),
+        "health_check.command: must start with CMD or CMD-SHELL",
+    ),
+    "size name with a slash": (
+        _set("sizes.big/one", {"cpu": 256, "memory": 512}), ("sizes",), "sizes: size name 'big/one' must be",
+    ),
+    "name not the file name": (_set("name", "chat"), ("name",), "name: 'chat' must match the file name 'lab'"),
+    "not a mapping": (lambda data: "- lab\n- chat\n", (), "must be a mapping of keys"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_FILES, ids=list(BAD_FILES))
-def test_bad_catalog_file_gives_one_clear_error_naming_file_and_field(tmp_path: Path, case: str) -> None:
-    edit, expected = BAD_FILES[case]
+def test_bad_catalog_file_gives_one_error_naming_file_line_and_field(tmp_path: Path, case: str) -> None:
+    edit, keys, expected = BAD_FILES[case]
     directory = broken_catalog(tmp_path, edit)
-    with pytest.raises(CatalogError) as caught:
+    path = directory / "lab.yaml"
+    with pytest.raises(CatalogConfigError) as caught:
         Catalog.load(directory)
     message = str(caught.value)
-    assert message.startswith(str(directory / "lab.yaml") + ": ")
+    assert message.startswith(f"{path}: line {line_of(path.read_text(), *keys)}: ")
     assert expected in message
-    assert "Traceback" not in message and "pydantic" not in message
+    assert "\n" not in message and "Traceback" not in message and "pydantic" not in message
+
+
+def test_bad_yaml_names_line_and_column(tmp_path: Path) -> None:
+    directory = broken_catalog(tmp_path, lambda data: "name: lab\nimage: x\nsizes: [unclosed\n")
+    with pytest.raises(CatalogConfigError) as caught:
+        load_catalog(directory)
+    assert str(caught.value) == (
+        f"{directory / 'lab.yaml'}: line 4, column 1: not valid YAML: expected ',' or ']', but got '<stream end>'"
+    )
+
+
+def test_several_problems_in_one_file_are_one_message(tmp_path: Path) -> None:
+    def edit(data):
+        data["sizes"]["small"]["memory"] = 512
+        data["health_check"]["retries"] = 0
+    directory = broken_catalog(tmp_path, edit)
+    text = (directory / "lab.yaml").read_text()
+    with pytest.raises(CatalogConfigError) as caught:
+        load_catalog(directory)
+    message = str(caught.value)
+    assert f"line {line_of(text, 'health_check', 'retries')}: health_check.retries: " in message
+    assert f"; line {line_of(text, 'sizes', 'small')}: sizes.small: cpu 1024 with memory 512" in message
 
 
 def test_catalog_directory_problems(tmp_path: Path) -> None:
-    with pytest.raises(CatalogError, match="does not exist"):
+    with pytest.raises(CatalogConfigError, match="does not exist"):
         Catalog.load(tmp_path / "missing")
-    with pytest.raises(CatalogError, match="has no <service>.yaml files"):
+    with pytest.raises(CatalogConfigError, match="has no <service>.yaml files"):
         Catalog.load(tmp_path)
     shutil.copy(BUILTIN_DIRECTORY / "chat.yaml", tmp_path / "chat.yaml")
     only_chat = Catalog.load(tmp_path)
     assert only_chat.default_service == "chat"
-    with pytest.raises(CatalogError, match="default service 'lab' is not in the catalog"):
+    with pytest.raises(CatalogConfigError, match="default service 'lab' is not in the catalog"):
         Catalog.load(tmp_path, default_service="lab")
+
+
+def test_load_catalog_is_the_hub_start_check(tmp_path: Path) -> None:
+    """'' and None are the built-in catalog; a load error is not a user's CatalogError (it names paths)."""
+    assert list(load_catalog("").services) == list(load_catalog(None).services) == ["lab", "chat", "waiide"]
+    assert list(load_catalog(str(BUILTIN_DIRECTORY), default_service="chat").services)[0] == "chat"
+    directory = broken_catalog(tmp_path, _set("sizes.small.memory", 512))
+    with pytest.raises(CatalogConfigError) as caught:
+        load_catalog(str(directory))
+    assert not isinstance(caught.value, CatalogError)
 
 
 # --- choosing --------------------------------------------------------------------------------
@@ -180,6 +250,11 @@ def test_catalog_directory_problems(tmp_path: Path) -> None:
         ({"service": "waiide", "size": "large"}, "waiide", "large", 4096, 16384),
         ({"size": "large"}, "lab", "large", 4096, 16384),
         ({"service": None, "size": None}, "lab", "small", 1024, 2048),
+        # The seeds' names for the same two choices (their load test's body), and both names agreeing.
+        ({"instance_type": "lab", "instance_size": "medium"}, "lab", "medium", 2048, 8192),
+        ({"instance_type": "chat"}, "chat", "small", 512, 1024),
+        ({"service": "waiide", "instance_type": "waiide", "instance_size": "large"}, "waiide", "large", 4096, 16384),
+        ({"size": "medium", "instance_size": None}, "lab", "medium", 2048, 8192),
     ],
 )
 def test_choose_good_options(catalog: Catalog, options, service, size, cpu, memory) -> None:
@@ -199,6 +274,15 @@ def test_choose_good_options(catalog: Catalog, options, service, size, cpu, memo
         ({"service": ["lab"]}, "option 'service' must be a name (a string), not ['lab']"),
         ({"service": "x" * 500}, "unknown service 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...; choose"),
         (["lab"], "user_options must be an object"),
+        ({"instance_type": "rstudio"}, "unknown service 'rstudio'; choose one of: lab, chat, waiide"),
+        ({"instance_type": "chat", "instance_size": "large"}, "service 'chat' does not offer size 'large'"),
+        ({"instance_type": "lab", "instance_image": "x"}, "option 'instance_image' cannot be set"),
+        ({"instance_size": 3}, "option 'size' must be a name (a string), not 3"),
+        (
+            {"service": "lab", "instance_type": "chat"},
+            "options 'service' and 'instance_type' name the same choice but differ ('lab' and 'chat'); send one",
+        ),
+        ({"size": "small", "instance_size": "large"}, "options 'size' and 'instance_size' name the same choice"),
     ],
 )
 def test_choose_refuses_anything_outside_the_catalog(catalog: Catalog, options, message) -> None:
@@ -425,3 +509,41 @@ def test_real_run_task_against_moto(catalog: Catalog, moto_ecs: str, service: st
     assert described["taskDefinitionArn"].split("/")[-1].startswith(choice.service.family + ":")
     listed = ecs.list_tasks(cluster=cluster, startedBy=identity.started_by)["taskArns"]
     assert task["taskArn"] in listed
+
+
+# --- the seeds' request body, through a real spawner on local ECS -----------------------------------
+
+# The body of the load test in the seeds' performance guide, sent by the original deployments' scripts.
+SEED_BODY = {"instance_type": "lab", "instance_size": "medium"}
+
+
+async def test_seed_request_body_spawns_a_medium_lab(local_ecs, spawners_on) -> None:
+    make = await spawners_on(local_ecs.endpoint_url)
+    spawner = make(user_options=dict(SEED_BODY))
+    await spawner._run_apply_user_options(spawner.user_options)
+    await spawner.start()
+    try:
+        api = await EcsApi.shared(EcsTarget("us-east-1", local_ecs.endpoint_url))
+        task = (await api.describe_tasks("calliope", [spawner.task_arn])).tasks[0]
+        assert task["taskDefinitionArn"].split("/")[-1].startswith("calliope-lab:")
+        assert (task["overrides"]["cpu"], task["overrides"]["memory"]) == ("2048", "8192")
+        assert read_tags(task["tags"])["service"] == "lab" and read_tags(task["tags"])["size"] == "medium"
+        state = spawner.get_state()
+        assert (state["service"], state["size"]) == ("lab", "medium")
+    finally:
+        await spawner.stop()
+
+
+async def test_seed_names_that_disagree_are_a_400_and_start_nothing(local_ecs, spawners_on) -> None:
+    make = await spawners_on(local_ecs.endpoint_url)
+    options = {"service": "chat", **SEED_BODY}
+    spawner = make(user_options=options)
+    api = await EcsApi.shared(EcsTarget("us-east-1", local_ecs.endpoint_url))
+    with pytest.raises(web.HTTPError) as caught:
+        await spawner._run_apply_user_options(options)
+    assert caught.value.status_code == 400
+    assert "options 'service' and 'instance_type' name the same choice but differ" in caught.value.log_message
+    with pytest.raises(web.HTTPError):
+        await spawner.start()
+    assert not [call for call in api.calls if call[0] == "RunTask"]
+    assert spawner.task_arn == ""

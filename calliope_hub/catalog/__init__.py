@@ -3,8 +3,9 @@
 Public surface; the submodules are implementation detail.
 """
 
-from .catalog import BUILTIN_DIRECTORY, OPTION_KEYS, Catalog, Choice, load_service
-from .models import FARGATE_MEMORY, CatalogError, HealthCheck, LocalRun, Service, Size
+from .catalog import BUILTIN_DIRECTORY, OPTION_ALIASES, OPTION_KEYS, Catalog, Choice, load_catalog
+from .loading import load_service
+from .models import FARGATE_MEMORY, CatalogConfigError, CatalogError, HealthCheck, LocalRun, Service, Size
 from .run_task import (
     Placement,
     TaskIdentity,
@@ -17,8 +18,10 @@ from .run_task import (
 __all__ = [
     "BUILTIN_DIRECTORY",
     "FARGATE_MEMORY",
+    "OPTION_ALIASES",
     "OPTION_KEYS",
     "Catalog",
+    "CatalogConfigError",
     "CatalogError",
     "Choice",
     "HealthCheck",
@@ -29,6 +32,7 @@ __all__ = [
     "TaskIdentity",
     "decode_tag_value",
     "encode_tag_value",
+    "load_catalog",
     "load_service",
     "read_tags",
     "run_task_request",

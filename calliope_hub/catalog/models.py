@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class CatalogError(ValueError):
-    """A catalog file or a user's choice is not acceptable; the message is shown as is."""
+    """A user's choice is not acceptable. The message is written for that user and shown as is."""
+
+
+class CatalogConfigError(ValueError):
+    """The operator's catalog is wrong: the message names the file, the line and the field.
+
+    A separate type from CatalogError on purpose: it carries server paths, so it belongs in
+    the hub's log at start, and code that turns CatalogError into a user's 400 never catches it.
+    """
 
 
 #: Fargate's valid task memory (MiB) for each task cpu (units), from the AWS docs.
@@ -135,12 +143,14 @@ class Service(_Strict):
                 )
         return sizes
 
-    @model_validator(mode="after")
-    def _default_size_offered(self) -> Service:
-        if self.default_size not in self.sizes:
-            offered = ", ".join(self.sizes)
-            raise ValueError(f"default_size {self.default_size!r} is not one of its sizes ({offered})")
-        return self
+    @field_validator("default_size")
+    @classmethod
+    def _default_size_offered(cls, default_size: str, info: ValidationInfo) -> str:
+        # A field check, not a whole-model one, so the error points at default_size's line.
+        sizes = info.data.get("sizes")
+        if sizes is not None and default_size not in sizes:
+            raise ValueError(f"{default_size!r} is not one of its sizes ({', '.join(sizes)})")
+        return default_size
 
     @property
     def smallest_size(self) -> Size:
