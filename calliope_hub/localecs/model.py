@@ -43,6 +43,12 @@ def client_error(message: str) -> EcsError:
     return EcsError("ClientException", message)
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """A value for an error message: its repr, cut short, so an answer never echoes a huge input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def cluster_not_found() -> EcsError:
     return EcsError("ClusterNotFoundException", "Cluster not found.")
 
@@ -58,18 +64,19 @@ _FARGATE_MEMORY: dict[int, tuple[int, int, int]] = {
     8192: (16384, 61440, 4096),
     16384: (32768, 122880, 8192),
 }
-_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+#: a number of at most 9 digits (ECS's largest task is 192 vCPU and 24 TiB) and an optional unit.
+_UNIT = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,9})?)\s*([A-Za-z]*)\s*$")
 
 
 def parse_size(value: Any, what: str) -> int:
     """Parse ECS's cpu ("1024", "1 vCPU") or memory ("2048", "2 GB") string into units/MiB."""
     if not isinstance(value, str):
-        raise invalid(f"{what} must be a string, for example \"1024\", not {value!r}.")
+        raise invalid(f"{what} must be a string, for example \"1024\", not {shown(value)}.")
     match = _UNIT.match(value)
     unit = match.group(2).lower() if match else None
     scale = {"": 1, "vcpu": 1024} if what == "cpu" else {"": 1, "gb": 1024, "mib": 1, "mb": 1}
     if not match or unit not in scale:
-        raise invalid(f"Invalid {what} value {value!r}.")
+        raise invalid(f"Invalid {what} value {shown(value)}.")
     return int(float(match.group(1)) * scale[unit])
 
 
@@ -104,11 +111,11 @@ def validate_tags(tags: Any) -> dict[str, str]:
     for tag in tags:
         key, value = tag.get("key"), tag.get("value", "")
         if not isinstance(key, str) or not 1 <= len(key) <= 128:
-            raise invalid(f"Tag key {key!r} must be a string of 1-128 characters.")
+            raise invalid(f"Tag key {shown(key)} must be a string of 1-128 characters.")
         if not isinstance(value, str) or len(value) > 256:
-            raise invalid(f"Tag value for {key!r} must be a string of at most 256 characters.")
+            raise invalid(f"Tag value for {shown(key)} must be a string of at most 256 characters.")
         if key.lower().startswith("aws:"):
-            raise invalid(f"Tag key {key!r} uses the reserved prefix 'aws:'.")
+            raise invalid(f"Tag key {shown(key)} uses the reserved prefix 'aws:'.")
         result[key] = value
     return result
 

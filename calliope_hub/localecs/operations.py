@@ -23,6 +23,7 @@ from calliope_hub.localecs.model import (
     fargate_pair_error,
     invalid,
     parse_size,
+    shown,
     validate_tags,
     wire_tags,
 )
@@ -121,7 +122,7 @@ def _check_container(container: Any, names: set[str]) -> None:
         raise client_error("Every container definition needs a name.")
     name = container["name"]
     if not _NAME.match(name) or name in names:
-        raise client_error(f"Container name {name!r} is invalid or repeated.")
+        raise client_error(f"Container name {shown(name)} is invalid or repeated.")
     if not isinstance(container.get("image"), str) or not container["image"]:
         raise client_error(f"Container {name!r} needs an image.")
     for key in ("command", "entryPoint"):
@@ -161,18 +162,19 @@ def register_task_definition(plane: ControlPlane, params: Params) -> dict:
     _check_container_definitions(params.get("containerDefinitions"))
     network_mode = _get(params, "networkMode", str) or "bridge"
     if network_mode not in ("bridge", "host", "awsvpc", "none"):
-        raise invalid(f"networkMode must be bridge, host, awsvpc or none, not {network_mode!r}.")
+        raise invalid(f"networkMode must be bridge, host, awsvpc or none, not {shown(network_mode)}.")
     cpu, memory = params.get("cpu"), params.get("memory")
-    sizes = [parse_size(cpu, "cpu") if cpu is not None else None, parse_size(memory, "memory") if memory is not None else None]
+    units = parse_size(cpu, "cpu") if cpu is not None else None
+    mib = parse_size(memory, "memory") if memory is not None else None
     compatibilities = _get(params, "requiresCompatibilities", list) or []
     if not _is_strings(compatibilities) or not set(compatibilities) <= {"EC2", "FARGATE", "EXTERNAL"}:
         raise invalid("requiresCompatibilities may hold only EC2, FARGATE and EXTERNAL.")
     if "FARGATE" in compatibilities:
         if network_mode != "awsvpc":
             raise client_error("Fargate only supports network mode 'awsvpc'.")
-        if None in sizes:
+        if units is None or mib is None:
             raise client_error("Fargate requires that 'cpu' and 'memory' be defined at the task level.")
-        problem = fargate_pair_error(sizes[0], sizes[1])
+        problem = fargate_pair_error(units, mib)
         if problem:
             raise client_error(problem)
     tags = validate_tags(params.get("tags"))
@@ -233,7 +235,7 @@ def _placement(definition: TaskDefinition, params: Params) -> tuple[str | None, 
             "Remove one and try again."
         )
     if launch_type not in (None, "EC2", "FARGATE", "EXTERNAL"):
-        raise invalid(f"launchType must be EC2, FARGATE or EXTERNAL, not {launch_type!r}.")
+        raise invalid(f"launchType must be EC2, FARGATE or EXTERNAL, not {shown(launch_type)}.")
     provider = None
     if strategy:
         if not all(isinstance(s, dict) and isinstance(s.get("capacityProvider"), str) for s in strategy):
@@ -264,7 +266,7 @@ def _check_overrides(definition: TaskDefinition, overrides: dict) -> None:
     for override in overrides.get("containerOverrides") or []:
         if not isinstance(override, dict) or override.get("name") not in names:
             name = override.get("name") if isinstance(override, dict) else override
-            raise invalid(f"Override for container named {name} is not a container in the TaskDefinition.")
+            raise invalid(f"Override for container named {shown(name)} is not a container in the TaskDefinition.")
         command = override.get("command")
         if command is not None and not (isinstance(command, list) and all(isinstance(a, str) for a in command)):
             raise invalid("containerOverrides command must be a list of strings.")
@@ -380,7 +382,7 @@ def list_tasks(plane: ControlPlane, params: Params) -> dict:
     launch_type = _get(params, "launchType", str)
     desired = _get(params, "desiredStatus", str) or "RUNNING"
     if desired not in ("RUNNING", "PENDING", "STOPPED"):
-        raise invalid(f"desiredStatus must be RUNNING, PENDING or STOPPED, not {desired!r}.")
+        raise invalid(f"desiredStatus must be RUNNING, PENDING or STOPPED, not {shown(desired)}.")
     if _get(params, "serviceName", str) is not None:
         return {"taskArns": []}  # local ECS runs no services
 

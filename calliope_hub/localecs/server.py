@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from calliope_hub.ecsfacts import Quota, QuotaBuckets
+from calliope_hub.localecs.intake import MAX_BODY_BYTES, check_types, decode_object, load_model, read_body
 from calliope_hub.localecs.model import ORDER, EcsError, RawJson
 from calliope_hub.localecs.operations import OPERATIONS
 from calliope_hub.localecs.state import ControlPlane
@@ -45,9 +46,14 @@ class CallStats:
         timings = {}
         for operation, samples in self.server_ms.items():
             ordered = sorted(samples)
-            pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)  # noqa: E731
-            timings[operation] = {"p50": pick(0.5), "p99": pick(0.99), "count": len(ordered)}
+            timings[operation] = {
+                "p50": _quantile(ordered, 0.5), "p99": _quantile(ordered, 0.99), "count": len(ordered)
+            }
         return {"calls": {op: dict(counts) for op, counts in self.calls.items()}, "server_ms": timings}
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
 
 
 class Faults:
@@ -91,9 +97,10 @@ class EcsHttp:
         self.faults = Faults()
         self._refuse = refuse
         self._describe = describe
+        load_model()
 
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[self._outage], client_max_size=16 * 1024**2)
+        app = web.Application(middlewares=[self._outage], client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/", self.ecs)
         app.router.add_post("/_localecs/tasks/{task_id}/kill", self.kill)
         app.router.add_post("/_localecs/faults/unavailable", self.fault_unavailable)
@@ -130,7 +137,8 @@ class EcsHttp:
                 )
             if self.faults.throttling() or (self.buckets and not self.buckets.try_take(operation)):
                 raise EcsError("ThrottlingException", "Rate exceeded")
-            params = _decode(await request.read())
+            params = decode_object(await read_body(request))
+            check_types(operation, params)
             self.plane.purge_expired()
             body, status, outcome = handler(self.plane, params), 200, "ok"
         except EcsError as error:
@@ -138,7 +146,8 @@ class EcsHttp:
             outcome = "throttled" if error.code == "ThrottlingException" else "error"
         except Exception:
             log.exception("local ECS failed on %s", name)
-            body, status, outcome = _error_body("ServerException", f"local ECS failed on {name}; see its log."), 500, "error"
+            body = _error_body("ServerException", f"local ECS failed on {name}; see its log.")
+            status, outcome = 500, "error"
         payload = body.data if isinstance(body, RawJson) else json.dumps(body).encode()
         self.stats.record(name, outcome, (time.perf_counter() - started) * 1000)
         return web.Response(
@@ -153,8 +162,8 @@ class EcsHttp:
             return _json({"error": "no such task (unknown, or past its retention)"}, 404)
         body = await _optional_json(request)
         exit_code = body.get("exitCode", 137)
-        if not isinstance(exit_code, int) or isinstance(exit_code, bool):
-            return _json({"error": "exitCode must be an integer"}, 400)
+        if not isinstance(exit_code, int) or isinstance(exit_code, bool) or not 0 <= exit_code <= 255:
+            return _json({"error": "exitCode must be an integer from 0 to 255, as a process's exit status"}, 400)
         if not task.launched or ORDER[task.last_status] >= ORDER["DEPROVISIONING"]:
             return _json({"error": f"task is {task.last_status}: nothing runs to kill"}, 409)
         await self.plane.runner.kill(task.id, exit_code)
@@ -192,30 +201,15 @@ class EcsHttp:
         return _json(snapshot)
 
 
-def _decode(raw: bytes) -> dict:
-    if not raw.strip():
-        return {}
-    try:
-        params = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise EcsError("SerializationException", f"Malformed JSON request body: {error}") from None
-    if not isinstance(params, dict):
-        raise EcsError("SerializationException", "The request body must be a JSON object.")
-    return params
-
-
 async def _optional_json(request: web.Request) -> dict:
-    """The body as a JSON object ({} when empty); anything else is a clear 400."""
-    raw = await request.read()
+    """The body as a JSON object ({} when empty), within the ECS bounds; anything else is a clear 4xx."""
     try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
+        return decode_object(await read_body(request))
+    except EcsError as error:
         raise web.HTTPBadRequest(
-            text=json.dumps({"error": "the body must be a JSON object"}), content_type="application/json"
-        )
-    return body
+            text=json.dumps({"error": f"the body must be a JSON object: {error.message}"}),
+            content_type="application/json",
+        ) from None
 
 
 def _valid_seconds(seconds: Any) -> bool:

@@ -25,6 +25,7 @@ from calliope_hub.localecs.model import (
     client_error,
     cluster_not_found,
     new_task_id,
+    shown,
 )
 from calliope_hub.localecs.runner import ContainerSpec, LaunchSpec, Runner
 
@@ -134,13 +135,13 @@ class ControlPlane:
         family, _, revision = key.partition(":")
         revisions = self.definitions.get(family, [])
         if revision:
-            if revision.isdigit() and 1 <= int(revision) <= len(revisions):
+            if revision.isascii() and revision.isdigit() and 1 <= int(revision[:10]) <= len(revisions):
                 return revisions[int(revision) - 1]
         else:
             active = [d for d in revisions if d.status == "ACTIVE"]
             if active:
                 return active[-1]
-        raise client_error(f"Unable to find task definition '{ref}'.")
+        raise client_error(f"Unable to find task definition {shown(ref)}.")
 
     # ------------------------------------------------------------ registry
 
@@ -199,7 +200,9 @@ class ControlPlane:
         self._timers[task_id] = loop.call_later(self.provisioning_delay(), self._provisioned, task)
         return task
 
-    def page(self, cluster: Cluster, match: Callable[[Task], bool], after: int, limit: int) -> tuple[list[Task], int | None]:
+    def page(
+        self, cluster: Cluster, match: Callable[[Task], bool], after: int, limit: int
+    ) -> tuple[list[Task], int | None]:
         """Up to `limit` matching tasks with seq > `after`, and the seq to continue after."""
         found: list[Task] = []
         start = bisect.bisect_right(cluster.seqs, after)
