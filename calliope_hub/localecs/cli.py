@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--cidr", help="task addresses come from here, inside 127.0.0.0/8 (default: a random /16)")
     add("--tls", action="store_true", help="serve https with a self-signed certificate (its path is printed)")
     add("--tls-dir", type=Path, help="where to keep that certificate (default: a temporary directory)")
+    add("--data-dir", type=Path, help="process mode: keep EFS access points' files here (default: a temp directory)")
+    add("--efs-access-point-limit", type=int, default=defaults.efs_access_point_limit,
+        help="access points per EFS file system (default %(default)s)")
     add("--region", default=defaults.region)
     add("--account", default=defaults.account)
 
@@ -66,6 +69,7 @@ def config_from(args: argparse.Namespace) -> LocalEcsConfig:
         sim_fail_fraction=args.sim_fail_fraction, sim_stop_rate=args.sim_stop_rate,
         retention_s=args.retention, stop_timeout_s=args.stop_timeout, cidr=args.cidr or random_cidr(),
         tls=args.tls, tls_dir=args.tls_dir, region=args.region, account=args.account,
+        data_dir=args.data_dir, efs_access_point_limit=args.efs_access_point_limit,
     )
 
 

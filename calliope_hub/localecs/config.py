@@ -59,6 +59,11 @@ class LocalEcsConfig:
     tls_dir: Path | None = None
     region: str = "us-east-1"
     account: str = "000000000000"
+    #: process mode: where EFS access points keep their files (<data_dir>/efs/<fs id>/<path>), so they
+    #: outlive local ECS; None means a temporary directory removed when local ECS stops.
+    data_dir: Path | None = None
+    #: access points per EFS file system, EFS's default quota (AccessPointLimitExceeded past it).
+    efs_access_point_limit: int = 10_000
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before anything starts."""
@@ -69,6 +74,8 @@ class LocalEcsConfig:
             raise ValueError(f"cidr {self.cidr} must lie inside 127.0.0.0/8 (loopback)")
         if not 0 <= self.sim_fail_fraction <= 1 or not 0 <= self.event_duplicate <= 1:
             raise ValueError("sim_fail_fraction and event_duplicate are fractions in [0, 1]")
+        if self.efs_access_point_limit < 1:
+            raise ValueError(f"efs_access_point_limit must be at least 1, not {self.efs_access_point_limit}")
         parse_throttle(self.throttle)
 
 

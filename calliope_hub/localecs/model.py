@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from calliope_hub.ecsfacts import LIFECYCLE
+from calliope_hub.localecs import registration
 
 ORDER = {status: index for index, status in enumerate(LIFECYCLE)}
 
@@ -178,18 +179,30 @@ class TaskDefinition:
     def containers(self) -> list[dict]:
         return self.body["containerDefinitions"]
 
+    @property
+    def compatibilities(self) -> list[str]:
+        return registration.compatibilities(self.body)
+
+    def supports(self, launch_type: str) -> bool:
+        """Whether RunTask may use `launch_type`: what it requires when it says so, else what it fits."""
+        return launch_type in (self.body.get("requiresCompatibilities") or self.compatibilities)
+
     def wire(self) -> dict:
-        body = {k: v for k, v in self.body.items() if k != "tags"}
+        network_mode = self.body.get("networkMode") or "bridge"
+        body: dict[str, Any] = {"volumes": [], "placementConstraints": []}
+        body.update((k, v) for k, v in self.body.items() if k != "tags")
         body.update(
             taskDefinitionArn=self.arn,
             family=self.family,
             revision=self.revision,
             status=self.status,
+            networkMode=network_mode,
+            containerDefinitions=[registration.wire_container(c, network_mode) for c in self.containers],
             registeredAt=self.registered_at,
-            compatibilities=["EC2", "FARGATE"],
-            requiresAttributes=[],
+            registeredBy=registration.registered_by(self.arn),
+            compatibilities=self.compatibilities,
+            requiresAttributes=registration.requires_attributes(self.body),
         )
-        body.setdefault("networkMode", "bridge")
         if self.deregistered_at is not None:
             body["deregisteredAt"] = self.deregistered_at
         return body

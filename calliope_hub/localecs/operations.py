@@ -82,6 +82,19 @@ def create_cluster(plane: ControlPlane, params: Params) -> dict:
     return {"cluster": plane.create_cluster(name, tags, settings, providers).wire(True)}
 
 
+def _page(arns: list[str], params: Params, key: str) -> dict:
+    """One page of `arns` after the request's nextToken, and the token for the next page when there is one."""
+    start, limit = _untoken(params), _max_results(params)
+    answer: dict = {key: arns[start : start + limit]}
+    if start + limit < len(arns):
+        answer["nextToken"] = _token(start + limit)
+    return answer
+
+
+def list_clusters(plane: ControlPlane, params: Params) -> dict:
+    return _page([c.arn for c in plane.clusters.values() if c.status == "ACTIVE"], params, "clusterArns")
+
+
 def describe_clusters(plane: ControlPlane, params: Params) -> dict:
     refs = _get(params, "clusters", list) or ["default"]
     if len(refs) > 100:
@@ -216,11 +229,7 @@ def list_task_definitions(plane: ControlPlane, params: Params) -> dict:
     ]
     if order == "DESC":
         arns.reverse()
-    start, limit = _untoken(params), _max_results(params)
-    answer: dict = {"taskDefinitionArns": arns[start : start + limit]}
-    if start + limit < len(arns):
-        answer["nextToken"] = _token(start + limit)
-    return answer
+    return _page(arns, params, "taskDefinitionArns")
 
 
 # ---------------------------------------------------------------- tasks
@@ -242,9 +251,14 @@ def _placement(definition: TaskDefinition, params: Params) -> tuple[str | None, 
             raise invalid("Every capacityProviderStrategy item needs a capacityProvider name.")
         provider = strategy[0]["capacityProvider"]
         return None, provider, provider in ("FARGATE", "FARGATE_SPOT")
-    if launch_type is None:
+    if launch_type is None:  # ECS would use the cluster's default strategy, else EC2: see docs/local-ecs.md
         launch_type = "FARGATE" if "FARGATE" in definition.body.get("requiresCompatibilities", []) else "EC2"
-    return launch_type, None, launch_type == "FARGATE"
+        return launch_type, None, launch_type == "FARGATE"
+    if not definition.supports(launch_type):
+        raise invalid(f"Task definition does not support launch_type {launch_type}.")
+    if launch_type != "FARGATE":  # local ECS clusters never have container instances
+        raise invalid("No Container Instances were found in your cluster.")
+    return launch_type, None, True
 
 
 def _task_size(definition: TaskDefinition, overrides: dict, fargate: bool) -> tuple[str, str]:
@@ -466,6 +480,7 @@ def list_tags_for_resource(plane: ControlPlane, params: Params) -> dict:
 #: X-Amz-Target operation name -> handler.
 OPERATIONS: dict[str, Callable[[ControlPlane, Params], dict | RawJson]] = {
     "CreateCluster": create_cluster,
+    "ListClusters": list_clusters,
     "DescribeClusters": describe_clusters,
     "DeleteCluster": delete_cluster,
     "RegisterTaskDefinition": register_task_definition,

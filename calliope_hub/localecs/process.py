@@ -6,10 +6,14 @@ process gets from here:
 
 - its command is the container's ``entryPoint + command`` (the image itself is not used);
 - its environment is a few host variables (PATH, HOME, LANG, ...) plus the container's
-  environment plus ``LOCALECS_TASK_IP``; nothing else leaks in from local ECS's own process;
+  environment, its resolved `secrets` and ``LOCALECS_TASK_IP``; nothing else leaks in from
+  local ECS's own process;
 - every ``0.0.0.0`` in argv and environment values becomes the task's own address. In
   awsvpc, binding all interfaces inside a task binds only the task's ENI; on one machine
   it would bind every address, so two tasks on the same port would collide.
+- an EFS mount point's ``containerPath`` cannot exist here, so every whole occurrence of it
+  in argv, environment values and ``workingDirectory`` becomes the directory that holds the
+  access point's files (``<data_dir>/efs/<fs id>/<root path>``), which outlives the task;
 - each process leads its own session, so a stop signals the whole tree it started;
 - stdout and stderr go to ``<log_dir>/<task_id>.log``, never to a pipe that could fill.
 
@@ -31,11 +35,13 @@ import re
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .efsvolumes import prepare_directory
 from .orphaning import die_with_parent
-from .runner import ContainerSpec, LaunchSpec, TaskHooks
+from .runner import ContainerSpec, LaunchSpec, StartFailure, TaskHooks
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +87,50 @@ def bind_task_address(value: str, ip: str) -> str:
     return _ALL_INTERFACES.sub(ip, value)
 
 
-def container_environment(container: ContainerSpec, ip: str) -> dict[str, str]:
+def path_mapper(directories: dict[str, Path]) -> Callable[[str], str]:
+    """Rewrite each whole container path in `directories` (and paths below it) to its host directory.
+
+    Only a whole path is rewritten: with /home/jovyan mounted, `--notebook-dir=/home/jovyan/work`
+    and `PATH=/home/jovyan/bin:/usr/bin` change, `/home/jovyan2` and `/srv/home/jovyan` do not.
+    The longest container path wins when mounts nest.
+    """
+    if not directories:
+        return lambda value: value
+    by_path = {path.rstrip("/"): str(directory) for path, directory in directories.items()}
+    alternatives = "|".join(re.escape(path) for path in sorted(by_path, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w./-])({alternatives})(?![\w.-])")
+    return lambda value: pattern.sub(lambda match: by_path[match.group(1)], value)
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    """What one container's process gets: its argv, environment and working directory on this host."""
+
+    argv: list[str]
+    env: dict[str, str] = field(repr=False)
+    cwd: Path | None
+    rewrite: Callable[[str], str]
+
+
+def container_view(container: ContainerSpec, ip: str, data_dir: Path) -> ContainerView:
+    """The container as a local process; StartFailure when an EFS mount cannot be set up.
+
+    Secrets go into the environment as they are: a secret is opaque, never rewritten.
+    """
+    mapped = path_mapper({m.container_path: prepare_directory(data_dir, m) for m in container.mounts})
+
+    def rewrite(value: str) -> str:
+        return mapped(bind_task_address(value, ip))
+
     env = {name: os.environ[name] for name in HOST_ENVIRONMENT if name in os.environ}
-    env.update({name: bind_task_address(value, ip) for name, value in container.environment.items()})
+    env.update({name: rewrite(value) for name, value in container.environment.items()})
+    env.update(container.secrets)
     env["LOCALECS_TASK_IP"] = ip
-    return env
+    cwd = None
+    if container.working_directory is not None and mapped(container.working_directory) != container.working_directory:
+        cwd = Path(mapped(container.working_directory))
+        cwd.mkdir(parents=True, exist_ok=True)  # as Docker creates a missing working directory
+    return ContainerView([rewrite(arg) for arg in container.argv], env, cwd, rewrite)
 
 
 def health_check_argv(check: dict) -> list[str]:
@@ -104,6 +149,7 @@ class _LocalTask:
     hooks: TaskHooks
     log_path: Path
     processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    views: dict[str, ContainerView] = field(default_factory=dict)
     #: essential containers whose health check has not passed yet; RUNNING waits for them.
     awaiting_health: set[str] = field(default_factory=set)
     watchers: list[asyncio.Task] = field(default_factory=list)
@@ -122,10 +168,13 @@ class ProcessRunner:
     tasks, and `exited` comes exactly once per started task (also on `close`).
     """
 
-    def __init__(self, log_dir: Path | None = None) -> None:
+    def __init__(self, log_dir: Path | None = None, data_dir: Path | None = None) -> None:
         self._owns_log_dir = log_dir is None
         self.log_dir = Path(tempfile.mkdtemp(prefix="localecs-")) if log_dir is None else log_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        #: where EFS access points keep their files; a temporary one goes away with the runner.
+        self._owns_data_dir = data_dir is None
+        self.data_dir = Path(tempfile.mkdtemp(prefix="localecs-data-")) if data_dir is None else data_dir
         self._tasks: dict[str, _LocalTask] = {}
 
     def log_path(self, task_id: str) -> Path:
@@ -142,8 +191,13 @@ class ProcessRunner:
                     raise ValueError(f"no command for image {container.image}")
                 if container.health_check is not None:
                     health_check_argv(container.health_check)
+                task.views[container.name] = container_view(container, spec.ip, self.data_dir)
             for container in spec.containers:
-                task.processes[container.name] = await self._spawn(container, spec.ip, task.log_path)
+                view = task.views[container.name]
+                task.processes[container.name] = await _spawn_group(view.argv, view.env, task.log_path, view.cwd)
+        except StartFailure as exc:
+            await self._abandon(task, str(exc))
+            return
         except (ValueError, OSError) as exc:
             await self._abandon(task, f"CannotStartContainerError: {exc}")
             return
@@ -185,10 +239,8 @@ class ProcessRunner:
         await asyncio.gather(*(self._end(task, SHUT_DOWN, 0.0) for task in tasks))
         if self._owns_log_dir:
             shutil.rmtree(self.log_dir, ignore_errors=True)
-
-    async def _spawn(self, container: ContainerSpec, ip: str, log_path: Path) -> asyncio.subprocess.Process:
-        argv = [bind_task_address(arg, ip) for arg in container.argv]
-        return await _spawn_group(argv, container_environment(container, ip), log_path)
+        if self._owns_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     async def _abandon(self, task: _LocalTask, reason: str) -> None:
         """A container could not start: kill what did start and report TaskFailedToStart."""
@@ -241,13 +293,13 @@ class ProcessRunner:
 
     async def _watch_health(self, task: _LocalTask, container: ContainerSpec) -> None:
         check = {**_HEALTH_DEFAULTS, **(container.health_check or {})}
-        argv = [bind_task_address(arg, task.spec.ip) for arg in health_check_argv(check)]
-        env = container_environment(container, task.spec.ip)
+        view = task.views[container.name]
+        argv = [view.rewrite(arg) for arg in health_check_argv(check)]
         loop = asyncio.get_running_loop()
         start_period_ends = loop.time() + float(check["startPeriod"])
         healthy, failures = False, 0
         while True:
-            passed = await _probe(argv, env, float(check["timeout"]), task.log_path)
+            passed = await _probe(argv, view, float(check["timeout"]), task.log_path)
             in_start_period = loop.time() < start_period_ends
             if passed:
                 failures = 0
@@ -276,7 +328,7 @@ class ProcessRunner:
         _call_hook(task.hooks.exited, codes, reason, failed_to_start)
 
 
-def _call_hook(hook, *args) -> None:  # noqa: ANN001 - a TaskHooks method
+def _call_hook(hook, *args) -> None:
     """A failing hook is the control plane's bug; it must not leave processes unreaped here."""
     try:
         hook(*args)
@@ -284,10 +336,10 @@ def _call_hook(hook, *args) -> None:  # noqa: ANN001 - a TaskHooks method
         log.exception("local ECS task hook %s failed", getattr(hook, "__name__", hook))
 
 
-async def _probe(argv: list[str], env: dict[str, str], timeout: float, log_path: Path) -> bool:
+async def _probe(argv: list[str], view: ContainerView, timeout: float, log_path: Path) -> bool:
     """One health check run: exit 0 within `timeout` passes; the probe never outlives its call."""
     try:
-        process = await _spawn_group(argv, env, log_path)
+        process = await _spawn_group(argv, view.env, log_path, view.cwd)
     except OSError as exc:
         log.warning("health check %s could not start: %s", argv, exc)
         return False
@@ -301,12 +353,15 @@ async def _probe(argv: list[str], env: dict[str, str], timeout: float, log_path:
         _LIVE_GROUPS.discard(process.pid)
 
 
-async def _spawn_group(argv: list[str], env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
+async def _spawn_group(
+    argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
+) -> asyncio.subprocess.Process:
     """A process leading its own session (so its whole tree can be signalled), output to the log."""
     with open(log_path, "ab") as output:
         process = await asyncio.create_subprocess_exec(
             *argv,
             env=env,
+            cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=output,
             stderr=output,

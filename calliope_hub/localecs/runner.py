@@ -12,6 +12,20 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class Mount:
+    """An EFS volume as a container sees it: `container_path` shows `root_path` of the file system."""
+
+    container_path: str
+    file_system_id: str
+    #: the directory inside the file system: the access point's root directory, or the volume's rootDirectory.
+    root_path: str
+    #: the access point's CreationInfo (OwnerUid, OwnerGid, Permissions), when it has one: a missing
+    #: root directory is created with it on first use; without it, a missing root fails the mount.
+    creation_info: dict | None = None
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """One container as the task will run it, overrides already merged."""
 
@@ -24,6 +38,14 @@ class ContainerSpec:
     #: the task definition's healthCheck, as ECS takes it ({"command": [...], "interval": ...}).
     health_check: dict | None = None
     essential: bool = True
+    #: the container's `secrets`, resolved at start (env name -> value). They reach the process's
+    #: environment and nothing else: no ECS answer or event is ever rendered from a LaunchSpec,
+    #: and repr() leaves them out, so no log line shows them either.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    #: the container's mountPoints that name EFS volumes.
+    mounts: tuple[Mount, ...] = ()
+    #: the definition's workingDirectory, a path inside the container.
+    working_directory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,3 +80,11 @@ class Runner(Protocol):
 
     async def close(self) -> None:
         """Stop everything at once; no process may outlive local ECS."""
+
+
+class StartFailure(Exception):
+    """A task that cannot start; the message is the whole stoppedReason, as ECS words it.
+
+    Raised while a task's LaunchSpec is assembled (a secret that cannot be read, an EFS access
+    point that is gone); the task then stops with stopCode TaskFailedToStart.
+    """

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from calliope_hub.ecsfacts import Quota, QuotaBuckets
+from calliope_hub.localecs import efs_http, ssm
 from calliope_hub.localecs.intake import MAX_BODY_BYTES, check_types, decode_object, load_model, read_body
 from calliope_hub.localecs.model import ORDER, EcsError, RawJson
 from calliope_hub.localecs.operations import OPERATIONS
@@ -27,6 +28,11 @@ log = logging.getLogger(__name__)
 
 TARGET_PREFIX = "AmazonEC2ContainerServiceV20141113."
 JSON_TYPE = "application/x-amz-json-1.1"
+#: X-Amz-Target prefix -> its operations: ECS, and the SSM Parameter Store subset on the same port.
+HANDLERS: dict[str, dict[str, Callable[..., Any]]] = {
+    TARGET_PREFIX: dict(OPERATIONS),
+    ssm.TARGET_PREFIX: dict(ssm.OPERATIONS),
+}
 #: the longest outage or forced throttle a fault may ask for, so a test can never wedge a server.
 MAX_FAULT_S = 3600
 
@@ -102,6 +108,7 @@ class EcsHttp:
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._outage], client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/", self.ecs)
+        app.router.add_route("*", efs_http.PATH_PREFIX + "{tail:.*}", self.efs)
         app.router.add_post("/_localecs/tasks/{task_id}/kill", self.kill)
         app.router.add_post("/_localecs/faults/unavailable", self.fault_unavailable)
         app.router.add_post("/_localecs/faults/throttle", self.fault_throttle)
@@ -125,8 +132,8 @@ class EcsHttp:
     async def ecs(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         target = request.headers.get("X-Amz-Target", "")
-        operation = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
-        handler = OPERATIONS.get(operation)
+        prefix, _, operation = target.rpartition(".")
+        handler = HANDLERS.get(prefix + ".", {}).get(operation)
         name = operation if handler else "Unknown"
         try:
             if handler is None:
@@ -135,7 +142,7 @@ class EcsHttp:
                     f"Unknown operation {target!r}. Send X-Amz-Target: {TARGET_PREFIX}<Operation>, "
                     f"one of {', '.join(OPERATIONS)}.",
                 )
-            if self.faults.throttling() or (self.buckets and not self.buckets.try_take(operation)):
+            if not self._admit(operation):
                 raise EcsError("ThrottlingException", "Rate exceeded")
             params = decode_object(await read_body(request))
             check_types(operation, params)
@@ -153,6 +160,14 @@ class EcsHttp:
         return web.Response(
             body=payload, status=status, content_type=JSON_TYPE, headers={"x-amzn-RequestId": str(uuid.uuid4())}
         )
+
+    def _admit(self, operation: str) -> bool:
+        """False when a call must be throttled: a forced throttle, or its quota bucket is empty."""
+        return not self.faults.throttling() and (self.buckets is None or self.buckets.try_take(operation))
+
+    async def efs(self, request: web.Request) -> web.Response:
+        """The EFS subset (REST-JSON under /2015-02-01/), under the same faults, quotas and stats."""
+        return await efs_http.handle(request, self.plane, self._admit, self.stats.record)
 
     # ------------------------------------------------------------ /_localecs/
 

@@ -77,7 +77,7 @@ class LocalEcs:
         else:
             from calliope_hub.localecs.process import ProcessRunner
 
-            runner, delay = ProcessRunner(), (lambda: 0.0)
+            runner, delay = ProcessRunner(data_dir=config.data_dir), (lambda: 0.0)
         return ControlPlane(
             runner,
             region=config.region,
@@ -86,6 +86,7 @@ class LocalEcs:
             retention_s=config.retention_s,
             stop_timeout_s=config.stop_timeout_s,
             provisioning_delay=delay,
+            access_point_limit=config.efs_access_point_limit,
         )
 
     async def _start_sinks(self) -> None:

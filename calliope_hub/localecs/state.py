@@ -16,6 +16,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
+from calliope_hub.localecs.efs import DEFAULT_ACCESS_POINT_LIMIT, FileSystems
 from calliope_hub.localecs.model import (
     ORDER,
     Cluster,
@@ -27,7 +28,8 @@ from calliope_hub.localecs.model import (
     new_task_id,
     shown,
 )
-from calliope_hub.localecs.runner import ContainerSpec, LaunchSpec, Runner
+from calliope_hub.localecs.runner import ContainerSpec, LaunchSpec, Runner, StartFailure
+from calliope_hub.localecs.ssm import ParameterStore
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,10 @@ class ControlPlane:
         stop_timeout_s: float,
         provisioning_delay: Callable[[], float] = lambda: 0.0,
         clock: Callable[[], float] = time.time,
+        access_point_limit: int = DEFAULT_ACCESS_POINT_LIMIT,
     ):
         self.runner = runner
+        self.access_point_limit = access_point_limit
         self.region, self.account = region, account
         self.retention_s, self.stop_timeout_s = retention_s, stop_timeout_s
         self.provisioning_delay = provisioning_delay
@@ -106,6 +110,9 @@ class ControlPlane:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._starting: set[str] = set()
         self._seq = 0
+        #: the SSM Parameter Store and EFS subsets (ssm.py, efs.py) live and reset with the plane.
+        self.parameters = ParameterStore(self.region, self.account, self.clock)
+        self.file_systems = FileSystems(self.region, self.account, self.clock, self.access_point_limit)
         self.create_cluster("default", {}, [], [])
 
     # ------------------------------------------------------------ names
@@ -246,6 +253,8 @@ class ControlPlane:
     async def _start_runner(self, task: Task) -> None:
         try:
             await self.runner.start(self.launch_spec(task), _Hooks(self, task))
+        except StartFailure as failure:  # secrets or EFS volumes: ECS's own words in stoppedReason
+            self.on_exited(task, {}, str(failure), True)
         except Exception as error:
             log.warning("task %s failed to start: %s", task.id, error)
             self.on_exited(task, {}, f"CannotStartContainerError: {error}", True)
@@ -273,6 +282,9 @@ class ControlPlane:
                     port=ports[0].get("containerPort"),
                     health_check=definition.get("healthCheck"),
                     essential=definition.get("essential", True),
+                    secrets=self.parameters.resolve(definition.get("secrets") or []),
+                    mounts=self.file_systems.mounts(task.definition.body, definition),
+                    working_directory=definition.get("workingDirectory"),
                 )
             )
         return LaunchSpec(task.id, task.ip, containers, self.stop_timeout_s)

@@ -1,0 +1,244 @@
+"""Local ECS's EFS subset through a real boto3 `efs` client, and EFS volumes in process mode.
+
+The promise under test: a file a task writes under its EFS mount survives the task; the
+next task of the same access point finds it, another user's access point does not.
+"""
+
+from __future__ import annotations
+
+import stat
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+#: appends a line to notes.txt in its working directory (the mount), copies it to OUT, then serves.
+WRITE_NOTE = (
+    "import os, pathlib, time; notes = pathlib.Path('notes.txt');"
+    " notes.write_text(notes.read_text() + os.environ['LINE'] + '\\n' if notes.exists() else os.environ['LINE'] + '\\n');"
+    " pathlib.Path(os.environ['OUT']).write_text(os.getcwd() + '|' + os.environ['NOTEBOOKS'] + '|' + notes.read_text());"
+    " time.sleep(60)"
+)
+CREATION = {"OwnerUid": 1000, "OwnerGid": 100, "Permissions": "0750"}
+
+
+def clients(endpoint: str) -> tuple:
+    return (
+        boto3.client("efs", endpoint_url=endpoint, region_name="us-east-1"),
+        boto3.client("ecs", endpoint_url=endpoint, region_name="us-east-1"),
+    )
+
+
+def failure(call, *args, **kwargs) -> dict:
+    with pytest.raises(ClientError) as raised:
+        call(*args, **kwargs)
+    return raised.value.response
+
+
+def access_point(efs, system: str, token: str, path: str) -> str:
+    return efs.create_access_point(
+        ClientToken=token, FileSystemId=system, PosixUser={"Uid": 1000, "Gid": 100},
+        RootDirectory={"Path": path, "CreationInfo": CREATION},
+        Tags=[{"Key": "calliope:user", "Value": token}, {"Key": "Name", "Value": f"home-{token}"}],
+    )["AccessPointId"]
+
+
+def test_file_systems_are_created_once_per_token(local_ecs):
+    efs, _ = clients(local_ecs.endpoint_url)
+    created = efs.create_file_system(CreationToken="homes", Tags=[{"Key": "Name", "Value": "homes"}])
+    assert created["ResponseMetadata"]["HTTPStatusCode"] == 201
+    assert (created["LifeCycleState"], created["Name"]) == ("creating", "homes")
+    again = failure(efs.create_file_system, CreationToken="homes")
+    assert (again["Error"]["Code"], again["FileSystemId"]) == ("FileSystemAlreadyExists", created["FileSystemId"])
+    [found] = efs.describe_file_systems(FileSystemId=created["FileSystemId"])["FileSystems"]
+    assert (found["LifeCycleState"], found["CreationToken"]) == ("available", "homes")
+    assert efs.describe_file_systems(CreationToken="homes")["FileSystems"][0]["FileSystemId"] == found["FileSystemId"]
+    for token in ("b", "c"):
+        efs.create_file_system(CreationToken=token)
+    first = efs.describe_file_systems(MaxItems=2)
+    rest = efs.describe_file_systems(MaxItems=2, Marker=first["NextMarker"])
+    assert len(first["FileSystems"]) == 2 and len(rest["FileSystems"]) == 1 and "NextMarker" not in rest
+    missing = failure(efs.describe_file_systems, FileSystemId="fs-0123456789abcdef0")
+    assert (missing["Error"]["Code"], missing["ResponseMetadata"]["HTTPStatusCode"]) == ("FileSystemNotFound", 404)
+
+
+def test_access_points_are_idempotent_paged_and_deleted(local_ecs):
+    efs, _ = clients(local_ecs.endpoint_url)
+    system = efs.create_file_system(CreationToken="homes")["FileSystemId"]
+    made = efs.create_access_point(
+        ClientToken="ada", FileSystemId=system, PosixUser={"Uid": 1000, "Gid": 100, "SecondaryGids": [10]},
+        RootDirectory={"Path": "/home/ada", "CreationInfo": CREATION}, Tags=[{"Key": "Name", "Value": "ada"}],
+    )
+    assert (made["LifeCycleState"], made["Name"], made["RootDirectory"]["Path"]) == ("creating", "ada", "/home/ada")
+    again = failure(efs.create_access_point, ClientToken="ada", FileSystemId=system)
+    assert (again["Error"]["Code"], again["AccessPointId"]) == ("AccessPointAlreadyExists", made["AccessPointId"])
+    others = [access_point(efs, system, f"user{n}", f"/home/user{n}") for n in range(4)]
+    [described] = efs.describe_access_points(AccessPointId=made["AccessPointId"])["AccessPoints"]
+    assert described["LifeCycleState"] == "available" and described["PosixUser"]["SecondaryGids"] == [10]
+    pages, token = [], None
+    while True:
+        page = efs.describe_access_points(FileSystemId=system, MaxResults=2, **({"NextToken": token} if token else {}))
+        pages.append([p["AccessPointId"] for p in page["AccessPoints"]])
+        token = page.get("NextToken")
+        if token is None:
+            break
+    assert pages == [[made["AccessPointId"], others[0]], others[1:3], others[3:]]
+    efs.delete_access_point(AccessPointId=others[0])
+    assert failure(efs.delete_access_point, AccessPointId=others[0])["Error"]["Code"] == "AccessPointNotFound"
+    assert failure(efs.describe_access_points, AccessPointId=others[0])["Error"]["Code"] == "AccessPointNotFound"
+    both = failure(efs.describe_access_points, AccessPointId=made["AccessPointId"], FileSystemId=system)
+    assert both["Error"]["Code"] == "BadRequest"
+    unknown = failure(efs.create_access_point, ClientToken="x", FileSystemId="fs-0123456789abcdef0")
+    assert unknown["Error"]["Code"] == "FileSystemNotFound"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"RootDirectory": {"Path": "/home/../etc"}},
+        {"RootDirectory": {"Path": "home/ada"}},
+        {"RootDirectory": {"Path": "/a/b/c/d/e"}},
+        {"RootDirectory": {"Path": "/home/ada", "CreationInfo": {"OwnerUid": 1, "OwnerGid": 1, "Permissions": "999"}}},
+        {"PosixUser": {"Uid": 2**32, "Gid": 1}},
+        {"Tags": [{"Key": "aws:reserved", "Value": "x"}]},
+    ],
+)
+def test_bad_access_points_are_refused_and_leave_nothing(local_ecs, fields):
+    efs, _ = clients(local_ecs.endpoint_url)
+    system = efs.create_file_system(CreationToken="homes")["FileSystemId"]
+    answer = failure(efs.create_access_point, ClientToken="bad", FileSystemId=system, **fields)
+    assert (answer["Error"]["Code"], answer["ResponseMetadata"]["HTTPStatusCode"]) == ("BadRequest", 400)
+    assert efs.describe_access_points(FileSystemId=system)["AccessPoints"] == []
+
+
+def test_the_access_point_limit_is_efs_quota(local_ecs_factory):
+    efs, _ = clients(local_ecs_factory(efs_access_point_limit=2).endpoint_url)
+    system = efs.create_file_system(CreationToken="homes")["FileSystemId"]
+    first = access_point(efs, system, "a", "/a")
+    access_point(efs, system, "b", "/b")
+    full = failure(access_point, efs, system, "c", "/c")
+    assert (full["Error"]["Code"], full["ResponseMetadata"]["HTTPStatusCode"]) == ("AccessPointLimitExceeded", 403)
+    efs.delete_access_point(AccessPointId=first)
+    access_point(efs, system, "c", "/c")
+
+
+def test_malformed_efs_requests_get_a_4xx(local_ecs):
+    for method, path, body in (
+        ("POST", "/2015-02-01/access-points", b"{not json"),
+        ("POST", "/2015-02-01/access-points", b"[1, 2]"),
+        ("POST", "/2015-02-01/file-systems", b'{"CreationToken": 7}'),
+        ("PUT", "/2015-02-01/mount-targets", b"{}"),
+        ("GET", "/2015-02-01/access-points?MaxResults=zero", None),
+    ):
+        request = urllib.request.Request(local_ecs.endpoint_url + path, data=body, method=method)
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(request, timeout=5)
+        assert 400 <= raised.value.code < 500, (method, path)
+
+
+def efs_task_definition(ecs, family: str, system: str, point: str | None, out: Path, **config) -> None:
+    volume = {"fileSystemId": system, "transitEncryption": "ENABLED", **config}
+    if point is not None:
+        volume["authorizationConfig"] = {"accessPointId": point, "iam": "ENABLED"}
+    ecs.register_task_definition(
+        family=family,
+        volumes=[{"name": "home", "efsVolumeConfiguration": volume}],
+        containerDefinitions=[{
+            "name": "lab", "image": "quay.io/jupyter/base-notebook",
+            "command": [sys.executable, "-c", WRITE_NOTE],
+            "workingDirectory": "/home/jovyan",
+            "environment": [
+                {"name": "OUT", "value": str(out)}, {"name": "LINE", "value": family},
+                {"name": "NOTEBOOKS", "value": "/home/jovyan/work:/home/jovyanx"},
+            ],
+            "mountPoints": [{"sourceVolume": "home", "containerPath": "/home/jovyan"}],
+        }],
+    )
+
+
+def run_until_written(ecs, family: str, out: Path) -> str:
+    arn = ecs.run_task(taskDefinition=family)["tasks"][0]["taskArn"]
+    deadline = time.monotonic() + 20
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ecs.stop_task(task=arn, reason="done")
+    text = out.read_text()
+    out.unlink()
+    return text
+
+
+def test_files_under_the_mount_survive_the_task_and_stay_per_user(local_ecs_factory, tmp_path):
+    data = tmp_path / "data"
+    efs, ecs = clients(local_ecs_factory(mode="process", stop_timeout_s=2.0, data_dir=data).endpoint_url)
+    system = efs.create_file_system(CreationToken="homes")["FileSystemId"]
+    ada, bob = access_point(efs, system, "ada", "/home/ada"), access_point(efs, system, "bob", "/home/bob")
+    efs_task_definition(ecs, "lab-ada", system, ada, tmp_path / "out")
+    efs_task_definition(ecs, "lab-bob", system, bob, tmp_path / "out")
+    home = data / "efs" / system / "home" / "ada"
+
+    cwd, notebooks, notes = run_until_written(ecs, "lab-ada", tmp_path / "out").split("|")
+    assert (Path(cwd), notes) == (home, "lab-ada\n")
+    assert notebooks == f"{home}/work:/home/jovyanx", "whole paths under the mount are mapped, others are not"
+    assert stat.S_IMODE(home.stat().st_mode) == 0o750, "created with the access point's CreationInfo"
+    assert run_until_written(ecs, "lab-ada", tmp_path / "out").split("|")[2] == "lab-ada\nlab-ada\n"
+    assert run_until_written(ecs, "lab-bob", tmp_path / "out").split("|")[2] == "lab-bob\n"
+    assert (home / "notes.txt").read_text() == "lab-ada\nlab-ada\n"
+
+
+def test_a_task_whose_volume_cannot_mount_fails_as_ecs_says(local_ecs_factory, tmp_path):
+    efs, ecs = clients(local_ecs_factory(mode="process", data_dir=tmp_path / "data").endpoint_url)
+    system = efs.create_file_system(CreationToken="homes")["FileSystemId"]
+    gone = access_point(efs, system, "gone", "/home/gone")
+    efs.delete_access_point(AccessPointId=gone)
+    efs_task_definition(ecs, "lab-gone", system, gone, tmp_path / "out")
+    efs_task_definition(ecs, "lab-no-fs", "fs-0123456789abcdef0", None, tmp_path / "out")
+    efs_task_definition(ecs, "lab-no-dir", system, None, tmp_path / "out", rootDirectory="/never/made")
+    for family, words in (
+        ("lab-gone", "access denied by server"),
+        ("lab-no-fs", "Failed to resolve \"fs-0123456789abcdef0.efs.us-east-1.amazonaws.com\""),
+        ("lab-no-dir", "No such file or directory"),
+    ):
+        arn = ecs.run_task(taskDefinition=family)["tasks"][0]["taskArn"]
+        deadline = time.monotonic() + 10
+        while (task := ecs.describe_tasks(tasks=[arn])["tasks"][0])["lastStatus"] != "STOPPED":
+            assert time.monotonic() < deadline, family
+            time.sleep(0.05)
+        assert task["stopCode"] == "TaskFailedToStart"
+        prefix = "ResourceInitializationError: failed to invoke EFS utils commands to set up EFS volumes"
+        assert task["stoppedReason"].startswith(prefix) and words in task["stoppedReason"], family
+
+
+@pytest.mark.parametrize(
+    "volume, mount",
+    [
+        ({"fileSystemId": "fs-0123456789abcdef0", "authorizationConfig": {"accessPointId": "fsap-0123456789abcdef0"}},
+         "/home/jovyan"),
+        ({"fileSystemId": "fs-0123456789abcdef0", "transitEncryption": "ENABLED", "rootDirectory": "/x",
+          "authorizationConfig": {"accessPointId": "fsap-0123456789abcdef0"}}, "/home/jovyan"),
+        ({"fileSystemId": "fs-0123456789abcdef0", "authorizationConfig": {"iam": "ENABLED"}}, "/home/jovyan"),
+        ({"fileSystemId": "fs-0123456789abcdef0", "rootDirectory": "/a/../b"}, "/home/jovyan"),
+        ({"fileSystemId": "fs-0123456789abcdef0"}, "/"),
+        ({"fileSystemId": "fs-0123456789abcdef0"}, "relative/path"),
+    ],
+)
+def test_register_refuses_what_ecs_refuses_in_efs_volumes(local_ecs, volume, mount):
+    _, ecs = clients(local_ecs.endpoint_url)
+    answer = failure(
+        ecs.register_task_definition, family="bad",
+        volumes=[{"name": "home", "efsVolumeConfiguration": volume}],
+        containerDefinitions=[{"name": "lab", "image": "x", "command": ["true"],
+                               "mountPoints": [{"sourceVolume": "home", "containerPath": mount}]}],
+    )
+    assert answer["Error"]["Code"] == "ClientException"
+    unknown_volume = failure(
+        ecs.register_task_definition, family="bad",
+        containerDefinitions=[{"name": "lab", "image": "x", "mountPoints": [{"sourceVolume": "nope",
+                                                                             "containerPath": "/data"}]}],
+    )
+    assert unknown_volume["Error"]["Code"] == "ClientException"
+    assert ecs.list_task_definitions()["taskDefinitionArns"] == []
