@@ -19,9 +19,9 @@ from botocore.exceptions import ClientError
 
 #: appends a line to notes.txt in its working directory (the mount), copies it to OUT, then serves.
 WRITE_NOTE = (
-    "import os, pathlib, time; notes = pathlib.Path('notes.txt');"
-    " notes.write_text(notes.read_text() + os.environ['LINE'] + '\\n' if notes.exists() else os.environ['LINE'] + '\\n');"
-    " pathlib.Path(os.environ['OUT']).write_text(os.getcwd() + '|' + os.environ['NOTEBOOKS'] + '|' + notes.read_text());"
+    "import os, pathlib, time; notes = pathlib.Path('notes.txt'); line = os.environ['LINE'] + '\\n';"
+    " notes.write_text(notes.read_text() + line if notes.exists() else line);"
+    " pathlib.Path(os.environ['OUT']).write_text('|'.join([os.getcwd(), os.environ['NOTEBOOKS'], notes.read_text()]));"
     " time.sleep(60)"
 )
 CREATION = {"OwnerUid": 1000, "OwnerGid": 100, "Permissions": "0750"}
