@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from calliope_hub.localecs.efsvolumes import check_volumes
 from calliope_hub.localecs.model import (
     Container,
     EcsError,
@@ -27,6 +28,7 @@ from calliope_hub.localecs.model import (
     validate_tags,
     wire_tags,
 )
+from calliope_hub.localecs.ssm import check_secrets
 from calliope_hub.localecs.state import ControlPlane
 
 Params = dict[str, Any]
@@ -173,6 +175,8 @@ def register_task_definition(plane: ControlPlane, params: Params) -> dict:
     if not _NAME.match(family):
         raise client_error("family may contain up to 255 letters, numbers, hyphens and underscores.")
     _check_container_definitions(params.get("containerDefinitions"))
+    check_secrets(params)
+    check_volumes(params)
     network_mode = _get(params, "networkMode", str) or "bridge"
     if network_mode not in ("bridge", "host", "awsvpc", "none"):
         raise invalid(f"networkMode must be bridge, host, awsvpc or none, not {shown(network_mode)}.")
