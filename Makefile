@@ -1,27 +1,49 @@
-# Two commands for a fresh machine: `make up` and `make test`. Both install what they need, idempotently.
-VENV    := .venv
-PYTHON  := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed
-CHP     := node_modules/.bin/configurable-http-proxy
+# Two commands for a fresh machine: `make up` and `make test`. Both install what they need, idempotently,
+# into the project only (.venv and node_modules). `make up` installs what running the product needs;
+# `make test` and `make lint` add the test extra on top.
+VENV        := .venv
+PYTHON      := $(VENV)/bin/python
+PIP         := $(PYTHON) -m pip install
+UP_STAMP    := $(VENV)/.installed-up
+TEST_STAMP  := $(VENV)/.installed-test
+CHP         := node_modules/.bin/configurable-http-proxy
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: up test install browser clean
+.PHONY: up test lint install install-test browser clean
 
 up: install
 	$(VENV)/bin/calliope-hub up $(ARGS)
 
-test: install browser
+test: install-test browser
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-install: $(STAMP) $(CHP)
+# Configured in pyproject.toml. Not part of `make test` until the tree has had its formatting pass.
+lint: install-test
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
+	$(VENV)/bin/mypy calliope_hub
 
-$(STAMP): pyproject.toml
-	test -x $(PYTHON) || python3 -m venv $(VENV)
+install: $(UP_STAMP) $(CHP)
+
+install-test: $(TEST_STAMP) $(CHP)
+
+$(PYTHON):
+	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+
+# The product: the base dependencies and JupyterLab (the `local` extra), nothing for tests.
+$(UP_STAMP): pyproject.toml | $(PYTHON)
+	@echo "Installing Calliope Hub, JupyterHub and JupyterLab into $(VENV) (the first time takes about a minute)"
+	$(PIP) -e '.[local]'
+	touch $@
+
+$(TEST_STAMP): $(UP_STAMP)
+	@echo "Installing the test extra (pytest, moto, playwright, hypothesis, ruff, mypy) into $(VENV)"
+	$(PIP) -e '.[test]'
+	touch $@
 
 $(CHP): package.json
+	@echo "Installing configurable-http-proxy into node_modules"
 	npm install --no-audit --no-fund --loglevel=error
 	touch $(CHP)
 

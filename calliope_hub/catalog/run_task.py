@@ -186,8 +186,8 @@ def run_task_request(
         "name": service.container_name,
         "environment": [{"name": name, "value": _env_value(name, value)} for name, value in environment.items()],
     }
-    base_command = service.local.command if local else service.command
     if service.command:
+        base_command = service.local.command if local else service.command
         container["command"] = [*base_command, *args]
     overrides = {
         "cpu": str(choice.size.cpu),

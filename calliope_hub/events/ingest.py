@@ -1,13 +1,17 @@
-"""EventBridge "ECS Task State Change" events into the TaskWatcher: validation and a bounded queue.
+"""EventBridge "ECS Task State Change" events into the TaskWatchers: one front half for HTTP and SQS.
 
-Both inputs (the hub's HTTP endpoint for API destinations, and the SQS consumer) end here.
-Validation is all-or-nothing per delivery, so a batch with one malformed event changes
-nothing. Events that are well formed but not ours (another source, detail-type or cluster)
-are counted and acknowledged: EventBridge retries only 5xx/429, so answering 4xx for them
-would only lose them, and answering 5xx would make it retry them forever.
+Both inputs (the hub's HTTP endpoint for API destinations, and the SQS consumer) hand the
+raw body to `EventIngest.receive`, which validates, sorts and counts; so the two can never
+disagree on what an event is, and the events metric has one owner. Validation is
+all-or-nothing per delivery, so a batch with one malformed event changes nothing. Events that
+are well formed but not ours (another source, detail-type or cluster) are counted and
+acknowledged: EventBridge retries only 5xx/429, so answering 4xx for them would only lose
+them, and answering 5xx would make it retry them forever.
 
-The HTTP endpoint must answer within 5 s, so it only validates and queues; one worker applies.
-The queue is bounded: when it is full the endpoint answers 503 and EventBridge retries later.
+The HTTP endpoint must answer within 5 s, so it only receives and queues (`submit`); one
+worker applies. The queue is bounded: when it is full the endpoint answers 503 and
+EventBridge retries later. SQS applies at once (`apply`), because a message may be deleted
+only after its events reached the watchers.
 """
 
 from __future__ import annotations
@@ -16,21 +20,22 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Protocol
 
 from calliope_hub.ecs.snapshot import _epoch
-from calliope_hub.ecs.status import TaskWatcher
-from calliope_hub.ecsfacts import LIFECYCLE
+from calliope_hub.ecsfacts import DETAIL_TYPE, LIFECYCLE, SOURCE
 from calliope_hub.observability.metrics import EVENT_LAG, EVENTS
 
 log = logging.getLogger(__name__)
 
-SOURCE = "aws.ecs"
-DETAIL_TYPE = "ECS Task State Change"
 #: a delivery larger than this is refused (EventBridge events are at most 256 KiB each)
 MAX_BATCH = 1000
+#: What the watchers said of one change, most telling first: the one counted when several watch a cluster.
+_OUTCOMES = ("confirming", "applied", "hint", "implausible", "stale")
+#: Outcomes where the change was taken up, so its lag is observed.
+_TAKEN = frozenset({"confirming", "applied", "hint"})
 
 
 class EventFormatError(ValueError):
@@ -41,6 +46,16 @@ class QueueFull(RuntimeError):
     """The ingestion queue is full; the sender should retry later (HTTP 503)."""
 
 
+class EventTarget(Protocol):
+    """What ingestion needs of a TaskWatcher: take one event's task, say what became of it."""
+
+    def apply_event(self, detail: Mapping[str, Any]) -> str: ...
+
+
+#: cluster ARN (or name) named by an event -> the watchers of that cluster (none: not ours)
+WatchersOf = Callable[[str], Sequence[EventTarget]]
+
+
 @dataclass(frozen=True)
 class TaskStateChange:
     """One validated task state change, as the watcher needs it."""
@@ -49,6 +64,14 @@ class TaskStateChange:
     detail: Mapping[str, Any]
     #: epoch seconds of the change (detail.updatedAt, else the event's `time`), for EVENT_LAG
     changed_at: float | None
+
+
+@dataclass
+class Sorted:
+    """A validated delivery: the changes for clusters this hub watches, and how many were not."""
+
+    changes: list[TaskStateChange]
+    ignored: int
 
 
 def parse_delivery(body: bytes | str) -> list[Any]:
@@ -97,34 +120,47 @@ def task_state_change(event: Any, index: int = 0) -> TaskStateChange | None:
     return TaskStateChange(cluster_arn, detail, changed_at)
 
 
-@dataclass
-class Sorted:
-    """A validated delivery: the changes for clusters this hub watches, and how many were not."""
-
-    changes: list[TaskStateChange]
-    ignored: int
-
-
-WatchersOf = Callable[[str], list[TaskWatcher]]
-
-
-def sort_delivery(events: list[Any], watchers_of: WatchersOf = TaskWatcher.for_cluster_arn) -> Sorted:
+def sort_delivery(events: list[Any], watchers_of: WatchersOf) -> Sorted:
     """Validate every event first (EventFormatError changes nothing), then keep ours."""
     parsed = [task_state_change(event, i) for i, event in enumerate(events)]
     changes = [c for c in parsed if c is not None and watchers_of(c.cluster_arn)]
     return Sorted(changes, len(parsed) - len(changes))
 
 
-class EventIngest:
-    """The bounded queue between the endpoint and the watchers, with its one worker."""
+def count(outcome: str, n: int = 1) -> None:
+    """Count `n` events with `outcome` (the HTTP side counts its refusals, e.g. "unauthorized", here)."""
+    EVENTS.labels(outcome).inc(n)
 
-    _shared: ClassVar[dict[asyncio.AbstractEventLoop, EventIngest]] = {}
+
+def receive_delivery(body: bytes | str, watchers_of: WatchersOf) -> Sorted:
+    """The front half of ingestion, for HTTP and SQS alike: parse, validate, sort, count.
+
+    Raises EventFormatError (counted "invalid") for a delivery that changes nothing; events
+    that are not ours are counted "ignored" and left out.
+    """
+    try:
+        delivery = sort_delivery(parse_delivery(body), watchers_of)
+    except EventFormatError:
+        count("invalid")
+        raise
+    if delivery.ignored:
+        count("ignored", delivery.ignored)
+    return delivery
+
+
+class EventIngest:
+    """The front half every delivery goes through, and the bounded queue the HTTP side fills.
+
+    One per hub, built by the HubRuntime with `c.CalliopeEvents.queue_size` and a
+    `watchers_of` that answers from the runtime's own watchers; `start()` runs the worker
+    that drains the queue and `close()` cancels it.
+    """
 
     def __init__(
         self,
         queue_size: int = 10_000,
         *,
-        watchers_of: WatchersOf = TaskWatcher.for_cluster_arn,
+        watchers_of: WatchersOf,
         wall_clock: Callable[[], float] = time.time,
     ):
         if queue_size < 1:
@@ -134,25 +170,47 @@ class EventIngest:
         self._queue: asyncio.Queue[TaskStateChange] = asyncio.Queue(queue_size)
         self._worker: asyncio.Task[None] | None = None
 
-    @classmethod
-    def shared(cls, queue_size: int) -> EventIngest:
-        """The process's queue in the running loop; `queue_size` applies when it is made."""
-        loop = asyncio.get_running_loop()
-        ingest = cls._shared.get(loop)
-        if ingest is None:
-            cls._shared.clear()  # a queue of a finished loop (tests) is of no use
-            ingest = cls._shared[loop] = cls(queue_size)
-        return ingest
+    async def start(self) -> None:
+        """Run the worker that applies queued changes, in the running loop."""
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Cancel the worker and wait for it; changes still queued are dropped (they are hints)."""
+        worker, self._worker = self._worker, None
+        if worker is not None and not worker.done():
+            worker.cancel()
+            try:
+                await worker
+            except asyncio.CancelledError:
+                pass
+
+    def receive(self, body: bytes | str) -> Sorted:
+        """`receive_delivery` for this hub's watchers."""
+        return receive_delivery(body, self.watchers_of)
 
     def submit(self, changes: list[TaskStateChange]) -> None:
         """Queue all of `changes` or none (QueueFull); never blocks."""
+        if self._worker is None:
+            raise RuntimeError("EventIngest.start() was not called, or close() was")
         if self._queue.maxsize - self._queue.qsize() < len(changes):
-            EVENTS.labels("overflow").inc(len(changes))
+            count("overflow", len(changes))
             raise QueueFull(f"the event queue is full ({self._queue.maxsize}); retry later")
         for change in changes:
             self._queue.put_nowait(change)
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def join(self) -> None:
+        """Until everything queued so far is applied (tests, shutdown)."""
+        await self._queue.join()
+
+    def apply(self, change: TaskStateChange) -> str:
+        """Hand one change to its cluster's watchers; the outcome is counted and returned."""
+        outcomes = [w.apply_event(change.detail) for w in self.watchers_of(change.cluster_arn)]
+        outcome = next((o for o in _OUTCOMES if o in outcomes), "ignored")
+        count(outcome)
+        if outcome in _TAKEN and change.changed_at is not None:
+            EVENT_LAG.observe(max(0.0, self._wall_clock() - change.changed_at))
+        return outcome
 
     async def _run(self) -> None:
         while True:
@@ -163,24 +221,3 @@ class EventIngest:
                 log.exception("applying the event for %s failed", change.detail.get("taskArn"))
             finally:
                 self._queue.task_done()
-
-    async def join(self) -> None:
-        """Until everything queued so far is applied (tests, shutdown)."""
-        await self._queue.join()
-
-    def apply(self, change: TaskStateChange) -> str:
-        """Hand one change to its cluster's watchers; the outcome is counted and returned."""
-        outcomes = [w.apply_event(change.detail) for w in self.watchers_of(change.cluster_arn)]
-        outcome = next((o for o in ("confirming", "applied", "stale") if o in outcomes), "ignored")
-        EVENTS.labels(outcome).inc()
-        if outcome in ("applied", "confirming") and change.changed_at is not None:
-            EVENT_LAG.observe(max(0.0, self._wall_clock() - change.changed_at))
-        return outcome
-
-    async def close(self) -> None:
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass

@@ -22,7 +22,7 @@ import aiohttp
 
 from calliope_hub.ecs.api import DESCRIBE_LIMIT, EcsApi, EcsApiError, EcsTarget
 from calliope_hub.ecsfacts import DETAIL_TYPE, SOURCE
-from calliope_hub.hub.events_handler import DEFAULT_HEADER, events_url
+from calliope_hub.events.wire import DEFAULT_HEADER, events_url
 
 log = logging.getLogger(__name__)
 SECRET_ENV = "CALLIOPE_EVENTS_SECRET"

@@ -13,26 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, ClassVar
+from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
 from calliope_hub.ecs.api import EcsTarget, _local_credentials
-from calliope_hub.events.ingest import (
-    EventFormatError,
-    EventIngest,
-    parse_delivery,
-    sort_delivery,
-)
-from calliope_hub.observability.metrics import EVENTS
+from calliope_hub.events.ingest import EventFormatError, EventIngest, count
 
 log = logging.getLogger(__name__)
 
-class SqsEventConsumer:
-    """Long-polls one queue and applies the task state changes it carries."""
 
-    _running: ClassVar[dict[str, SqsEventConsumer]] = {}
+class SqsEventConsumer:
+    """Long-polls one queue and applies the task state changes it carries.
+
+    The HubRuntime builds one with its SQS client and its `EventIngest`, then `start()`s and
+    `close()`s it; the client stays the runtime's to close.
+    """
 
     def __init__(
         self,
@@ -56,20 +53,10 @@ class SqsEventConsumer:
         self.retry_delay = retry_delay
         self._task: asyncio.Task[None] | None = None
 
-    @classmethod
-    def ensure_started(cls, target: EcsTarget, queue_url: str, max_receives: int = 5) -> None:
-        """One consumer per queue per process, feeding the process's watchers (idempotent)."""
-        running = cls._running.get(queue_url)
-        if running is not None and running._task is not None and not running._task.done():
-            return
-        ingest = EventIngest.shared(10_000)
-        cls._running[queue_url] = consumer = cls(None, queue_url, ingest, max_receives=max_receives)
-        consumer._task = asyncio.get_running_loop().create_task(consumer._run_with_client(target))
-
-    async def _run_with_client(self, target: EcsTarget) -> None:
-        async with sqs_client(target) as client:
-            self._client = client
-            await self.run()
+    async def start(self) -> None:
+        """Poll in the background of the running loop until `close()`."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run(), name=f"SQS consumer {self.queue_url}")
 
     async def run(self) -> None:
         """Poll until cancelled; a failed receive waits a little and tries again."""
@@ -102,11 +89,9 @@ class SqsEventConsumer:
     async def _handle(self, message: dict[str, Any]) -> bool:
         """Apply one message: True when it may be deleted (applied, or dropped as poison)."""
         try:
-            delivery = sort_delivery(parse_delivery(message.get("Body", "")), self._ingest.watchers_of)
+            delivery = self._ingest.receive(message.get("Body", ""))
         except EventFormatError as e:
             return self._poison(message, f"not an event: {e}")
-        if delivery.ignored:
-            EVENTS.labels("ignored").inc(delivery.ignored)
         try:
             for change in delivery.changes:
                 self._ingest.apply(change)
@@ -124,11 +109,12 @@ class SqsEventConsumer:
         return True
 
     def _poison(self, message: dict[str, Any], why: str) -> bool:
-        EVENTS.labels("poison").inc()
+        count("poison")
         log.error("dropping SQS message %s: %s", message.get("MessageId"), why)
         return True
 
     async def close(self) -> None:
+        """Cancel the poll loop and wait for it; the client is the caller's to close."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,17 +1,18 @@
-"""Fixtures for the event tests: the scripted ECS (it counts every DescribeTasks) and a clock."""
+"""A recording watcher: what ingestion hands on is all the event tests need of a TaskWatcher."""
 
 from __future__ import annotations
 
-import pytest
-
-from tests.ecs.scripted import Clock, ScriptedEcs
-
-
-@pytest.fixture
-def ecs() -> ScriptedEcs:
-    return ScriptedEcs()
+from collections.abc import Mapping
+from typing import Any
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+class Recorder:
+    """A watcher as ingestion sees it: takes an event's task and answers with a fixed outcome."""
+
+    def __init__(self, outcome: str = "applied") -> None:
+        self.outcome = outcome
+        self.seen: list[str] = []
+
+    def apply_event(self, detail: Mapping[str, Any]) -> str:
+        self.seen.append(detail["taskArn"])
+        return self.outcome

@@ -1,12 +1,12 @@
 """The SQS consumer against moto's SQS (the same ThreadedMotoServer that plays ECS).
 
 The queue, the messages and the receive counts are moto's; the consumer under test uses
-the real aiobotocore client. The watcher is the real TaskWatcher on test_watcher's
-ScriptedEcs, so a test can see exactly what reached it.
+the real aiobotocore client. The watcher is a recorder, so a test sees exactly what reached it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -18,9 +18,9 @@ import pytest
 from calliope_hub.ecs.api import EcsTarget
 from calliope_hub.events.ingest import EventIngest, TaskStateChange
 from calliope_hub.events.sqs import SqsEventConsumer, sqs_client
-from calliope_hub.ecs.status import TaskWatcher
 from calliope_hub.observability.metrics import EVENTS
-from tests.ecs.scripted import CLUSTER, CLUSTER_ARN, NEVER, ScriptedEcs, arn, ecs_task, event_for
+from tests.ecs.scripted import CLUSTER_ARN, arn, ecs_task, event_for
+from tests.events.conftest import Recorder
 
 _queues = itertools.count()
 
@@ -32,10 +32,8 @@ def queue(moto_ecs: str) -> tuple[Any, str]:
 
 
 @pytest.fixture
-async def watcher() -> AsyncIterator[TaskWatcher]:
-    w = TaskWatcher(ScriptedEcs(), CLUSTER, sweep_interval=NEVER, events=True)  # type: ignore[arg-type]
-    yield w
-    await w.close()
+def watcher() -> Recorder:
+    return Recorder()
 
 
 @pytest.fixture
@@ -71,23 +69,21 @@ async def drain(consumer: SqsEventConsumer, polls: int = 20) -> int:
     return settled
 
 
-async def test_events_on_the_queue_reach_the_watcher_and_are_deleted(queue: tuple[Any, str], client: Any, watcher: TaskWatcher) -> None:
+async def test_events_on_the_queue_reach_the_watcher_and_are_deleted(queue: tuple[Any, str], client: Any, watcher: Recorder) -> None:
     sqs, url = queue
     arns = [arn(i) for i in range(12)]
     for a in arns:
-        watcher.watch(a)
         sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event_for(ecs_task(a, "RUNNING", version=4))))
     ingest = EventIngest(watchers_of=lambda c: [watcher] if c == CLUSTER_ARN else [])
     consumer = SqsEventConsumer(client, url, ingest, wait_seconds=0)
     assert await drain(consumer, polls=5) == 12
-    assert all(watcher.get(a).running for a in arns)  # type: ignore[union-attr]
+    assert sorted(watcher.seen) == sorted(arns)
     assert left_on_queue(sqs, url) == 0
 
 
-async def test_a_poison_message_does_not_block_the_queue(queue: tuple[Any, str], client: Any, watcher: TaskWatcher) -> None:
+async def test_a_poison_message_does_not_block_the_queue(queue: tuple[Any, str], client: Any, watcher: Recorder) -> None:
     sqs, url = queue
     good, cursed = arn(1), arn(2)
-    watcher.watch(good)
     ingest = CursedIngest(cursed, watchers_of=lambda c: [watcher])
 
     poison_before = EVENTS.labels("poison")._value.get()
@@ -96,11 +92,29 @@ async def test_a_poison_message_does_not_block_the_queue(queue: tuple[Any, str],
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event_for(ecs_task(good, version=7))))
     consumer = SqsEventConsumer(client, url, ingest, max_receives=3, wait_seconds=0, retry_delay=0)
     await drain(consumer)
-    assert watcher.get(good).version == 7  # type: ignore[union-attr]
+    assert watcher.seen == [good]
     assert EVENTS.labels("poison")._value.get() == poison_before + 2  # unparseable at once, failing after 3 tries
     assert left_on_queue(sqs, url) == 0
 
 
+async def test_started_it_polls_in_the_background_and_close_ends_the_loop(
+    queue: tuple[Any, str], client: Any, watcher: Recorder
+) -> None:
+    sqs, url = queue
+    a = arn(3)
+    consumer = SqsEventConsumer(client, url, EventIngest(watchers_of=lambda c: [watcher]), wait_seconds=1)
+    await consumer.start()
+    loop_task = consumer._task
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event_for(ecs_task(a, "RUNNING", version=4))))
+    for _ in range(500):  # until the message is applied and deleted
+        if watcher.seen and left_on_queue(sqs, url) == 0:
+            break
+        await asyncio.sleep(0.01)
+    await consumer.close()
+    assert watcher.seen == [a] and left_on_queue(sqs, url) == 0
+    assert loop_task is not None and loop_task.done()
+
+
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="wait_seconds"):
-        SqsEventConsumer(None, "url", EventIngest(), wait_seconds=21)
+        SqsEventConsumer(None, "url", EventIngest(watchers_of=lambda c: []), wait_seconds=21)
