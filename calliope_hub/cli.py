@@ -23,7 +23,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("calliope_hub.tools.bench", "measure the hub at N servers, batched against naive"),
     "bench-detect": ("calliope_hub.tools.bench_detect", "time until the hub notices a killed task, events vs polling"),
     "monitor": ("calliope_hub.events.monitor", "sweep ECS and push task state changes to the hub's events endpoint"),
+    "plan": ("calliope_hub.tools.plan", "size a deployment from a model fitted to bench runs"),
 }
+
+
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, except switches and options without one,
+    where "(default: False)" or "(default: None)" would only confuse, and helps that already
+    say their default in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0 or action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -31,8 +43,7 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="calliope-hub",
         description="JupyterHub with every user server as an AWS ECS task.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n"
-        + "\n".join(f"  {name:<11} {summary}" for name, (_, summary) in COMMANDS.items()),
+        epilog="commands:\n" + "\n".join(f"  {name:<11} {summary}" for name, (_, summary) in COMMANDS.items()),
     )
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="command")
     return parser
@@ -45,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     module_name, summary = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"calliope-hub {name}", description=summary)
+    parser = argparse.ArgumentParser(prog=f"calliope-hub {name}", description=summary, formatter_class=HelpWithDefaults)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:

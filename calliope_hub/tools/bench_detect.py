@@ -12,29 +12,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from calliope_hub.catalog import Catalog
-from calliope_hub.ecs.api import EcsApi, EcsTarget
-from calliope_hub.ecs.bootstrap import prepare_cluster
-from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.local.hubproc import HubProcess, api_token_config, free_port
 from calliope_hub.tools.loadtest import write_json
-from calliope_hub.tools.local.localecs_proc import LocalEcsProcess, event_args
+from calliope_hub.tools.local.hubconfig import HubSettings
+from calliope_hub.tools.local.localecs_proc import LocalEcsProcess
+from calliope_hub.tools.local.stack import LocalEcsSpec, LocalStack, StackSpec
 from calliope_hub.tools.stats import Percentiles
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--kills", type=int, default=20, help="servers spawned and killed per mode (default %(default)s)")
-    add("--poll-interval", type=float, default=30.0, help="the hub's poll interval, both modes (default %(default)s)")
-    add("--modes", default="events,poll", help="comma-separated: events, poll (default %(default)s)")
+    add("--kills", type=int, default=20, help="servers spawned and killed per mode")
+    add("--poll-interval", type=float, default=30.0, help="the hub's poll interval, both modes")
+    add("--modes", default="events,poll", help="comma-separated: events, poll")
     add("--out", type=Path, help="write the figures as JSON here")
 
 
@@ -66,30 +60,22 @@ async def _time_detection(api: HubApi, ecs: LocalEcsProcess, name: str, task_id:
 
 async def measure(mode: str, kills: int, poll_interval: float) -> dict[str, Any]:
     """One mode on a fresh local ECS and hub: detection times of `kills` kills."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"calliope-detect-{mode}-"))
-    port, token = free_port(), secrets.token_hex(16)
-    secret = secrets.token_urlsafe(24) if mode == "events" else ""
-    events_args = event_args(f"http://127.0.0.1:{port}", secret)
-    ecs = LocalEcsProcess(
-        ["--mode", "sim", "--throttle", "aws", "--sim-provisioning", "0.2", "--sim-pending", "0.2", *events_args],
-        log_path=workdir / "local-ecs.log",
+    spec = StackSpec(
+        hub=HubSettings(hub_id=f"detect-{mode}", poll_interval=poll_interval),
+        ecs=LocalEcsSpec(mode="sim", throttle="aws", sim_provisioning=0.2, sim_pending=0.2),
+        events=mode == "events",
+        api_service="loadtest",
     )
-    async with ecs:
-        api = await EcsApi.create(EcsTarget("us-east-1", ecs.endpoint_url))
-        await prepare_cluster(api, Catalog.load(), "calliope", local=True)
-        await api.close()
-        settings = HubSettings(
-            ecs_endpoint=ecs.endpoint_url, hub_id=f"detect-{mode}", poll_interval=poll_interval,
-            events_secret=secret, extra=[api_token_config(token)],
-        )  # fmt: skip
-        async with HubProcess(render(settings), port=port, workdir=workdir / "hub") as hub:
-            async with HubApi(hub.url, token) as hub_api:
-                names = [f"detect-{i}" for i in range(kills)]
-                task_ids = await asyncio.gather(*(_spawn(hub_api, n) for n in names))
-                spacing = poll_interval / kills
-                times = await asyncio.gather(
-                    *(_time_detection(hub_api, ecs, n, t, i * spacing) for i, (n, t) in enumerate(zip(names, task_ids)))
-                )
+    async with LocalStack(spec) as stack:
+        names = [f"detect-{i}" for i in range(kills)]
+        task_ids = await asyncio.gather(*(_spawn(stack.api, n) for n in names))
+        spacing = poll_interval / kills
+        times = await asyncio.gather(
+            *(
+                _time_detection(stack.api, stack.ecs, n, t, i * spacing)
+                for i, (n, t) in enumerate(zip(names, task_ids, strict=True))
+            )
+        )
     return {"mode": mode, "poll_interval_s": poll_interval, "detection_s": Percentiles.of(times).to_json(3),
             "samples_s": [round(t, 3) for t in sorted(times)]}  # fmt: skip
 

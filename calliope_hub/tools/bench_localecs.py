@@ -64,8 +64,12 @@ async def run_tasks(ecs: Any, total: int, concurrency: int) -> list[str]:
     async def batch(count: int) -> list[str]:
         async with gate:
             answer = await ecs.run_task(
-                cluster=CLUSTER, taskDefinition=FAMILY, count=count, launchType="FARGATE",
-                networkConfiguration=network, startedBy="calliope-hub/bench",
+                cluster=CLUSTER,
+                taskDefinition=FAMILY,
+                count=count,
+                launchType="FARGATE",
+                networkConfiguration=network,
+                startedBy="calliope-hub/bench",
             )
             return [t["taskArn"] for t in answer["tasks"]]
 
@@ -77,12 +81,20 @@ async def bench(server: LocalEcsProcess, total: int, concurrency: int, describes
     session = get_session()
     config = Config(max_pool_connections=concurrency, retries={"mode": "standard"})
     async with session.create_client(
-        "ecs", endpoint_url=server.endpoint_url, region_name="us-east-1", config=config,
-        aws_access_key_id="bench", aws_secret_access_key="bench",
+        "ecs",
+        endpoint_url=server.endpoint_url,
+        region_name="us-east-1",
+        config=config,
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
     ) as ecs:
         await ecs.create_cluster(clusterName=CLUSTER)
         await ecs.register_task_definition(
-            family=FAMILY, requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="1024", memory="2048",
+            family=FAMILY,
+            requiresCompatibilities=["FARGATE"],
+            networkMode="awsvpc",
+            cpu="1024",
+            memory="2048",
             containerDefinitions=[{"name": "lab", "image": "lab", "portMappings": [{"containerPort": 8888}]}],
         )
         started = time.perf_counter()
@@ -146,8 +158,8 @@ def render(report: BenchReport) -> Table:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks", type=int, default=10_000, help="live sim tasks to start (default %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=32, help="RunTask calls in flight (default %(default)s)")
+    parser.add_argument("--tasks", type=int, default=10_000, help="live sim tasks to start")
+    parser.add_argument("--concurrency", type=int, default=32, help="RunTask calls in flight")
     parser.add_argument("--describes", type=int, default=1000, help="DescribeTasks calls of 100 ARNs to time")
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
 

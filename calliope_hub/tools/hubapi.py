@@ -12,7 +12,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -90,9 +90,7 @@ class HubApi:
             headers={"Authorization": f"token {token}"},
         )
 
-    async def request(
-        self, method: str, path: str, body: Any = None, latencies: list[float] | None = None
-    ) -> Answer:
+    async def request(self, method: str, path: str, body: Any = None, latencies: list[float] | None = None) -> Answer:
         """Any answer below 500 except 429 is returned; ``latencies`` gets every round trip."""
         last = HubApiGaveUp("no attempt", "max_retries < 0")
         for attempt in range(self.max_retries + 1):
@@ -120,7 +118,7 @@ class HubApi:
                 return answer
         raise last
 
-    async def events(self, path: str) -> AsyncIterator[dict[str, Any]]:
+    async def events(self, path: str) -> AsyncGenerator[dict[str, Any], None]:
         """The JSON events of one text/event-stream (a server's spawn progress).
 
         Raises HubApiGaveUp when the stream cannot be opened; ends when the hub closes it.

@@ -380,9 +380,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hub-url", required=True, help="the hub's public URL, e.g. http://127.0.0.1:8000")
     parser.add_argument(
         "--token",
-        default=os.environ.get("CALLIOPE_HUB_API_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", ""),
+        default="",
         help="API token with admin:users and admin:servers (default: $CALLIOPE_HUB_API_TOKEN, "
-        "then $JUPYTERHUB_API_TOKEN)",
+        "then $JUPYTERHUB_API_TOKEN, which keep it out of `ps`)",
     )
     parser.add_argument("--users", type=int, required=True, help="how many users (one server each)")
     parser.add_argument("--prefix", default="loadtest-", help="user name prefix (default: %(default)s)")
@@ -398,9 +398,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
 
 
+def _env_token() -> str:
+    """The token from the environment (read here, not as the flag's default, so --help never shows it)."""
+    return os.environ.get("CALLIOPE_HUB_API_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+
 def _config_from_args(args: argparse.Namespace) -> LoadtestConfig:
     """Flags map one to one onto config fields (--ready-timeout -> ready_timeout)."""
     given = {f.name: getattr(args, f.name) for f in fields(LoadtestConfig) if hasattr(args, f.name)}
+    given["token"] = args.token or _env_token()
     return LoadtestConfig(**given)
 
 

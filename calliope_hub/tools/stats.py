@@ -52,6 +52,5 @@ class Percentiles:
     def to_json(self, ndigits: int = 4) -> dict[str, float | int | None]:
         """A JSON-ready dict, rounded so reports stay readable."""
         return {
-            key: (round(value, ndigits) if isinstance(value, float) else value)
-            for key, value in asdict(self).items()
+            key: (round(value, ndigits) if isinstance(value, float) else value) for key, value in asdict(self).items()
         }

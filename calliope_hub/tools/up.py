@@ -1,8 +1,14 @@
 """`calliope-hub up`: the whole product on this machine, on its embedded defaults.
 
 Local ECS (process mode: real JupyterLab) + JupyterHub + configurable-http-proxy, with
-ECSSpawner and the built-in catalog. A newcomer gets a URL, a user and a password, and
-Ctrl-C (or SIGTERM) takes everything down again.
+ECSSpawner and the built-in catalog, started as one `LocalStack`. A newcomer gets a URL, a
+user and a password, and Ctrl-C (or SIGTERM) takes everything down again.
+
+It is honest about what it owns: every port is checked before anything starts, and a port
+held by someone else (a second `up`, say) stops it at once, naming the port and its holder.
+No secret is ever on a command line: the admin token comes from the environment or a 0600
+file, the events secret reaches local ECS through its environment, and the generated files
+that hold secrets are 0600 in a 0700 data dir.
 """
 
 from __future__ import annotations
@@ -12,92 +18,128 @@ import asyncio
 import os
 import secrets
 import signal
+import stat
 from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
 
-from ..catalog import Catalog
-from ..ecs.api import EcsApi, EcsTarget
-from ..ecs.bootstrap import prepare_cluster
-from .local.hubconfig import HubSettings, render
-from .local.hubproc import HubProcess, api_token_config
-from .local.localecs_proc import LocalEcsProcess, event_args
+from .local.hubconfig import HubSettings
+from .local.hubproc import private_dir, write_private
+from .local.procs import BusyPort
+from .local.stack import LocalEcsSpec, LocalStack, PortsBusy, StackPorts, StackSpec
 
 TOKEN_ENV = "CALLIOPE_HUB_API_TOKEN"
 ADMIN_SERVICE = "calliope-admin"
 #: JupyterHub refuses to start with a shorter service token.
 MIN_TOKEN_LENGTH = 8
+PASSWORD_FILE = "password"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--port", type=int, default=8000, help="the hub's public port (default %(default)s)")
-    add("--ecs-port", type=int, default=9400, help="local ECS's port (default %(default)s)")
+    add("--port", type=int, default=8000, help="the hub's public port")
+    add("--ecs-port", type=int, default=9400, help="local ECS's port")
     add("--mode", choices=["process", "sim"], default="process",
-        help="process: real JupyterLab per server; sim: stub servers, for load (default %(default)s)")
-    add("--api-token", default=os.environ.get(TOKEN_ENV, ""),
-        help=f"register an admin service token for scripts and loadtest (or set {TOKEN_ENV})")
+        help="process: real JupyterLab per server; sim: stub servers, for load")  # fmt: skip
+    add("--api-token-file", type=Path,
+        help=f"register an admin service token read from this 0600 file, for scripts and loadtest "
+        f"(or set {TOKEN_ENV})")  # fmt: skip
+    add("--api-token", help=argparse.SUPPRESS)  # refused with a clear error: argv is visible in `ps`
     add("--data-dir", type=Path, default=Path(".calliope-hub"),
-        help="the hub's database, logs and the generated password (default %(default)s)")
+        help="the hub's database, logs and the generated password (made 0700)")  # fmt: skip
     add("--no-events", dest="events", action="store_false",
-        help="no task state events from local ECS: the hub learns every change by polling")
+        help="no task state events from local ECS: the hub learns every change by polling")  # fmt: skip
 
 
 def login_password(data_dir: Path) -> str:
-    """A generated password, kept so that it stays the same across restarts."""
-    path = data_dir / "password"
+    """A generated password, kept (0600) so that it stays the same across restarts."""
+    path = data_dir / PASSWORD_FILE
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(12) + "\n")
-        path.chmod(0o600)
+        write_private(path, secrets.token_urlsafe(12) + "\n")
     return path.read_text().strip()
 
 
-async def _serve(args: argparse.Namespace, console: Console) -> None:
-    data = args.data_dir.resolve()
-    (data / "tasks").mkdir(parents=True, exist_ok=True)
-    events_secret = secrets.token_urlsafe(24) if args.events else ""
-    ecs = LocalEcsProcess(
-        ["--mode", args.mode, *event_args(f"http://127.0.0.1:{args.port}", events_secret)],
-        port=args.ecs_port,
-        log_path=data / "local-ecs.log",
-        cwd=data / "tasks",
-    )
-    hub: HubProcess | None = None
-    try:
-        with console.status("starting local ECS"):
-            await ecs.start()
-            api = await EcsApi.shared(EcsTarget("us-east-1", ecs.endpoint_url))
-            await prepare_cluster(api, Catalog.load(), "calliope", local=True)
-            await EcsApi.close_all()
-        settings = HubSettings(
-            ecs_endpoint=ecs.endpoint_url, user_password=login_password(data), events_secret=events_secret
+def read_api_token(args: argparse.Namespace) -> str:
+    """The admin token from --api-token-file or the environment ('' = none); ValueError says what is wrong."""
+    if args.api_token is not None:
+        raise ValueError(
+            "--api-token is no longer accepted: a token on the command line is visible to every local "
+            f"user through `ps`. Set {TOKEN_ENV}, or put it in a file only you can read and pass --api-token-file"
         )
-        config = render(settings)
-        if args.api_token:
-            config += api_token_config(args.api_token, ADMIN_SERVICE)
-        hub = HubProcess(config, port=args.port, workdir=data / "hub")
-        with console.status("starting JupyterHub (the first start takes a few seconds)"):
-            await hub.start(timeout=120)
-        console.print(_banner(hub, settings, args, data))
+    token = os.environ.get(TOKEN_ENV, "")
+    if args.api_token_file is not None:
+        path: Path = args.api_token_file
+        try:
+            mode = path.stat().st_mode
+            token = path.read_text().strip()
+        except OSError as error:
+            raise ValueError(f"--api-token-file: {error}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ValueError(f"--api-token-file {path} is readable by others (mode {mode & 0o777:o}): chmod 600 it")
+    if token and len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"the API token must be at least {MIN_TOKEN_LENGTH} characters (JupyterHub refuses shorter)")
+    return token
+
+
+def _bad_arguments(args: argparse.Namespace) -> str:
+    """What is wrong with the flags, before anything starts ('' when nothing is)."""
+    if args.port == args.ecs_port:
+        return "--port and --ecs-port must differ"
+    try:
+        read_api_token(args)
+    except ValueError as error:
+        return str(error)
+    return ""
+
+
+def busy_message(busy: list[BusyPort], ports: StackPorts) -> str:
+    """Each busy port, who holds it, and how to get past it."""
+    flags = {ports.public: "--port", ports.ecs: "--ecs-port"}
+    lines = []
+    for port in busy:
+        flag = flags.get(port.port)
+        remedy = f"stop it, or pick another port with {flag} N" if flag else "it was free a moment ago: run up again"
+        lines.append(f"{port}: {remedy}")
+    return "nothing was started.\n" + "\n".join(lines)
+
+
+def _spec(args: argparse.Namespace, ports: StackPorts, data: Path, token: str) -> StackSpec:
+    return StackSpec(
+        hub=HubSettings(user_password=login_password(data)),
+        ecs=LocalEcsSpec(mode=args.mode),
+        ports=ports,
+        workdir=data,
+        events=args.events,
+        api_token=token,
+        api_service=ADMIN_SERVICE,
+    )
+
+
+async def _serve(args: argparse.Namespace, ports: StackPorts, token: str, console: Console) -> None:
+    data = private_dir(args.data_dir.resolve())
+    stack = LocalStack(_spec(args, ports, data, token))
+    try:
+        with console.status("starting local ECS, then JupyterHub (the first start takes a few seconds)"):
+            await stack.start()
+        console.print(_banner(stack, args, data, bool(token)))
         await _until_signalled()
     finally:
         with console.status("stopping"):
-            if hub is not None:
-                await hub.stop()
-            await ecs.stop()
-        console.print("stopped: no process left behind")
+            await stack.close()
+    console.print("stopped: no process left behind")
 
 
-def _banner(hub: HubProcess, settings: HubSettings, args: argparse.Namespace, data: Path) -> Panel:
+def _banner(stack: LocalStack, args: argparse.Namespace, data: Path, token: bool) -> Panel:
+    settings = stack.settings
     lines = [
-        f"[bold]Calliope Hub[/] is up at [link={hub.url}]{hub.url}[/link]",
+        f"[bold]Calliope Hub[/] is up at [link={stack.url}]{stack.url}[/link]",
         f"log in as any user name (e.g. [bold]alice[/]) with the password [bold]{settings.user_password}[/]",
-        f"local ECS ({args.mode} mode): {settings.ecs_endpoint}, "
+        f"local ECS ({args.mode} mode): {stack.ecs_url}, "
         + ("task events pushed to the hub" if settings.events_secret else "no events (--no-events): polling"),
-        f"logs: {data / 'hub' / 'jupyterhub.log'} and {data / 'local-ecs.log'}",
+        f"logs: {stack.hub_workdir / 'jupyterhub.log'} and {data / 'local-ecs.log'}",
     ]
-    if args.api_token:
+    if token:
         lines.append(f"admin API token: registered for the service '{ADMIN_SERVICE}'")
     lines.append("Ctrl-C stops everything")
     return Panel("\n".join(lines), expand=False)
@@ -111,23 +153,22 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
-def _bad_arguments(args: argparse.Namespace) -> str:
-    """What is wrong with the flags, before anything starts ('' when nothing is)."""
-    if args.port == args.ecs_port:
-        return "--port and --ecs-port must differ"
-    if args.api_token and len(args.api_token) < MIN_TOKEN_LENGTH:
-        return f"--api-token must be at least {MIN_TOKEN_LENGTH} characters (JupyterHub refuses shorter ones)"
-    return ""
-
-
 def run(args: argparse.Namespace) -> int:
     console = Console()
     problem = _bad_arguments(args)
     if problem:
         console.print(f"[red]calliope-hub up:[/] {problem}")
         return 2
+    ports = StackPorts.pick(public=args.port, ecs=args.ecs_port)
+    busy = ports.busy()
+    if busy:
+        console.print(f"[red]calliope-hub up:[/] {busy_message(busy, ports)}")
+        return 1
     try:
-        asyncio.run(_serve(args, console))
+        asyncio.run(_serve(args, ports, read_api_token(args), console))
+    except PortsBusy as taken:  # taken between the check and the start
+        console.print(f"[red]calliope-hub up:[/] {busy_message(taken.busy, ports)}")
+        return 1
     except (OSError, RuntimeError) as e:
         console.print(f"[red]calliope-hub up failed:[/] {e}")
         return 1

@@ -15,12 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from calliope_hub.catalog import Catalog
-from calliope_hub.ecs.api import EcsApi, EcsTarget
-from calliope_hub.ecs.bootstrap import prepare_cluster
-from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.local.hubproc import HubProcess, api_token_config
+from calliope_hub.tools.local.hubconfig import HubSettings
+from calliope_hub.tools.local.hubproc import HubProcess
+from calliope_hub.tools.local.stack import LocalStack, RunningEcs, StackSpec
 from tests.hubtest import require_proxy
 
 TOKEN = "calliope-e2e-admin-token"
@@ -37,10 +35,15 @@ def scripts_on_path() -> Iterator[None]:
 
 
 def singleuser_processes() -> list[psutil.Process]:
+    """This test's servers: local ECS runs in this process, so its tasks are our children
+    (other people's hubs on this machine are not ours to count or kill)."""
     found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any("jupyterhub-singleuser" in part for part in process.info["cmdline"] or ()):
-            found.append(process)
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if any("jupyterhub-singleuser" in part for part in process.cmdline()):
+                found.append(process)
+        except psutil.Error:
+            continue
     return found
 
 
@@ -58,27 +61,27 @@ class Stack:
 
 @pytest.fixture
 async def stack(local_ecs_factory, tmp_path: Path) -> AsyncIterator[Stack]:
+    """The shared LocalStack on a local ECS run in this process, so tests can reach its
+    control plane directly (stats, kill)."""
     require_proxy()
     ecs = local_ecs_factory(mode="process", stop_timeout_s=5)
-    client = await EcsApi.shared(EcsTarget("us-east-1", ecs.endpoint_url))
-    await prepare_cluster(client, Catalog.load(), "calliope", local=True)
-    await EcsApi.close_all()
     settings = HubSettings(
-        ecs_endpoint=ecs.endpoint_url,
         user_password=PASSWORD,
         poll_interval=2,
         cleanup_servers=False,  # a restart must find its servers still running
         # Always 202, so every spawn's progress stream is followed to the end.
         extra=["c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}"],
     )
-    hub = HubProcess(render(settings) + api_token_config(TOKEN, "e2e"), workdir=tmp_path / "hub")
-    await hub.start(timeout=120)
-    api = HubApi(hub.url, TOKEN, max_retries=3)
+    spec = StackSpec(
+        hub=settings, ecs=RunningEcs(ecs.endpoint_url), workdir=tmp_path, api_token=TOKEN, api_service="e2e"
+    )
+    local = LocalStack(spec)
+    await local.start()
     try:
-        yield Stack(hub, api, ecs)
+        assert local.hub is not None
+        yield Stack(local.hub, local.api, ecs)
     finally:
-        await api.close()
-        await hub.stop()
+        await local.close()
         ecs.stop()
         leftovers = singleuser_processes()
         for process in leftovers:

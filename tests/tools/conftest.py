@@ -15,7 +15,7 @@ TOKEN = "calliope-tools-test-token"
 #: Spawner defined in the hub's config: every user's "server" is one tiny HTTP server
 #: inside the hub process, so a real spawn (progress, proxy route, wait_up) costs a sleep
 #: instead of a process. Users named slow-* take long enough to interrupt a run.
-INSTANT_SPAWNER = '''
+INSTANT_SPAWNER = """
 import asyncio
 from jupyterhub.spawner import Spawner
 from tornado import httpserver, netutil, web
@@ -62,7 +62,7 @@ class InstantSpawner(Spawner):
 
 
 c.JupyterHub.spawner_class = InstantSpawner
-'''
+"""
 
 BASE_CONFIG = "c.JupyterHub.authenticator_class = 'null'\n" + api_token_config(TOKEN)
 

@@ -7,8 +7,8 @@ from typing import Any
 import psutil
 import pytest
 
-from calliope_hub.tools.local import hubproc
 from calliope_hub.tools.hubapi import HubApi
+from calliope_hub.tools.local import hubproc
 from calliope_hub.tools.local.hubproc import PROXY_NAME, PROXY_PID_FILE, HubProcess, HubStartError, ProxyNotInstalled
 
 pytestmark = pytest.mark.usefixtures("proxy_installed")
@@ -61,7 +61,9 @@ async def test_a_broken_config_fails_with_the_log_tail_and_leaves_nothing(base_h
             await hub.start(timeout=30)
         assert "exited with code" in str(failure.value)
         assert hub.pid is None
-        leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(hub.config_path) in " ".join(p.info["cmdline"] or [])]
+        leftovers = [
+            p for p in psutil.process_iter(["cmdline"]) if str(hub.config_path) in " ".join(p.info["cmdline"] or [])
+        ]
         assert leftovers == []
     finally:
         hub.cleanup()

@@ -14,17 +14,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from calliope_hub.tools.hubapi import HubApi
-from calliope_hub.tools.local.hubproc import HubProcess
 from calliope_hub.tools.loadtest import LoadtestConfig, run_loadtest
+from calliope_hub.tools.local.hubproc import HubProcess
 from calliope_hub.tools.stats import Percentiles
-
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None, interrupt_when=None):
     """Run `calliope-hub loadtest` as a user would; optionally Ctrl-C it once a condition holds."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "calliope_hub.cli", "loadtest", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "calliope_hub.cli",
+        "loadtest",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
     try:
@@ -57,8 +61,19 @@ def assert_percentiles(sample: dict, count: int) -> None:
 async def test_every_spawn_completes_through_429s_and_stop_stops_them(instant_hub, api_token, tmp_path):
     out = tmp_path / "report.json"
     code, stdout, stderr = await run_cli(
-        "--hub-url", instant_hub.url, "--token", api_token, "--users", "8", "--concurrency", "8",
-        "--prefix", "throttled-", "--stop", "--json", str(out),
+        "--hub-url",
+        instant_hub.url,
+        "--token",
+        api_token,
+        "--users",
+        "8",
+        "--concurrency",
+        "8",
+        "--prefix",
+        "throttled-",
+        "--stop",
+        "--json",
+        str(out),
     )
     assert code == 0, stderr
     document = json.loads(out.read_text())
@@ -93,13 +108,24 @@ async def test_ctrl_c_prints_partial_results(instant_hub, api_token, tmp_path):
 
     async def spawns_pending() -> bool:
         try:
-            return all(pending == "spawn" for pending, _ in (await server_states(instant_hub, api_token, names)).values())
+            return all(
+                pending == "spawn" for pending, _ in (await server_states(instant_hub, api_token, names)).values()
+            )
         except (KeyError, ValueError):
             return False  # users not created yet
 
     code, stdout, _ = await run_cli(
-        "--hub-url", instant_hub.url, "--token", api_token, "--users", "2", "--prefix", "slow-i",
-        "--json", str(out), interrupt_when=spawns_pending,
+        "--hub-url",
+        instant_hub.url,
+        "--token",
+        api_token,
+        "--users",
+        "2",
+        "--prefix",
+        "slow-i",
+        "--json",
+        str(out),
+        interrupt_when=spawns_pending,
     )
     assert code == 130
     assert "interrupted" in stdout

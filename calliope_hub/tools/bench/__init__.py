@@ -46,16 +46,12 @@ class BenchConfig:
     def __post_init__(self) -> None:
         checks = {
             "--servers needs positive counts": bool(self.servers) and min(self.servers) >= 1,
-            "--servers is at most 20000 (one socket per task in local ECS)": max(self.servers, default=0)
-            <= 20_000,
-            f"--mode must be among {', '.join(MODES)}": bool(self.modes)
-            and set(self.modes) <= set(MODES),
+            "--servers is at most 20000 (one socket per task in local ECS)": max(self.servers, default=0) <= 20_000,
+            f"--mode must be among {', '.join(MODES)}": bool(self.modes) and set(self.modes) <= set(MODES),
             "--window must be positive": self.window > 0,
             "--poll-interval must be positive": self.poll_interval > 0,
             "--repeats must be at least 1": self.repeats >= 1,
-            "--detect must be between 1 and the smallest --servers": 1
-            <= self.detect
-            <= min(self.servers, default=0),
+            "--detect must be between 1 and the smallest --servers": 1 <= self.detect <= min(self.servers, default=0),
             "--activity-interval must be positive": self.activity_interval > 0,
             "--idle-window must be 0 or more": self.idle_window >= 0,
             "--concurrency must be at least 1": self.concurrency >= 1,
@@ -105,7 +101,7 @@ class Bench:
             self._say(f"[red]{mode} N={servers}: {record['error']}")
         finally:
             record["duration_s"] = round(time.monotonic() - began, 1)
-            await stack.close()
+            await stack.close(graceful=False)
 
     async def _phases(self, stack: BenchStack, record: dict[str, Any]) -> None:
         config, servers = self.config, record["servers"]
@@ -156,8 +152,8 @@ def _words(text: str) -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--servers", type=_counts, default=(1000, 2000, 5000, 10000), help="comma-separated N")
-    add("--mode", type=_words, default=MODES, help="batched,naive (default both)")
+    add("--servers", type=_counts, default="1000,2000,5000,10000", help="comma-separated N")
+    add("--mode", type=_words, default=",".join(MODES), help="comma-separated modes")
     add("--window", type=float, default=120.0, help="steady-state window in seconds")
     add("--poll-interval", type=float, default=30.0, help="status poll interval, both modes")
     add("--repeats", type=int, default=1, help="runs per (mode, servers), for min/median/max")
@@ -203,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         console.print(f"[red]calliope-hub bench: {error}")
         return 2
-    document = {"machine": machine(), "config": vars(config), "runs": []}
+    document: dict[str, Any] = {"machine": machine(), "config": vars(config), "runs": []}
     bench = Bench(config, console)
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _interrupt)

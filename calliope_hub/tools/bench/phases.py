@@ -8,6 +8,7 @@ public REST API. Every loop here is bounded in count and time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import math
 import random
@@ -21,6 +22,7 @@ import psutil
 from calliope_hub.tools.bench.stack import CLUSTER, BenchStack, loop_lag_entries
 from calliope_hub.tools.hubapi import HubApi, HubApiGaveUp
 from calliope_hub.tools.loadtest import LoadtestConfig, run_loadtest
+from calliope_hub.tools.local.hubproc import PROXY_PID_FILE
 from calliope_hub.tools.stats import Percentiles
 
 USER_PREFIX = "bench-"
@@ -91,7 +93,7 @@ async def wait_all_ready(stack: BenchStack, expected: set[str], timeout: float) 
     while time.monotonic() < deadline:
         try:
             ready = await ready_names(stack, pages)
-        except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, KeyError, ValueError):
             ready = set()
         if expected <= ready:
             break
@@ -114,7 +116,7 @@ def _cpu_seconds(pid: int | None) -> float:
 
 def _proxy_pid(stack: BenchStack) -> int | None:
     try:
-        return int((stack.workdir / "jupyterhub-proxy.pid").read_text().strip())
+        return int((stack.hub_workdir / PROXY_PID_FILE).read_text().strip())
     except (OSError, ValueError):
         return None
 
@@ -124,9 +126,11 @@ async def _sweep_totals(stack: BenchStack) -> tuple[float, float]:
     assert stack.hub is not None
     headers = {"Authorization": f"token {stack.token}"}
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-        async with session.get(f"{stack.hub.url}/hub/metrics") as answer:
-            text = await answer.text()
+    async with (
+        aiohttp.ClientSession(timeout=timeout, headers=headers) as session,
+        session.get(f"{stack.hub.url}/hub/metrics") as answer,
+    ):
+        text = await answer.text()
     totals = {"_sum": 0.0, "_count": 0.0}
     for line in text.splitlines():
         if line.startswith("calliope_sweep_duration_seconds") and f'cluster="{CLUSTER}"' in line:
@@ -137,7 +141,7 @@ async def _sweep_totals(stack: BenchStack) -> tuple[float, float]:
 
 
 def _now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 async def _post_activity(api: HubApi, names: list[str], per_second: float, until: float) -> int:
@@ -145,7 +149,7 @@ async def _post_activity(api: HubApi, names: list[str], per_second: float, until
     posted, turn, began = 0, 0, time.monotonic()
     while time.monotonic() < until:
         due = int((time.monotonic() - began) * per_second) + 1
-        batch = []
+        batch: list[str] = []
         while posted + len(batch) < due:
             batch.append(names[turn % len(names)])
             turn += 1
@@ -163,10 +167,8 @@ async def _post_activity(api: HubApi, names: list[str], per_second: float, until
 async def _probe_api(api: HubApi, names: list[str], until: float) -> list[float]:
     latencies: list[float] = []
     while time.monotonic() < until:
-        try:
+        with contextlib.suppress(HubApiGaveUp):
             await api.request("GET", f"/users/{random.choice(names)}", latencies=latencies)
-        except HubApiGaveUp:
-            pass
         await asyncio.sleep(API_PROBE_S)
     return latencies
 
@@ -194,9 +196,7 @@ async def idle_cpu_pct(stack: BenchStack, seconds: float) -> float:
     return round((_cpu_seconds(stack.hub.pid) - before) * 100 / (time.monotonic() - began), 2)
 
 
-async def steady_phase(
-    stack: BenchStack, names: list[str], window: float, activity_interval: float
-) -> dict[str, Any]:
+async def steady_phase(stack: BenchStack, names: list[str], window: float, activity_interval: float) -> dict[str, Any]:
     """ECS calls, hub CPU/RSS, sweep time and API latency while servers post activity."""
     assert stack.hub is not None and stack.hub.pid is not None
     hub_pid, proxy_pid, ecs_pid = stack.hub.pid, _proxy_pid(stack), stack.ecs.pid
@@ -217,7 +217,7 @@ async def steady_phase(
         sweeps_after = await _sweep_totals(stack)
     calls, throttled, by_outcome = _per_minute(stats_before, stats_after, elapsed)
     hub_pct, proxy_pct, ecs_pct = (
-        round((after - before) * 100 / elapsed, 2) for before, after in zip(cpu_before, cpu_after)
+        round((after - before) * 100 / elapsed, 2) for before, after in zip(cpu_before, cpu_after, strict=True)
     )
     sweep_n = sweeps_after[1] - sweeps_before[1]
     api_ms = Percentiles.of(s * 1000 for s in latencies).to_json(2)

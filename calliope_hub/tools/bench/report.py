@@ -110,7 +110,7 @@ def save_plot(path: Path, runs: list[dict[str, Any]]) -> None:
     columns = 4
     rows = -(-len(FIGURES) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
-    for axis, (label, _) in zip(axes.flat, FIGURES):
+    for axis, (label, _) in zip(axes.flat, FIGURES, strict=False):
         for mode in modes:
             points = [(g["servers"], g["figures"].get(label)) for g in summary if g["mode"] == mode]
             points = [(n, s) for n, s in points if s]
@@ -141,4 +141,3 @@ def _positive_spread(axis: Any) -> bool:
     values = [y for line in axis.get_lines() for y in line.get_ydata() if y is not None]
     positive = [v for v in values if v > 0]
     return len(positive) == len(values) > 1 and max(positive) / min(positive) >= 30
-

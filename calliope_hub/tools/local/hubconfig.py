@@ -1,8 +1,9 @@
 """The JupyterHub configuration Calliope Hub runs with on this machine.
 
-`calliope-hub up`, the bench and the end-to-end tests all start a real JupyterHub
-through `HubProcess` (which owns ports and the proxy command); they share this one
-generator for everything else so the tests run what a newcomer runs.
+`calliope-hub up`, the benches and the end-to-end tests all start a real JupyterHub
+through `LocalStack` (which fills in where ECS is and the events secret) and `HubProcess`
+(which owns ports and the proxy command); they share this one generator for everything
+else, so the tests run what a newcomer runs and the bench measures it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from dataclasses import dataclass, field
 class HubSettings:
     """What differs between one local hub and the next."""
 
-    ecs_endpoint: str
+    #: where ECS answers ('' until a LocalStack fills it in)
+    ecs_endpoint: str = ""
     cluster: str = "calliope"
     hub_id: str = "local"
     #: the shared password of `calliope-hub up`'s login page ('' = no password login)
     user_password: str = ""
+    #: the product ('ecs'), or a bench baseline's import path
+    spawner_class: str = "ecs"
     #: batched (the product) or naive (the stock pattern, for the bench)
     status_mode: str = "batched"
     poll_interval: float = 30
@@ -38,7 +42,7 @@ class HubSettings:
 def render(settings: HubSettings) -> str:
     """The jupyterhub_config.py lines for `settings`."""
     lines = [
-        "c.JupyterHub.spawner_class = 'ecs'",
+        f"c.JupyterHub.spawner_class = {settings.spawner_class!r}",
         f"c.JupyterHub.cleanup_servers = {settings.cleanup_servers!r}",
         f"c.ECSSpawner.endpoint_url = {settings.ecs_endpoint!r}",
         f"c.ECSSpawner.cluster = {settings.cluster!r}",

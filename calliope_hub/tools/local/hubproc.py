@@ -1,31 +1,30 @@
 """A real JupyterHub (and its configurable-http-proxy) as a child process we fully own.
 
 `calliope-hub up`, the bench and the end-to-end tests all need the same thing: start a
-stock ``python -m jupyterhub`` with a given config on free loopback ports, know when it
+stock ``python -m jupyterhub`` with a given config on loopback ports, know when it
 answers, and make sure nothing it started outlives it. The last part is the hard one:
 JupyterHub starts configurable-http-proxy in a session of its own (so signals to the hub
 do not reach it), and on SIGKILL the proxy is orphaned. So we kill the hub's process
 group, every descendant we saw, and the pid in the proxy's pid file.
+
+The config it writes holds secrets (tokens, the login password): the file is 0600 in a
+0700 working dir, and nothing secret is ever on a command line.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 import aiohttp
 import psutil
+
+from .procs import LOOPBACK, OwnedProcess, StartError, child_env, free_port
 
 #: The checkout that holds the calliope_hub package (and, after `make up`, node_modules).
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -40,8 +39,8 @@ class ProxyNotInstalled(RuntimeError):
     """configurable-http-proxy is neither in the project's node_modules nor on PATH."""
 
 
-class HubStartError(RuntimeError):
-    """The hub exited or never answered; the message ends with its log tail."""
+class HubStartError(StartError):
+    """The hub exited, never answered, or another process holds its port; the message ends with its log tail."""
 
 
 def proxy_command() -> list[str]:
@@ -56,13 +55,6 @@ def proxy_command() -> list[str]:
         f"{PROXY_NAME} is not in {local.parent} nor on PATH: run `make up` "
         f"(or `npm install` in {REPO_ROOT}) to install it into the project"
     )
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def api_token_config(token: str, service: str = "loadtest") -> str:
@@ -83,11 +75,26 @@ def api_token_config(token: str, service: str = "loadtest") -> str:
 def _ports_config(port: int, hub_port: int, proxy_api_port: int, proxy: list[str]) -> str:
     """Loopback ports of our own, so several hubs can run on one machine at once."""
     return (
-        f"c.JupyterHub.bind_url = 'http://127.0.0.1:{port}'\n"
-        f"c.JupyterHub.hub_bind_url = 'http://127.0.0.1:{hub_port}'\n"
-        f"c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{proxy_api_port}'\n"
+        f"c.JupyterHub.bind_url = 'http://{LOOPBACK}:{port}'\n"
+        f"c.JupyterHub.hub_bind_url = 'http://{LOOPBACK}:{hub_port}'\n"
+        f"c.ConfigurableHTTPProxy.api_url = 'http://{LOOPBACK}:{proxy_api_port}'\n"
         f"c.ConfigurableHTTPProxy.command = {proxy!r}\n"
     )
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` readable by its owner only (0600), whatever the file's mode was."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def private_dir(path: Path) -> Path:
+    """`path` made (with parents) and set to 0700."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
 
 
 def _is_alive(process: psutil.Process) -> bool:
@@ -97,7 +104,7 @@ def _is_alive(process: psutil.Process) -> bool:
         return False
 
 
-class HubProcess:
+class HubProcess(OwnedProcess):
     """One JupyterHub subprocess in its own working dir, process group and ports.
 
     The caller's config text is appended after our defaults (ports, proxy command), so
@@ -105,95 +112,57 @@ class HubProcess:
     with the same working dir, database and ports: that is a hub restart.
     """
 
+    what = "hub"
+    start_error = HubStartError
+
     def __init__(
         self,
         config_text: str,
         *,
         port: int | None = None,
+        hub_port: int | None = None,
+        proxy_api_port: int | None = None,
         workdir: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         proxy = proxy_command()
-        self.port = port or free_port()
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="calliope-hub-")).resolve()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = private_dir(Path(workdir or tempfile.mkdtemp(prefix="calliope-hub-")).resolve())
+        super().__init__(
+            port=port or free_port(),
+            log_path=self.workdir / LOG_FILE,
+            cwd=self.workdir,
+            env=child_env([Path(proxy[0]).parent], env),
+        )
         self.config_path = self.workdir / CONFIG_FILE
-        self.log_path = self.workdir / LOG_FILE
-        header = _ports_config(self.port, free_port(), free_port(), proxy)
-        self.config_path.write_text(header + "\n" + config_text + "\n")
-        self._env = self._child_env(Path(proxy[0]).parent, env or {})
-        self._process: subprocess.Popen[bytes] | None = None
+        header = _ports_config(self.port, hub_port or free_port(), proxy_api_port or free_port(), proxy)
+        write_private(self.config_path, header + "\n" + config_text + "\n")
         self._descendants: dict[int, psutil.Process] = {}
 
     @property
     def url(self) -> str:
         """The public URL (the proxy's), where /hub/api answers."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        """The hub's pid while it runs (None once stopped or killed)."""
-        return self._process.pid if self._process else None
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "jupyterhub", "-f", str(self.config_path)]
 
-    @staticmethod
-    def _child_env(proxy_dir: Path, extra: Mapping[str, str]) -> dict[str, str]:
-        """PATH leads to our proxy and our Python's scripts (jupyterhub-singleuser)."""
-        env = dict(os.environ)
-        env.update(extra)
-        python_dir = str(Path(sys.executable).parent)
-        env["PATH"] = os.pathsep.join([str(proxy_dir), python_dir, env.get("PATH", "")])
-        return env
+    async def answers(self, session: aiohttp.ClientSession) -> bool:
+        async with session.get(f"{self.url}/hub/api") as response:
+            return response.status == 200
 
-    async def start(self, timeout: float = 60) -> None:
-        """Start the hub and return once GET /hub/api answers through the proxy."""
-        if self._process is not None and self._process.poll() is None:
-            raise RuntimeError(f"hub already running (pid {self._process.pid})")
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "jupyterhub", "-f", str(self.config_path)],
-                cwd=self.workdir,
-                env=self._env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            await self._wait_until_answering(timeout)
-        except BaseException:
-            self.kill()
-            raise
-
-    async def _wait_until_answering(self, timeout: float) -> None:
-        assert self._process is not None
-        deadline = time.monotonic() + timeout
-        probe = aiohttp.ClientTimeout(total=2)
-        async with aiohttp.ClientSession(timeout=probe) as session:
-            while time.monotonic() < deadline:
-                if self._process.poll() is not None:
-                    raise HubStartError(
-                        f"hub exited with code {self._process.returncode}; "
-                        f"log {self.log_path}:\n{self.log_tail()}"
-                    )
-                self._remember_descendants()
-                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                    async with session.get(f"{self.url}/hub/api") as response:
-                        if response.status == 200:
-                            return
-                await asyncio.sleep(0.1)
-        raise HubStartError(
-            f"hub did not answer {self.url}/hub/api within {timeout:g}s; "
-            f"log {self.log_path}:\n{self.log_tail()}"
-        )
-
-    def _remember_descendants(self) -> None:
+    def _observe(self) -> None:
         """Note the hub's children now, since after the hub dies they are reparented."""
         if self._process is None:
             return
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(self._process.pid).children(recursive=True):
                 self._descendants.setdefault(child.pid, child)
+
+    def _family(self) -> list[psutil.Process]:
+        """The proxy holds the public port; it is one of the hub's descendants."""
+        self._observe()
+        return [*super()._family(), *self._descendants.values()]
 
     def _proxy_from_pid_file(self) -> psutil.Process | None:
         """The proxy JupyterHub recorded, if that pid still runs configurable-http-proxy."""
@@ -205,23 +174,6 @@ class HubProcess:
             return None
         return process if PROXY_NAME in command else None
 
-    def _signal_group(self, signum: signal.Signals) -> None:
-        if self._process is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._process.pid, signum)
-
-    async def stop(self, timeout: float = 20) -> None:
-        """SIGTERM the hub (a graceful JupyterHub shutdown), SIGKILL what is left."""
-        if self._process is None:
-            return
-        self._remember_descendants()
-        self._signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self._process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        self.kill()
-
     def kill(self) -> None:
         """SIGKILL the hub's group, its proxy and every descendant, then reap the hub.
 
@@ -229,49 +181,21 @@ class HubProcess:
         """
         if self._process is None:
             return
-        self._remember_descendants()
-        self._signal_group(signal.SIGKILL)
+        self._observe()
         leftovers = list(self._descendants.values())
         proxy = self._proxy_from_pid_file()
         if proxy is not None:
             leftovers.append(proxy)
+        super().kill()
         for process in leftovers:
             with contextlib.suppress(psutil.Error):
                 if _is_alive(process):
                     process.kill()
-        self._process.wait()
         psutil.wait_procs([p for p in leftovers if _is_alive(p)], timeout=5)
         (self.workdir / PROXY_PID_FILE).unlink(missing_ok=True)
         self._descendants.clear()
-        self._process = None
 
-    def log_tail(self, n: int = 40) -> str:
-        """The last n lines of the hub's log (stdout and stderr)."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return ""
-        return "\n".join(lines[-n:])
-
-    def cleanup(self) -> None:
-        """Kill everything and remove the working dir if we made it."""
-        self.kill()
+    def _release(self) -> None:
+        """Remove the working dir if we made it."""
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    async def __aenter__(self) -> HubProcess:
-        try:
-            await self.start()
-        except BaseException:
-            self.cleanup()  # the error already carries the log tail
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-        self.cleanup()
