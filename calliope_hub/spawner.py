@@ -3,26 +3,28 @@
 The spawner is deliberately thin. It never calls DescribeTasks and owns no timer: the
 cluster's one TaskWatcher sweeps every task in batches of 100 and calls back
 `poll_and_notify()` when a task stops, so `poll()` is a dictionary read. This is what
-lets one hub track 10,000 servers inside ECS's 20/s read quota.
+lets one hub track 10,000 servers inside ECS's 20/s read quota. Its collaborators (the
+catalog, the one EcsApi, the watcher) come from the hub's HubRuntime (calliope_hub.hub.runtime),
+which builds them once per hub and closes them at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import ClassVar
 
 from jupyterhub.spawner import Spawner
 from tornado import web
-from traitlets import Any, Bool, Dict, Float, List, Unicode, default, validate
+from traitlets import Any, Bool, Unicode, default
 
-from .hub import owners as orphansweep
-from .observability import emf, metrics
 from .catalog import Catalog, CatalogError, Choice, Placement, TaskIdentity, run_task_request
-from .ecs.api import EcsApi, EcsApiError, EcsTarget
-from .hub.events_handler import CalliopeEvents
-from .tools.baseline import PerTaskPoller
+from .ecs.api import EcsApi, EcsApiError
 from .ecs.snapshot import TaskSnapshot
 from .ecs.status import TaskWatcher
+from .hub.config import ECSSpawnerConfig
+from .hub.runtime import HubRuntime
+from .observability import emf, metrics
 
 STOP_REASON = "Stopped by Calliope Hub"
 
@@ -34,62 +36,19 @@ LIFECYCLE_PROGRESS: dict[str, tuple[int, str]] = {
     "RUNNING": (80, "Task running; waiting for the server to answer"),
 }
 
-_catalogs: dict[str, Catalog] = {}
+
+def exit_status(snapshot: TaskSnapshot | None) -> int | None:
+    """JupyterHub's poll() answer: None while running or unknown (unknown is not stopped)."""
+    if snapshot is None or not snapshot.stopped:
+        return None
+    return snapshot.exit_code if snapshot.exit_code is not None else 0
 
 
-def _load_catalog(path: str) -> Catalog:
-    """One parsed catalog per path per process: 10,000 spawners share it."""
-    if path not in _catalogs:
-        _catalogs[path] = Catalog.load(path or None)
-    return _catalogs[path]
-
-
-class ECSSpawner(Spawner):
+class ECSSpawner(ECSSpawnerConfig, Spawner):
     """Runs each user server as an ECS task chosen from the service catalog."""
 
-    cluster = Unicode("calliope", help="ECS cluster the tasks run in.").tag(config=True)
-    region = Unicode("us-east-1", help="AWS Region of the cluster.").tag(config=True)
-    endpoint_url = Unicode(
-        "http://127.0.0.1:9400",
-        help="ECS endpoint. The default is local ECS; set '' to use AWS's own endpoint.",
-    ).tag(config=True)
-    aws_profile = Unicode("", help="AWS profile for credentials ('' = the default chain).").tag(
-        config=True
-    )
-    subnets = List(Unicode(), default_value=["subnet-local"], help="awsvpc subnets.").tag(config=True)
-    security_groups = List(Unicode(), help="awsvpc security groups.").tag(config=True)
-    assign_public_ip = Bool(False, help="Give tasks a public IP (Fargate in public subnets).").tag(
-        config=True
-    )
-    launch_type = Unicode(
-        "FARGATE",
-        allow_none=True,
-        help="FARGATE or EC2; set None to use capacity_provider_strategy instead.",
-    ).tag(config=True)
-    capacity_provider_strategy = List(
-        Dict(), help="ECS capacityProviderStrategy; excludes launch_type."
-    ).tag(config=True)
-    catalog_path = Unicode("", help="Directory of service YAML files ('' = built-in).").tag(
-        config=True
-    )
-    hub_id = Unicode(
-        "calliope",
-        help="Names this hub in task tags and startedBy, so a restarted hub finds its tasks.",
-    ).tag(config=True)
-    status_mode = Unicode(
-        "batched",
-        help="'batched': the shared TaskWatcher (the product). 'naive': one DescribeTasks per "
-        "server per poll on JupyterHub's own timer, the stock pattern; kept only as the "
-        "benchmark baseline.",
-    ).tag(config=True)
-    stop_wait_timeout = Float(
-        60.0, help="Seconds stop() waits for STOPPED before giving up on confirmation."
-    ).tag(config=True)
-    restore_timeout = Float(
-        8.0,
-        help="Seconds poll() waits for the first status of a task adopted after a hub restart. "
-        "Past it the server is reported running: unknown is not stopped.",
-    ).tag(config=True)
+    #: whether the shared EcsApi keeps calls under ECS's quota; only the stock-pattern baseline says no
+    client_quotas: ClassVar[bool] = True
 
     task_arn = Unicode("")
     #: set once RunTask answered, so progress() can follow the task it names
@@ -98,6 +57,13 @@ class ECSSpawner(Spawner):
     _polling = Bool(False)
     choice_service = Unicode("")
     choice_size = Unicode("")
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        # The first spawner of a hub builds its runtime, so a bad setting stops the hub's start.
+        self.runtime: HubRuntime = HubRuntime.of(self, client_quotas=self.client_quotas)
+        self._watcher: TaskWatcher | None = None
+        self._watching: asyncio.Future[None] | None = None
 
     @default("_submitted")
     def _default_submitted(self) -> asyncio.Event:
@@ -112,36 +78,24 @@ class ECSSpawner(Spawner):
     def _default_apply_user_options(self) -> object:
         return _apply_catalog_choice
 
-    @validate("status_mode")
-    def _validate_status_mode(self, proposal: dict) -> str:
-        if proposal["value"] not in ("batched", "naive"):
-            raise ValueError(f"status_mode must be 'batched' or 'naive', not {proposal['value']!r}")
-        return proposal["value"]
-
     # -- collaborators -----------------------------------------------------------------
 
     @property
     def catalog(self) -> Catalog:
-        return _load_catalog(self.catalog_path)
+        return self.runtime.catalog
 
-    async def _api(self) -> EcsApi:
-        target = EcsTarget(self.region, self.endpoint_url or None, self.aws_profile or None)
-        if self.status_mode == "naive":
-            # The stock pattern has no client-side limiter: it meets the quota head on.
-            return await EcsApi.shared(target, client_quotas=None)
-        return await EcsApi.shared(target)
+    async def _ecs(self) -> EcsApi:
+        """The hub's one ECS client, once the runtime has started."""
+        await self.runtime.start()
+        assert self.runtime.api is not None
+        return self.runtime.api
 
-    async def _watcher(self) -> TaskWatcher:
-        api = await self._api()
-        existing = TaskWatcher.existing(api, self.cluster)
-        if existing is not None:
-            return existing
-        events = CalliopeEvents(config=self.config)
-        watcher = TaskWatcher.for_cluster(
-            api, self.cluster, **events.watcher_options(self.poll_interval, self.poll_jitter)
-        )
-        events.start_sqs(self.region)
-        return watcher
+    async def _status(self) -> TaskWatcher:
+        """The task's cluster's watcher; after the first call a plain attribute read."""
+        if self._watcher is None or self._watcher.cluster != self.cluster:
+            await self.runtime.start()
+            self._watcher = self.runtime.watcher(self.cluster)
+        return self._watcher
 
     def _placement(self) -> Placement:
         return Placement(
@@ -189,9 +143,6 @@ class ECSSpawner(Spawner):
         self.cluster = state.get("cluster", self.cluster)
         self.choice_service = state.get("service", "")
         self.choice_size = state.get("size", "")
-        # JupyterHub loads every spawner's state once as it creates it: our only startup hook.
-        orphansweep.ensure_started(self)
-        emf.configure(self.config)
 
     def clear_state(self) -> None:
         super().clear_state()
@@ -219,10 +170,8 @@ class ECSSpawner(Spawner):
         )
 
     async def _run_task(self, choice: Choice) -> str:
-        request = run_task_request(
-            choice, self._identity(choice), self._placement(), self.get_env(), self.get_args()
-        )
-        api = await self._api()
+        request = run_task_request(choice, self._identity(choice), self._placement(), self.get_env(), self.get_args())
+        api = await self._ecs()
         try:
             answer = await api.run_task(request)
         except EcsApiError as e:
@@ -230,7 +179,7 @@ class ECSSpawner(Spawner):
         if not answer.get("tasks"):
             reasons = "; ".join(f.get("reason", "?") for f in answer.get("failures", []))
             raise web.HTTPError(503, f"ECS did not start the task: {reasons or 'no task returned'}")
-        return answer["tasks"][0]["taskArn"]
+        return str(answer["tasks"][0]["taskArn"])
 
     async def start(self) -> str:
         choice = self.choose(self.user_options)
@@ -254,26 +203,21 @@ class ECSSpawner(Spawner):
                 emf.spawn_duration(choice.service.name, elapsed)
 
     async def _wait_until_running(self) -> TaskSnapshot:
-        watcher = await self._watcher()
+        watcher = await self._status()
         watcher.watch(self.task_arn)
         snapshot = await watcher.wait_for(self.task_arn, lambda s: s.running, self.start_timeout)
         if snapshot.stopped:
             reason = snapshot.stopped_reason or snapshot.stop_code or "no reason given"
             raise web.HTTPError(500, f"The ECS task stopped while starting: {reason}")
-        if self.status_mode == "naive":
-            # The stock pattern tracks a running server only by its own DescribeTasks per poll.
-            watcher.unwatch(self.task_arn)
         return snapshot
 
     async def progress(self) -> AsyncIterator[dict]:
         await self._submitted.wait()
         yield {"progress": 10, "message": "Task submitted to ECS"}
-        watcher = await self._watcher()
+        watcher = await self._status()
         seen = ""
         while True:
-            snapshot = await watcher.wait_for(
-                self.task_arn, lambda s: s.last_status != seen, self.start_timeout
-            )
+            snapshot = await watcher.wait_for(self.task_arn, _status_other_than(seen), self.start_timeout)
             seen = snapshot.last_status
             if snapshot.stopped:
                 return
@@ -286,35 +230,32 @@ class ECSSpawner(Spawner):
     # -- poll ----------------------------------------------------------------------------
 
     async def poll(self) -> int | None:
+        """A read of the watcher's snapshot: the same one the stop callback was handed."""
         if not self.task_arn:
             return 0
-        if self.status_mode == "naive":
-            snapshot = await PerTaskPoller(await self._api(), self.cluster).status(self.task_arn)
-        else:
-            snapshot = await self._batched_status()
-        if snapshot is None or not snapshot.stopped:
-            return None  # unknown is not stopped
-        return snapshot.exit_code if snapshot.exit_code is not None else 0
-
-    async def _batched_status(self) -> TaskSnapshot | None:
-        watcher = await self._watcher()
+        watcher = await self._status()
         snapshot = watcher.get(self.task_arn)
         if snapshot is None:
-            # A task adopted after a hub restart: its first sweep answers for everyone at once.
-            watcher.watch(self.task_arn)
-            try:
-                snapshot = await watcher.wait_for(self.task_arn, lambda s: True, self.restore_timeout)
-            except asyncio.TimeoutError:
-                return None
-        return snapshot
+            snapshot = await self._first_status(watcher)
+        return exit_status(snapshot)
+
+    async def _first_status(self, watcher: TaskWatcher) -> TaskSnapshot | None:
+        """A task adopted after a hub restart: its first sweep answers for everyone at once."""
+        watcher.watch(self.task_arn)
+        try:
+            return await watcher.wait_for(self.task_arn, lambda s: True, self.restore_timeout)
+        except TimeoutError:
+            return None
 
     def start_polling(self) -> None:
         """Replace JupyterHub's timer per spawner with the cluster watcher's callback."""
-        if self.status_mode == "naive":
-            super().start_polling()
-            return
         self._polling = True
-        asyncio.ensure_future(self._watch_running_task())
+        if not self.task_arn:
+            return
+        if self._watcher is not None and self._watcher.cluster == self.cluster:
+            self._watcher.watch(self.task_arn, on_stopped=self._on_task_stopped)
+        else:  # called before any poll() or start() of this spawner object (a re-adoption)
+            self._watching = asyncio.ensure_future(self._watch_running_task())
 
     def stop_polling(self) -> None:
         """A deliberate stop follows; its STOPPED must not look like a crash to the hub."""
@@ -322,17 +263,13 @@ class ECSSpawner(Spawner):
         super().stop_polling()
 
     async def _watch_running_task(self) -> None:
-        if self.task_arn:
-            (await self._watcher()).watch(self.task_arn, on_stopped=self._on_task_stopped)
+        (await self._status()).watch(self.task_arn, on_stopped=self._on_task_stopped)
 
     async def _on_task_stopped(self, snapshot: TaskSnapshot) -> None:
         if not self._polling:
             return
         self.log.warning(
-            "%s: task %s stopped: %s",
-            self._log_name,
-            snapshot.arn,
-            snapshot.stopped_reason or snapshot.stop_code,
+            "%s: task %s stopped: %s", self._log_name, snapshot.arn, snapshot.stopped_reason or snapshot.stop_code
         )
         await self.poll_and_notify()
 
@@ -341,8 +278,17 @@ class ECSSpawner(Spawner):
     async def stop(self, now: bool = False) -> None:
         if not self.task_arn:
             return
-        api = await self._api()
-        watcher = await self._watcher()
+        watcher = await self._status()
+        known = watcher.get(self.task_arn)
+        if known is not None and known.stopped:
+            self.log.info("%s: task %s already STOPPED; no StopTask", self._log_name, self.task_arn)
+        elif await self._stop_task() and not now:
+            await self._wait_until_stopped(watcher)
+        watcher.unwatch(self.task_arn)
+
+    async def _stop_task(self) -> bool:
+        """StopTask; False when ECS no longer knows the task."""
+        api = await self._ecs()
         try:
             stopping = await api.stop_task(self.cluster, self.task_arn, STOP_REASON)
         except EcsApiError as e:
@@ -351,21 +297,24 @@ class ECSSpawner(Spawner):
             stopping = None
         if stopping is None:
             self.log.info("%s: task %s was already gone", self._log_name, self.task_arn)
-        elif not now:
-            await self._wait_until_stopped(watcher)
-        watcher.unwatch(self.task_arn)
+            return False
+        return True
 
     async def _wait_until_stopped(self, watcher: TaskWatcher) -> None:
         watcher.watch(self.task_arn)
         try:
             await watcher.wait_for(self.task_arn, lambda s: s.stopped, self.stop_wait_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.log.warning(
                 "%s: task %s not STOPPED after %.0fs; ECS will finish stopping it",
                 self._log_name,
                 self.task_arn,
                 self.stop_wait_timeout,
             )
+
+
+def _status_other_than(seen: str) -> Callable[[TaskSnapshot], bool]:
+    return lambda snapshot: snapshot.last_status != seen
 
 
 def _apply_catalog_choice(spawner: ECSSpawner, user_options: dict) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from calliope_hub.observability.emf import CloudWatchEmf, EmfWriter
+from calliope_hub.hub.config import CloudWatchEmf
+from calliope_hub.observability.emf import EmfWriter
 
 #: MetricDatum units CloudWatch accepts.
 UNITS = {

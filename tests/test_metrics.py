@@ -22,7 +22,7 @@ from calliope_hub.observability import metrics
 from calliope_hub.catalog import Catalog, Placement, TaskIdentity, run_task_request
 from calliope_hub.ecs.api import EcsApi, EcsTarget
 from calliope_hub.ecs.bootstrap import prepare_cluster
-from calliope_hub.hub.events_handler import DEFAULT_HEADER, ROUTE
+from calliope_hub.events.wire import DEFAULT_HEADER, ROUTE
 from calliope_hub.ecs.orphans import ORPHAN_STOP_REASON
 from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.tools.hubapi import HubApi

@@ -1,10 +1,7 @@
-"""The orphan sweeper inside JupyterHub: configuration, what the hub owns, and re-adoption.
+"""What the hub owns, and re-adoption: the orphan sweeper's view into JupyterHub.
 
-JupyterHub 6 has no startup hook for spawner packages, so the first ECSSpawner a hub
-process builds (every spawner loads its state once when JupyterHub creates it, at startup for
-running servers, at first use for the rest) starts one sweep loop per (ECS target, cluster,
-hub id). A spawner outside a real hub (tests, tools) has no `users` in its settings and
-starts nothing.
+The HubRuntime runs the sweep loop (calliope_hub.ecs.orphans) with these owners, only inside
+a real hub: a spawner outside one (tests, tools) has no `users` in its settings.
 
 Re-adoption, precisely. A task is re-adopted only when its tags name a server that the hub
 still records as running (it has a server record, so its route and its API token exist),
@@ -19,45 +16,13 @@ mean minting a token the task does not have.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
 from jupyterhub import orm
-from traitlets import Float, Unicode, validate
-from traitlets.config import Configurable
 
-from calliope_hub.catalog.run_task import TaskIdentity, read_tags
-from calliope_hub.hub.lock import SweepLock, sweep_lock
-from calliope_hub.ecs.orphans import ACTIONS, OrphanSweeper, Ownership, ServerKey, sweep_forever
+from calliope_hub.ecs.identity import read_tags
+from calliope_hub.ecs.orphans import Ownership, ServerKey
 from calliope_hub.ecs.snapshot import task_ip
-
-log = logging.getLogger(__name__)
-
-
-class OrphanSweep(Configurable):
-    """`c.OrphanSweep.*`: how the hub treats tasks with its startedBy that no spawner owns."""
-
-    interval = Float(300.0, help="Seconds between orphan sweeps (one ListTasks per 100 tasks).").tag(config=True)
-    grace_period = Float(
-        600.0,
-        help="Seconds a task must stay unowned before it is stopped or re-adopted; longer than any start.",
-    ).tag(config=True)
-    action = Unicode(
-        "stop", help="'stop' (or re-adopt), 'dry-run' (only log and count), or 'off'."
-    ).tag(config=True)
-
-    @validate("action")
-    def _validate_action(self, proposal: dict) -> str:
-        if proposal["value"] not in ACTIONS:
-            raise ValueError(f"OrphanSweep.action must be one of {', '.join(ACTIONS)}, not {proposal['value']!r}")
-        return proposal["value"]
-
-    @validate("interval", "grace_period")
-    def _validate_seconds(self, proposal: dict) -> float:
-        if proposal["value"] < 0 or (proposal["trait"].name == "interval" and proposal["value"] == 0):
-            raise ValueError(f"OrphanSweep.{proposal['trait'].name} must be positive, not {proposal['value']!r}")
-        return proposal["value"]
 
 
 class JupyterHubOwners:
@@ -122,58 +87,3 @@ class JupyterHubOwners:
         spawner._persist_state()
         spawner.start_polling()
         return True
-
-
-#: (ECS target, cluster, hub id) -> the running sweep loop of this process
-_loops: dict[tuple[Any, ...], asyncio.Task[None]] = {}
-
-
-def ensure_started(spawner: Any) -> None:
-    """Start this hub process's sweep loop for the spawner's cluster, once; no-op outside a hub."""
-    users = (getattr(spawner.user, "settings", None) or {}).get("users")
-    if users is None or spawner.orm_spawner is None:
-        return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    key = (spawner.region, spawner.endpoint_url, spawner.aws_profile, spawner.cluster, spawner.hub_id)
-    running = _loops.get(key)
-    if running is not None and not running.done() and running.get_loop() is loop:
-        return
-    config = OrphanSweep(config=spawner.config)
-    if config.action == "off":
-        return
-    try:
-        lock = sweep_lock(str(spawner.db.get_bind().url.render_as_string(hide_password=False)), spawner.hub_id)
-    except ValueError as e:
-        log.error("orphan sweeping is off: %s", e)
-        return
-    owners = JupyterHubOwners(users, spawner.db, spawner.cluster)
-    _loops[key] = loop.create_task(_sweep_loop(spawner, owners, lock, config))
-
-
-async def _sweep_loop(spawner: Any, owners: JupyterHubOwners, lock: SweepLock, config: OrphanSweep) -> None:
-    """Config turned into kwargs in this one place; the loop runs until the process ends."""
-    sweeper = OrphanSweeper(
-        await spawner._api(),
-        spawner.cluster,
-        hub_id=spawner.hub_id,
-        started_by=_started_by(spawner.hub_id),
-        owners=owners,
-        grace_period=config.grace_period,
-        action=config.action,
-    )
-    log.info(
-        "orphan sweeper for %s: every %gs, grace %gs, action %s",
-        spawner.cluster, config.interval, config.grace_period, config.action,
-    )
-    try:
-        await sweep_forever(sweeper, config.interval, may_sweep=lock.try_acquire)
-    finally:
-        await lock.release()
-
-
-def _started_by(hub_id: str) -> str:
-    """The startedBy every task of this hub carries (TaskIdentity owns the encoding)."""
-    return TaskIdentity(hub_id=hub_id, user="", server_name="", service="", size="", attempt=0).started_by

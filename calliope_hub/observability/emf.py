@@ -6,41 +6,17 @@ without an agent, an exporter or PutMetricData calls (and their quota). Each lin
 JSON object whose `_aws` member follows the documented EMF specification:
 https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html
 
-Off by default: `c.CloudWatchEmf.enabled = True`. Lines go to stdout ('-', what the
+Off by default: `c.CloudWatchEmf.enabled = True` (calliope_hub.hub.config). Lines go to stdout ('-', what the
 awslogs driver and FireLens collect) or are appended to a file the CloudWatch agent tails.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
-
-from traitlets import Bool, Unicode, validate
-from traitlets.config import Configurable
-
-#: CloudWatch: namespaces of 1-255 of these characters.
-_NAMESPACE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_/#: ")
-
-
-class CloudWatchEmf(Configurable):
-    """`c.CloudWatchEmf.*`: whether and where the hub writes EMF lines."""
-
-    enabled = Bool(False, help="Write CloudWatch EMF lines for spawns and status sweeps.").tag(config=True)
-    path = Unicode("-", help="'-' for stdout, else a file the lines are appended to.").tag(config=True)
-    namespace = Unicode("CalliopeHub", help="CloudWatch namespace of the metrics.").tag(config=True)
-
-    @validate("namespace")
-    def _validate_namespace(self, proposal: dict) -> str:
-        value = proposal["value"]
-        if not 1 <= len(value) <= 255 or not set(value) <= _NAMESPACE_CHARS:
-            raise ValueError(
-                f"CloudWatchEmf.namespace must be 1-255 of A-Z a-z 0-9 . - _ / # : and space, not {value!r}"
-            )
-        return value
 
 
 def emf_record(
@@ -90,19 +66,12 @@ class EmfWriter:
 
 
 _writer: EmfWriter | None = None
-_configured = False
 
 
-def configure(config: Any) -> None:
-    """Read `c.CloudWatchEmf` once per process (the hub's config is fixed once it runs)."""
-    global _writer, _configured
-    if _configured:
-        return
-    _configured = True
-    settings = CloudWatchEmf(config=config)
-    if settings.enabled:
-        stream = sys.stdout if settings.path == "-" else open(settings.path, "a", encoding="utf-8")  # noqa: SIM115
-        _writer = EmfWriter(stream, settings.namespace)
+def install(writer: EmfWriter | None) -> None:
+    """Set (or clear, with None) where spawns and sweeps report; the HubRuntime owns the writer."""
+    global _writer
+    _writer = writer
 
 
 def spawn_duration(service_type: str, seconds: float) -> None:

@@ -1,7 +1,9 @@
 """An ECSSpawner wired to a real ECS endpoint (local ECS or moto), without a whole hub.
 
 The hub-side objects the spawner reads (user, hub, orm_spawner) are the real JupyterHub
-classes where they are cheap, so `get_env()` and state handling run as in a hub.
+classes where they are cheap, so `get_env()` and state handling run as in a hub. The user's
+`settings` dict stands for the hub's tornado settings: the spawners of one maker share it,
+and so share one HubRuntime, as the spawners of one hub do.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,7 +22,7 @@ from jupyterhub.objects import Hub
 from calliope_hub.catalog import Catalog
 from calliope_hub.ecs.api import EcsApi, EcsTarget
 from calliope_hub.ecs.bootstrap import prepare_cluster
-from calliope_hub.ecs.status import TaskWatcher
+from calliope_hub.hub.runtime import SETTINGS_KEY, HubRuntime
 from calliope_hub.spawner import ECSSpawner
 
 
@@ -55,49 +57,77 @@ def hold_moto_tasks_running(endpoint_url: str) -> None:
         assert answer.status == 201
 
 
-async def spawner_maker(endpoint_url: str, **network: Any) -> Callable[..., ECSSpawner]:
-    """`make(name, **config)` for spawners on a prepared cluster at `endpoint_url`."""
-    api = await EcsApi.shared(EcsTarget("us-east-1", endpoint_url))
-    await prepare_cluster(api, Catalog.load(), "calliope", local=True)
+class SpawnerMaker:
+    """`make(name, **config)`: spawners of one pretend hub on a prepared cluster at `endpoint_url`."""
 
-    def make(name: str = "alice", **config: Any) -> ECSSpawner:
-        user = SimpleNamespace(name=name, escaped_name=name, url=f"/user/{name}/")
+    def __init__(self, endpoint_url: str, spawner_class: type[ECSSpawner] = ECSSpawner, **network: Any):
+        self.endpoint_url = endpoint_url
+        self.spawner_class = spawner_class
+        self.network = network
+        self.hub_settings: dict[str, Any] = {}
+
+    @property
+    def runtime(self) -> HubRuntime | None:
+        runtime: HubRuntime | None = self.hub_settings.get(SETTINGS_KEY)
+        return runtime
+
+    async def close(self) -> None:
+        """What the hub's shutdown does: close the runtime."""
+        if self.runtime is not None:
+            await self.runtime.close()
+
+    def __call__(self, name: str = "alice", **config: Any) -> ECSSpawner:
+        user = SimpleNamespace(name=name, escaped_name=name, url=f"/user/{name}/", settings=self.hub_settings)
         orm_spawner = SimpleNamespace(
             name="", state=None, server=None, started=datetime.datetime.now(datetime.timezone.utc)
         )
         config.setdefault("poll_interval", 1)
-        return ECSSpawner(
+        return self.spawner_class(
             user=user,
             hub=Hub(),
             db=FakeDb(),
             orm_spawner=orm_spawner,
-            endpoint_url=endpoint_url,
+            endpoint_url=self.endpoint_url,
             start_timeout=30,
             stop_wait_timeout=30,
-            **network,
+            **self.network,
             **config,
         )
 
-    return make
+
+async def prepare(endpoint_url: str) -> None:
+    api = await EcsApi.create(EcsTarget("us-east-1", endpoint_url))
+    try:
+        await prepare_cluster(api, Catalog.load(), "calliope", local=True)
+    finally:
+        await api.close()
 
 
 @pytest.fixture
 async def spawner_factory(
     ecs_endpoint: str, request: pytest.FixtureRequest
-) -> AsyncIterator[Callable[..., ECSSpawner]]:
+) -> AsyncIterator[SpawnerMaker]:
     """Spawners on local ECS (sim) and on moto, in turn."""
     network = {}
     if request.node.callspec.params["ecs_endpoint"] == "moto":
         network = moto_default_network(ecs_endpoint)
         hold_moto_tasks_running(ecs_endpoint)
-    yield await spawner_maker(ecs_endpoint, **network)
-    await TaskWatcher.close_all()
-    await EcsApi.close_all()
+    await prepare(ecs_endpoint)
+    maker = SpawnerMaker(ecs_endpoint, **network)
+    yield maker
+    await maker.close()
 
 
 @pytest.fixture
-async def spawners_on() -> AsyncIterator[Callable[..., Any]]:
-    """`await spawners_on(endpoint_url)`: a spawner maker for a local ECS of the test's own."""
-    yield spawner_maker
-    await TaskWatcher.close_all()
-    await EcsApi.close_all()
+async def spawners_on() -> AsyncIterator[Callable[..., Awaitable[SpawnerMaker]]]:
+    """`await spawners_on(endpoint_url, spawner_class=...)`: a maker for a local ECS of the test's own."""
+    makers: list[SpawnerMaker] = []
+
+    async def make(endpoint_url: str, spawner_class: type[ECSSpawner] = ECSSpawner) -> SpawnerMaker:
+        await prepare(endpoint_url)
+        makers.append(SpawnerMaker(endpoint_url, spawner_class))
+        return makers[-1]
+
+    yield make
+    for maker in makers:
+        await maker.close()

@@ -7,8 +7,9 @@ import asyncio
 import pytest
 from tornado import web
 
-from calliope_hub.ecs.api import EcsApi, EcsTarget
-from calliope_hub.ecs.status import TaskWatcher
+from calliope_hub.ecs.api import EcsApi
+from calliope_hub.tools.baseline import NaiveECSSpawner
+from tests.spawner.conftest import SpawnerMaker
 
 
 def run_task_calls(api: EcsApi) -> int:
@@ -27,7 +28,7 @@ async def test_start_poll_stop(spawner_factory, ecs_endpoint):
 
     arn = spawner.task_arn
     await spawner.stop()
-    watcher = await spawner._watcher()
+    watcher = await spawner._status()
     assert watcher.get(arn) is None, "stop() unwatches the task"
     spawner.clear_state()  # as the hub does after stop()
     assert await spawner.poll() == 0
@@ -39,19 +40,23 @@ async def test_state_round_trip_reattaches(spawner_factory):
     state = first.get_state()
     assert state["service"] == "chat" and state["size"] == "small"
 
-    # A restarted hub: a new spawner object, the same state, a watcher that never saw the task.
-    await TaskWatcher.close_all()
-    second = spawner_factory()
-    second.load_state(state)
-    assert second.task_arn == first.task_arn
-    assert await second.poll() is None, "a running task is adopted, not stopped"
-    await second.stop()
+    # A restarted hub: its runtime closed, a new one whose watcher never saw the task.
+    await spawner_factory.close()
+    restarted = SpawnerMaker(spawner_factory.endpoint_url, **spawner_factory.network)
+    try:
+        second = restarted()
+        second.load_state(state)
+        assert second.task_arn == first.task_arn
+        assert await second.poll() is None, "a running task is adopted, not stopped"
+        await second.stop()
+    finally:
+        await restarted.close()
 
 
 async def test_tags_and_started_by(spawner_factory, ecs_endpoint):
     spawner = spawner_factory(hub_id="hub-7", user_options={"service": "waiide", "size": "medium"})
     await spawner.start()
-    api = await EcsApi.shared(EcsTarget("us-east-1", ecs_endpoint))
+    api = await spawner._ecs()
     task = (await api.describe_tasks("calliope", [spawner.task_arn])).tasks[0]
     tags = {t["key"]: t["value"] for t in task["tags"]}
     assert tags["calliope:hub"] == "hub-7"
@@ -76,7 +81,7 @@ async def test_tags_and_started_by(spawner_factory, ecs_endpoint):
 )
 async def test_bad_options_are_a_400_and_start_nothing(spawner_factory, ecs_endpoint, options, message):
     spawner = spawner_factory(user_options=options)
-    api = await EcsApi.shared(EcsTarget("us-east-1", ecs_endpoint))
+    api = await spawner._ecs()
     before = run_task_calls(api)
 
     with pytest.raises(web.HTTPError) as caught:
@@ -128,14 +133,23 @@ async def test_progress_follows_the_lifecycle(local_ecs_factory, spawners_on):
     await spawner.stop()
 
 
-async def test_naive_mode_polls_one_task_per_call(spawner_factory, ecs_endpoint):
-    """The benchmark's baseline: once running, each poll() is its own DescribeTasks."""
-    spawner = spawner_factory(status_mode="naive", user_options={"service": "chat", "size": "small"})
+async def test_naive_baseline_polls_one_task_per_call(spawner_factory, ecs_endpoint):
+    """The benchmark's baseline: once running, each poll() is its own DescribeTasks, with no limiter."""
+    naive = SpawnerMaker(ecs_endpoint, NaiveECSSpawner, **spawner_factory.network)
+    spawner = naive(user_options={"service": "chat", "size": "small"})
+    try:
+        await _poll_twice_and_stop(spawner)
+    finally:
+        await naive.close()
+
+
+async def _poll_twice_and_stop(spawner) -> None:
     await spawner.start()
-    watcher = await spawner._watcher()
+    watcher = await spawner._status()
     assert watcher.get(spawner.task_arn) is None, "the stock pattern has no shared watcher"
 
-    api = await spawner._api()
+    api = await spawner._ecs()
+    assert api._limiter is None, "the stock pattern meets ECS's quota head on"
     before = api.calls[("DescribeTasks", "ok")]
     assert await spawner.poll() is None
     assert await spawner.poll() is None

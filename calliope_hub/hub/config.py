@@ -1,0 +1,211 @@
+"""Every `c.*` setting of Calliope Hub, and the one place they become plain typed objects.
+
+traitlets lives here and nowhere below: `Enum`, `min` and `max` check values as the config
+file loads (and `jupyterhub --help-all` lists them), and `RuntimeSettings.from_config` turns
+them into a frozen dataclass the HubRuntime builds from. Nothing under ecs/ or events/ sees
+a Configurable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, validate
+from traitlets.config import Config, Configurable
+
+from calliope_hub.ecs.api import EcsTarget
+from calliope_hub.ecs.orphans import ACTIONS
+from calliope_hub.events.wire import DEFAULT_HEADER
+
+#: a commercial, GovCloud or China Region name (us-east-1, us-gov-west-1, cn-north-1, ap-southeast-2...)
+_REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
+#: CloudWatch: namespaces of 1-255 of these characters.
+_NAMESPACE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_/#: ")
+
+
+if TYPE_CHECKING:
+    from calliope_hub.spawner import ECSSpawner
+
+
+class ECSSpawnerConfig(Configurable):
+    """`c.ECSSpawner.*`: where tasks run and how the spawner waits; ECSSpawner(ECSSpawnerConfig, Spawner) acts.
+
+    A mixin, not a Spawner subclass: JupyterHub refuses a Spawner class without start/stop/poll.
+    """
+
+    cluster = Unicode("calliope", help="ECS cluster the tasks run in.").tag(config=True)
+    region = Unicode("us-east-1", help="AWS Region of the cluster, e.g. us-east-1.").tag(config=True)
+    endpoint_url = Unicode(
+        "http://127.0.0.1:9400", help="ECS endpoint. The default is local ECS; set '' to use AWS's own endpoint."
+    ).tag(config=True)
+    aws_profile = Unicode("", help="AWS profile for credentials ('' = the default chain).").tag(config=True)
+    subnets = List(Unicode(), default_value=["subnet-local"], help="awsvpc subnets.").tag(config=True)
+    security_groups = List(Unicode(), help="awsvpc security groups.").tag(config=True)
+    assign_public_ip = Bool(False, help="Give tasks a public IP (Fargate in public subnets).").tag(config=True)
+    launch_type = Enum(
+        ["FARGATE", "EC2"],
+        default_value="FARGATE",
+        allow_none=True,
+        help="FARGATE or EC2; ignored when capacity_provider_strategy is set.",
+    ).tag(config=True)
+    capacity_provider_strategy = List(Dict(), help="ECS capacityProviderStrategy; excludes launch_type.").tag(
+        config=True
+    )
+    catalog_path = Unicode("", help="Directory of service YAML files ('' = built-in).").tag(config=True)
+    hub_id = Unicode(
+        "calliope", help="Names this hub in task tags and startedBy, so a restarted hub finds its tasks."
+    ).tag(config=True)
+    stop_wait_timeout = Float(
+        60.0, min=0.0, help="Seconds stop() waits for STOPPED before giving up on confirmation."
+    ).tag(config=True)
+    restore_timeout = Float(
+        8.0,
+        min=0.0,
+        help="Seconds poll() waits for the first status of a task adopted after a hub restart. "
+        "Past it the server is reported running: unknown is not stopped.",
+    ).tag(config=True)
+
+
+class CalliopeEvents(Configurable):
+    """`c.CalliopeEvents.*`: event-driven task state (endpoint auth, queue, SQS) and the sweep cadence."""
+
+    enabled = Bool(
+        False, help="Events are delivered (EventBridge, SQS or the monitor): slow the sweep to a reconcile."
+    ).tag(config=True)
+    secret = Unicode("", help="Shared secret senders put in `header_name` ('' = only scoped tokens).").tag(config=True)
+    header_name = Unicode(DEFAULT_HEADER, help="Header that carries the shared secret.").tag(config=True)
+    queue_size = Integer(
+        10_000, min=1, help="Events waiting to be applied (HTTP and SQS); past it the endpoint answers 503."
+    ).tag(config=True)
+    reconcile_interval = Float(
+        300.0, min=0.1, help="Seconds between full sweeps while events flow (they can be lost)."
+    ).tag(config=True)
+    sweeps = Enum(
+        ["hub", "off"],
+        default_value="hub",
+        help="'hub': this hub sweeps; 'off': no sweeps (`calliope-hub monitor` does them).",
+    ).tag(config=True)
+    confirm_window = Float(
+        0.15, min=0.0, max=5.0, help="Seconds STOPPED events are collected before one DescribeTasks confirms them."
+    ).tag(config=True)
+    sqs_queue_url = Unicode("", help="SQS queue EventBridge delivers task state changes to ('' = none).").tag(
+        config=True
+    )
+    sqs_endpoint_url = Unicode("", help="SQS endpoint ('' = AWS's own for the spawner's region).").tag(config=True)
+    sqs_max_receives = Integer(5, min=1, help="Deliveries after which a failing SQS message is dropped.").tag(
+        config=True
+    )
+
+
+class OrphanSweep(Configurable):
+    """`c.OrphanSweep.*`: how the hub treats tasks with its startedBy that no spawner owns."""
+
+    interval = Float(300.0, min=0.1, help="Seconds between orphan sweeps (one ListTasks per 100 tasks).").tag(
+        config=True
+    )
+    grace_period = Float(
+        600.0,
+        min=0.0,
+        help="Seconds a task must stay unowned before it is stopped or re-adopted; longer than any start.",
+    ).tag(config=True)
+    action = Enum(
+        list(ACTIONS), default_value="stop", help="'stop' (or re-adopt), 'dry-run' (only log and count), or 'off'."
+    ).tag(config=True)
+
+
+class CloudWatchEmf(Configurable):
+    """`c.CloudWatchEmf.*`: whether and where the hub writes CloudWatch EMF lines."""
+
+    enabled = Bool(False, help="Write CloudWatch EMF lines for spawns and status sweeps.").tag(config=True)
+    path = Unicode("-", help="'-' for stdout, else a file the lines are appended to.").tag(config=True)
+    namespace = Unicode("CalliopeHub", help="CloudWatch namespace of the metrics.").tag(config=True)
+
+    @validate("namespace")
+    def _validate_namespace(self, proposal: dict[str, Any]) -> str:
+        """A character set, which no traitlets type expresses; CloudWatch would drop the lines."""
+        value: str = proposal["value"]
+        if not 1 <= len(value) <= 255 or not set(value) <= _NAMESPACE_CHARS:
+            raise ValueError(
+                f"CloudWatchEmf.namespace must be 1-255 of A-Z a-z 0-9 . - _ / # : and space, not {value!r}"
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    enabled: bool
+    queue_size: int
+    reconcile_interval: float
+    sweeping: bool
+    confirm_window: float
+    sqs_queue_url: str
+    sqs_target: EcsTarget | None
+    sqs_max_receives: int
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Everything the HubRuntime builds from: config turned into plain values in this one place."""
+
+    target: EcsTarget
+    hub_id: str
+    catalog_path: str
+    #: False for the stock-pattern baseline, which meets ECS's quota head on
+    client_quotas: bool
+    poll_interval: float
+    poll_jitter: float
+    events: EventSettings
+    orphan_interval: float
+    orphan_grace_period: float
+    orphan_action: str
+    emf_enabled: bool
+    emf_path: str
+    emf_namespace: str
+
+    @classmethod
+    def from_config(cls, spawner: ECSSpawner, *, client_quotas: bool = True) -> RuntimeSettings:
+        """Read every c.* class; a bad value raises ValueError/TraitError naming the setting."""
+        config: Config = spawner.config
+        if not _REGION.fullmatch(spawner.region):
+            raise ValueError(f"ECSSpawner.region must be an AWS Region such as us-east-1, not {spawner.region!r}")
+        events, orphans, emf = CalliopeEvents(config=config), OrphanSweep(config=config), CloudWatchEmf(config=config)
+        sqs_target = EcsTarget(spawner.region, events.sqs_endpoint_url or None) if events.sqs_queue_url else None
+        return cls(
+            target=EcsTarget(spawner.region, spawner.endpoint_url or None, spawner.aws_profile or None),
+            hub_id=spawner.hub_id,
+            catalog_path=spawner.catalog_path,
+            client_quotas=client_quotas,
+            poll_interval=spawner.poll_interval,
+            poll_jitter=spawner.poll_jitter,
+            events=EventSettings(
+                enabled=events.enabled,
+                queue_size=events.queue_size,
+                reconcile_interval=events.reconcile_interval,
+                sweeping=events.sweeps == "hub",
+                confirm_window=events.confirm_window,
+                sqs_queue_url=events.sqs_queue_url,
+                sqs_target=sqs_target,
+                sqs_max_receives=events.sqs_max_receives,
+            ),
+            orphan_interval=orphans.interval,
+            orphan_grace_period=orphans.grace_period,
+            orphan_action=orphans.action,
+            emf_enabled=emf.enabled,
+            emf_path=emf.path,
+            emf_namespace=emf.namespace,
+        )
+
+    def watcher_options(self) -> dict[str, Any]:
+        """TaskWatcher keyword arguments: the poll interval, or the reconcile cadence with events."""
+        jitter = min(max(self.poll_jitter, 0.0), 0.99)
+        if not self.events.enabled:
+            return {"sweep_interval": self.poll_interval, "jitter": jitter}
+        return {
+            "sweep_interval": self.events.reconcile_interval,
+            "jitter": jitter,
+            "events": True,
+            "sweeping": self.events.sweeping,
+            "confirm_window": self.events.confirm_window,
+        }

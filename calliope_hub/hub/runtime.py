@@ -1,0 +1,241 @@
+"""HubRuntime: the one owner of everything a hub process shares, built from config and closed at shutdown.
+
+One runtime per JupyterHub app (and so per process and event loop) builds, in one place:
+the parsed catalog; the ONE EcsApi; one TaskWatcher per cluster; event ingestion (the bounded
+queue the HTTP endpoint and the SQS consumer feed); the orphan sweep loop and its lock; the
+EMF writer. Spawners and the events handler get their collaborators from it and never make
+their own.
+
+How it is found, started and closed, given that JupyterHub 6.1.1 has no startup or shutdown
+hook for a spawner package:
+
+- **Found**: it lives in the hub's tornado settings (`app.tornado_settings`, which every
+  `User` holds as `.settings`; handlers reach it through `settings["app"]`) under
+  `SETTINGS_KEY`. That dict is per hub app, so nothing here is a process-wide registry, and
+  tests get a fresh runtime per settings dict.
+- **Built**: by the first ECSSpawner JupyterHub constructs. `init_spawners` constructs every
+  running server's spawner during hub start, so on a hub with servers the config (traits,
+  region, catalog) is checked before the hub serves anything, and a bad value stops the start
+  with the setting's name. A hub with no servers builds it at the first spawn.
+- **Started**: `start()` is awaited by the spawner's first async call (`start`, `poll`, `stop`),
+  once; concurrent callers share it.
+- **Closed**: JupyterHub's shutdown (SIGTERM/SIGINT -> `shutdown_cancel_tasks`) first runs
+  `cleanup()` (which may stop servers through the spawners, with the runtime still alive),
+  then cancels every task of the loop and awaits them all before it stops the loop. The
+  runtime holds one task for its lifetime (`_lifetime`); its cancellation is the shutdown
+  signal, and it runs `close()` to the end inside JupyterHub's wait: watchers, ingestion,
+  the SQS consumer and the sweep loop cancelled and awaited, the lock released, the ECS and
+  SQS clients closed, the EMF file closed. No atexit, no monkeypatching of the app. Tests
+  and tools call `close()` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import IO, TYPE_CHECKING, Any
+
+from calliope_hub.catalog import Catalog, load_catalog
+from calliope_hub.ecs.api import EcsApi
+from calliope_hub.ecs.orphans import OrphanSweeper, sweep_forever
+from calliope_hub.ecs.status import TaskWatcher
+from calliope_hub.ecsfacts import started_by
+from calliope_hub.events.ingest import EventIngest
+from calliope_hub.events.sqs import SqsEventConsumer, sqs_client
+from calliope_hub.hub.config import RuntimeSettings
+from calliope_hub.hub.lock import SweepLock, sweep_lock
+from calliope_hub.hub.owners import JupyterHubOwners
+from calliope_hub.observability import emf
+
+if TYPE_CHECKING:
+    from calliope_hub.spawner import ECSSpawner
+
+log = logging.getLogger(__name__)
+
+SETTINGS_KEY = "calliope_runtime"
+
+
+class RuntimeNotStarted(RuntimeError):
+    """A collaborator was asked for before `start()` finished."""
+
+
+class HubRuntime:
+    """Builds, holds and closes the process's ECS client, watchers, ingestion, sweep and EMF writer."""
+
+    def __init__(self, settings: RuntimeSettings, *, cluster: str, app_settings: MutableMapping[str, Any]):
+        self.settings = settings
+        self.cluster = cluster
+        #: the hub's tornado settings: `users` and `db` exist only inside a real hub
+        self._app_settings = app_settings
+        self.catalog: Catalog = load_catalog(settings.catalog_path)  # a bad catalog fails here, at hub start
+        self.api: EcsApi | None = None
+        self.ingest: EventIngest | None = None
+        self.sqs: SqsEventConsumer | None = None
+        self._watchers: dict[str, TaskWatcher] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._exit_stack = contextlib.AsyncExitStack()
+        self._lock: SweepLock | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._lifetime: asyncio.Task[None] | None = None
+        self.closed = False
+
+    @classmethod
+    def of(cls, spawner: ECSSpawner, *, client_quotas: bool = True) -> HubRuntime:
+        """The runtime of the spawner's hub, built (and so validated) by the first spawner that asks."""
+        app_settings = spawner.user.settings
+        runtime = app_settings.get(SETTINGS_KEY)
+        if runtime is None or runtime.closed:
+            settings = RuntimeSettings.from_config(spawner, client_quotas=client_quotas)
+            runtime = app_settings[SETTINGS_KEY] = cls(settings, cluster=spawner.cluster, app_settings=app_settings)
+        return runtime
+
+    @classmethod
+    def of_handler(cls, handler_settings: MutableMapping[str, Any]) -> HubRuntime | None:
+        """The runtime an API handler's hub holds, if a spawner built it yet.
+
+        tornado copies the hub's settings into `Application.settings`, so a handler's
+        `self.settings` is not the dict the users (and so the spawners) hold; the app's is.
+        """
+        app = handler_settings.get("app")
+        hub_settings = app.tornado_settings if app is not None else handler_settings
+        runtime: HubRuntime | None = hub_settings.get(SETTINGS_KEY)
+        return runtime if runtime is not None and runtime.started and not runtime.closed else None
+
+    # ---- start ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build the async parts once; every caller waits for the same start."""
+        if self.closed:
+            raise RuntimeNotStarted("this HubRuntime was closed")
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._starting)
+
+    @property
+    def started(self) -> bool:
+        return self._starting is not None and self._starting.done() and not self._starting.cancelled()
+
+    async def _start(self) -> None:
+        s = self.settings
+        # The stock-pattern baseline has no client-side limiter: it meets ECS's quota head on.
+        if s.client_quotas:
+            self.api = await EcsApi.create(s.target)
+        else:
+            self.api = await EcsApi.create(s.target, client_quotas=None)
+        self._exit_stack.push_async_callback(self.api.close)
+        self._start_emf()
+        if s.events.enabled:
+            # One queue, sized by c.CalliopeEvents.queue_size, for the HTTP endpoint and SQS alike.
+            self.ingest = EventIngest(s.events.queue_size, watchers_of=self.watchers_of)
+            await self.ingest.start()
+            await self._start_sqs()
+        self._start_orphan_sweep()
+        self._lifetime = asyncio.get_running_loop().create_task(self._live())
+        log.info(
+            "Calliope Hub runtime started: ECS %s, events %s, SQS %s, orphan sweep %s, EMF %s",
+            s.target.endpoint_url or s.target.region,
+            "on" if s.events.enabled else "off",
+            s.events.sqs_queue_url or "off",
+            s.orphan_action if self._lock is not None else "off",
+            s.emf_path if s.emf_enabled else "off",
+        )
+
+    def _start_emf(self) -> None:
+        s = self.settings
+        if not s.emf_enabled:
+            return
+        stream: IO[str] = sys.stdout
+        if s.emf_path != "-":
+            stream = self._exit_stack.enter_context(open(s.emf_path, "a", encoding="utf-8"))  # noqa: SIM115
+        emf.install(emf.EmfWriter(stream, s.emf_namespace))
+        self._exit_stack.callback(emf.install, None)
+
+    async def _start_sqs(self) -> None:
+        events = self.settings.events
+        if not events.sqs_queue_url or events.sqs_target is None or self.ingest is None:
+            return
+        client = await self._exit_stack.enter_async_context(sqs_client(events.sqs_target))
+        self.sqs = SqsEventConsumer(client, events.sqs_queue_url, self.ingest, max_receives=events.sqs_max_receives)
+        await self.sqs.start()
+
+    def _start_orphan_sweep(self) -> None:
+        """Only inside a real hub (its users and database decide ownership), and not when turned off."""
+        s, users, db = self.settings, self._app_settings.get("users"), self._app_settings.get("db")
+        if users is None or db is None or s.orphan_action == "off" or self.api is None:
+            return
+        try:
+            self._lock = sweep_lock(str(db.get_bind().url.render_as_string(hide_password=False)), s.hub_id)
+        except ValueError as e:
+            log.error("orphan sweeping is off: %s", e)
+            return
+        sweeper = OrphanSweeper(
+            self.api,
+            self.cluster,
+            hub_id=s.hub_id,
+            started_by=started_by(s.hub_id),
+            owners=JupyterHubOwners(users, db, self.cluster),
+            grace_period=s.orphan_grace_period,
+            action=s.orphan_action,
+        )
+        self._spawn(sweep_forever(sweeper, s.orphan_interval, may_sweep=self._lock.try_acquire), "orphan sweep")
+
+    def _spawn(self, coroutine: Any, what: str) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=f"calliope {what}")
+        self._tasks.append(task)
+
+    async def _live(self) -> None:
+        """Waits for the loop's shutdown; JupyterHub's cancellation of every task is the signal to close."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.close()
+
+    # ---- collaborators --------------------------------------------------------------------
+
+    def watcher(self, cluster: str) -> TaskWatcher:
+        """The one TaskWatcher of `cluster` (a restored server may name another cluster than the config)."""
+        if self.api is None or not self.started:
+            raise RuntimeNotStarted("HubRuntime.start() has not finished")
+        watcher = self._watchers.get(cluster)
+        if watcher is None:
+            watcher = self._watchers[cluster] = TaskWatcher(self.api, cluster, **self.settings.watcher_options())
+        return watcher
+
+    def watchers_of(self, cluster_arn: str) -> list[TaskWatcher]:
+        """The watchers of the cluster an event names, by ARN or by name."""
+        name = cluster_arn.rsplit("/", 1)[-1]
+        return [w for cluster, w in self._watchers.items() if cluster in (cluster_arn, name)]
+
+    # ---- close ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Cancel and await every loop, then close the clients; idempotent, and safe mid-shutdown."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._app_settings.get(SETTINGS_KEY) is self:
+            del self._app_settings[SETTINGS_KEY]
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.sqs is not None:
+            await self.sqs.close()
+        if self.ingest is not None:
+            await self.ingest.close()
+        for watcher in self._watchers.values():
+            await watcher.close()
+        if self._lock is not None:
+            await self._lock.release()
+        await self._exit_stack.aclose()
+        if self._lifetime is not None and self._lifetime is not asyncio.current_task():
+            self._lifetime.cancel()
+            await asyncio.gather(self._lifetime, return_exceptions=True)
+        log.info(
+            "Calliope Hub runtime closed: %d watchers, %d loops, its clients", len(self._watchers), len(self._tasks)
+        )
