@@ -1,0 +1,196 @@
+"""Fit the planner's coefficients to bench JSON, and read and write the coefficients file.
+
+Each target is a linear model over features bench records for every run: hub CPU over
+tasks swept per second and hub REST requests per second (per-server and per-post costs),
+RSS, restart, sweep and per-spawn time over the number of servers. Only batched runs count:
+that is the product; naive runs measure the stock pattern it replaces. The fit is ordinary
+least squares (weighted by window length) on a handful of runs, so it is solved here in plain Python (no numpy in the
+hub's dependencies), and every observation is kept with its residual so a reader can judge it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from calliope_hub.tools.bench.report import pick
+from calliope_hub.tools.plan.inputs import PlanError
+
+#: target -> (features, unit, what it predicts). "const" is the intercept.
+TARGETS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "cpu_pct": (
+        ("const", "sweep_tasks_per_s", "requests_per_s"),
+        "% of one core",
+        "hub CPU: idle window (status tracking) and loaded window (+ activity posts and API requests)",
+    ),
+    "rss_mib": (("const", "servers"), "MiB", "hub resident memory at the end of the loaded window"),
+    "restart_s": (("const", "servers"), "s", "kill -9 of hub and proxy until every server answers ready"),
+    "sweep_s": (("const", "servers"), "s", "one TaskWatcher sweep over every task"),
+    "spawn_s": (("const", "servers"), "s", "hub time per spawn at 50 in flight (1 / spawns per second)"),
+    "proxy_cpu_pct": (("const", "requests_per_s"), "% of one core", "configurable-http-proxy CPU, loaded window"),
+}
+
+PACKAGED = "coefficients.json"
+
+
+@dataclass(frozen=True)
+class Observation:
+    target: str
+    source: str
+    servers: int
+    label: str
+    x: dict[str, float]
+    y: float
+    weight: float = 1.0
+
+
+def observations(path: Path, exclude_servers: frozenset[int] = frozenset()) -> list[Observation]:
+    """Every usable observation in one bench JSON file; PlanError when it is not one."""
+    try:
+        document = json.loads(path.read_text())
+        idle_window = float(pick(document, ("config", "idle_window")) or 60.0)  # bench's default
+        return [
+            obs
+            for run in document["runs"]
+            if _usable(run, exclude_servers)
+            for obs in _run_observations(path.name, run, idle_window)
+        ]
+    except OSError as exc:
+        raise PlanError(f"calibration file {path}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PlanError(f"calibration file {path} is not bench JSON ({type(exc).__name__}: {exc})") from None
+
+
+def _usable(run: dict[str, Any], exclude_servers: frozenset[int]) -> bool:
+    return run.get("mode") == "batched" and not run.get("error") and int(run["servers"]) not in exclude_servers
+
+
+def _run_observations(name: str, run: dict[str, Any], idle_window: float) -> list[Observation]:
+    """One bench run -> observations; a figure the run lacks (older bench, cut short) is skipped."""
+    servers, steady = float(run["servers"]), run["steady"]
+    tasks = float(pick(steady, ("tasks", "RUNNING")) or servers)
+    window = float(steady["window_s"])
+    requests = (float(steady.get("activity_posts") or 0) + float(pick(steady, ("api_ms", "count")) or 0)) / window
+    sweep_rate = tasks / float(run["poll_interval_s"])
+    source = f"{name} N={int(servers)}"
+    restarted = float(pick(run, ("restart", "expected")) or servers)
+    # (target, window label, features, figure, weight): a window's mean weighs by its length, because
+    # JupyterHub's and the orphan sweep's 300 s tasks fall into a short window or miss it.
+    found: list[tuple[str, str, dict[str, float], Any, float]] = [
+        ("cpu_pct", "idle", {"sweep_tasks_per_s": sweep_rate, "requests_per_s": 0.0}, steady.get("hub_cpu_idle_pct"),
+         idle_window),
+        ("cpu_pct", "loaded", {"sweep_tasks_per_s": sweep_rate, "requests_per_s": requests}, steady.get("hub_cpu_pct"),
+         window),
+        ("rss_mib", "", {"servers": tasks}, steady.get("hub_rss_mib"), 1.0),
+        ("restart_s", "", {"servers": restarted}, pick(run, ("restart", "seconds")), 1.0),
+        ("sweep_s", "", {"servers": tasks}, steady.get("sweep_s_mean"), window),
+        ("spawn_s", "", {"servers": servers}, _inverse(pick(run, ("spawn", "per_second"))), 1.0),
+        ("proxy_cpu_pct", "", {"requests_per_s": requests}, steady.get("proxy_cpu_pct"), window),
+    ]  # fmt: skip
+    return [
+        Observation(target, f"{source} {label}".strip(), int(servers), label, {"const": 1.0, **x}, float(y), weight)
+        for target, label, x, y, weight in found
+        if isinstance(y, (int, float))
+    ]
+
+
+def _inverse(value: Any) -> float | None:
+    return 1.0 / value if isinstance(value, (int, float)) and value > 0 else None
+
+
+def solve_least_squares(rows: list[list[float]], ys: list[float], weights: list[float]) -> list[float]:
+    """Weighted least squares through the normal equations, with partial pivoting."""
+    k = len(rows[0])
+    a = [
+        [sum(w * r[i] * r[j] for r, w in zip(rows, weights, strict=True)) for j in range(k)]
+        + [sum(w * r[i] * y for r, y, w in zip(rows, ys, weights, strict=True))]
+        for i in range(k)
+    ]
+    scale = max(abs(a[i][i]) for i in range(k)) or 1.0
+    for col in range(k):
+        pivot = max(range(col, k), key=lambda r: abs(a[r][col]))
+        if abs(a[pivot][col]) < 1e-12 * scale:
+            raise PlanError("the runs cannot separate these coefficients: add a run at another N or poll interval")
+        a[col], a[pivot] = a[pivot], a[col]
+        for r in range(k):
+            if r != col:
+                factor = a[r][col] / a[col][col]
+                a[r] = [vr - factor * vc for vr, vc in zip(a[r], a[col], strict=True)]
+    return [a[i][k] / a[i][i] for i in range(k)]
+
+
+def fit_target(target: str, obs: list[Observation]) -> dict[str, Any]:
+    """Coefficients of one target, and every observation with its fitted value and residual."""
+    features, unit, what = TARGETS[target]
+    mine = [o for o in obs if o.target == target]
+    if len(mine) < len(features):
+        raise PlanError(f"{target}: {len(mine)} observations cannot fit {len(features)} coefficients: add bench runs")
+    values = solve_least_squares(
+        [[o.x[f] for f in features] for o in mine], [o.y for o in mine], [o.weight for o in mine]
+    )
+    coefficients = dict(zip(features, values, strict=True))
+    rows = []
+    for o in mine:
+        fitted = predict_target(coefficients, o.x)
+        rows.append({"source": o.source, "servers": o.servers, "window": o.label, "weight": o.weight, "x": o.x,
+                     "observed": o.y, "fitted": round(fitted, 4), "residual": round(o.y - fitted, 4)})  # fmt: skip
+    return {"unit": unit, "what": what, "coefficients": coefficients, "observations": rows}
+
+
+def predict_target(coefficients: dict[str, float], x: dict[str, float]) -> float:
+    return sum(value * (1.0 if name == "const" else x[name]) for name, value in coefficients.items())
+
+
+def calibrate(paths: list[Path], exclude_servers: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """The coefficients document for these bench files."""
+    if not paths:
+        raise PlanError("--calibrate needs at least one bench JSON file")
+    obs = [o for path in paths for o in observations(path, exclude_servers)]
+    return {
+        "about": "Fitted by `calliope-hub plan --calibrate` from the bench runs below; see docs/capacity.md.",
+        "fitted_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "files": [p.name for p in paths],
+        "excluded_servers": sorted(exclude_servers),
+        "targets": {target: fit_target(target, obs) for target in TARGETS},
+    }
+
+
+def load_document(path: Path | None = None) -> dict[str, Any]:
+    """The coefficients document from `path` or the packaged file; PlanError when it is not one."""
+    where = path or PACKAGED
+    try:
+        text = path.read_text() if path else resources.files(__package__).joinpath(PACKAGED).read_text()
+        document = dict(json.loads(text))
+        coefficients_of(document)  # every coefficient of every target is there and a number
+        return document
+    except OSError as exc:
+        raise PlanError(f"coefficients file {where}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PlanError(f"coefficients file {where} is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def coefficients_of(document: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """target -> feature -> coefficient, from a (validated) coefficients document."""
+    return {t: {f: float(document["targets"][t]["coefficients"][f]) for f in TARGETS[t][0]} for t in TARGETS}
+
+
+def measured_points(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bench figures a document was fitted to, as chart points (servers, one figure each)."""
+    keys = {("cpu_pct", "idle"): "cpu_idle", ("cpu_pct", "loaded"): "cpu_loaded", ("rss_mib", ""): "rss_mib",
+            ("restart_s", ""): "restart_s"}  # fmt: skip
+    points = []
+    for target, fit in document["targets"].items():
+        for row in fit["observations"]:
+            key = keys.get((target, row.get("window", "")))
+            if key and "servers" in row:
+                points.append({"servers": row["servers"], key: row["observed"]})
+    return points
+
+
+def default_output() -> Path:
+    """Where the packaged coefficients live in this (editable) install."""
+    return Path(str(resources.files(__package__).joinpath(PACKAGED)))

@@ -1,0 +1,165 @@
+"""What a plan is asked for, and the inputs this machine cannot measure, each with its source.
+
+The fitted coefficients (calibrate.py) cover what bench measures on one machine: hub CPU,
+memory, restart and sweep times. Everything else a plan needs, prices, Fargate's cold start,
+health-check timing, image size, is an input the operator can override, never a constant
+hidden in a formula: the defaults below say where they come from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from calliope_hub.ecsfacts import FARGATE_MEMORY
+
+
+class PlanError(ValueError):
+    """Bad input to the planner: the command prints it and exits with status 2."""
+
+
+#: (service, size) -> (cpu units, memory MiB), from the built-in catalog (calliope_hub/services/*.yaml).
+SERVER_SIZES: dict[str, tuple[int, int]] = {
+    "lab/small": (1024, 2048),
+    "lab/medium": (2048, 8192),
+    "lab/large": (4096, 16384),
+    "chat/small": (512, 1024),
+    "chat/medium": (1024, 4096),
+    "waiide/small": (512, 1024),
+    "waiide/medium": (2048, 8192),
+    "waiide/large": (4096, 16384),
+}
+
+#: Sources of the defaults below; the report and docs/capacity.md print them.
+INPUT_SOURCES: dict[str, str] = {
+    "cold_start_s": "DESIGN.md: Fargate has no image cache; 20-90 s to RUNNING for a notebook image, 45 s typical",
+    "health_check_s": "ECS container health check defaults: interval 30 s x 3 retries (AWS ECS HealthCheck docs)",
+    "api_rps": "bench's loaded window: one GET /hub/api/users/<name> every 0.25 s; set your own UI/API traffic",
+    "image_gib": "your image's compressed size (docker manifest inspect), pulled through NAT on every Fargate start",
+    "starts_per_server_month": "one server start per working day (22); set from your usage",
+    "efs_gib_per_user": "your per-user home directory size",
+    "server_hours_month": "730 = every planned server runs all month (an upper bound); culling lowers it",
+    "target_cpu_pct": "seed 001 'Target 60-70% CPU utilization': scale before one core passes this",
+    "memory_free_pct": "seed 001 'Keep 30-40% memory free'",
+}
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """One planning question. Validated on construction, so the model only sees sane values."""
+
+    servers: int
+    poll_interval: float = 30.0
+    events: bool = False
+    reconcile_interval: float = 300.0
+    orphan_interval: float = 300.0
+    activity_interval: float = 300.0
+    burst_per_min: float = 0.0
+    storage: bool = False
+    region: str = "us-east-1"
+    standby: bool = False
+    size_mix: dict[str, float] = field(default_factory=lambda: {"lab/small": 1.0})
+    cold_start_s: float = 45.0
+    health_check_s: float = 90.0
+    api_rps: float = 4.0
+    image_gib: float = 1.0
+    starts_per_server_month: float = 22.0
+    efs_gib_per_user: float = 1.0
+    server_hours_month: float = 730.0
+    target_cpu_pct: float = 70.0
+    memory_free_pct: float = 35.0
+    azs: int = 2
+
+    def __post_init__(self) -> None:
+        if self.servers <= 0:
+            raise PlanError(f"--servers must be a positive number of servers, not {self.servers}")
+        positive = {
+            "poll interval": self.poll_interval,
+            "reconcile interval": self.reconcile_interval,
+            "orphan sweep interval": self.orphan_interval,
+            "activity interval": self.activity_interval,
+            "cold start": self.cold_start_s,
+            "target CPU %": self.target_cpu_pct,
+        }
+        for name, value in positive.items():
+            if not value > 0 or math.isinf(value):
+                raise PlanError(f"the {name} must be a finite number above 0, not {value}")
+        others = (self.burst_per_min, self.api_rps, self.image_gib, self.efs_gib_per_user, self.health_check_s)
+        if any(not value >= 0 for value in others):
+            raise PlanError("burst, API rate, image size, EFS size and health-check time must not be negative")
+        unknown = sorted(set(self.size_mix) - set(SERVER_SIZES))
+        if unknown or not self.size_mix or any(not share > 0 for share in self.size_mix.values()):
+            raise PlanError(f"size mix must name service/size pairs from {sorted(SERVER_SIZES)} with shares > 0")
+
+    @property
+    def sweep_interval(self) -> float:
+        """Seconds between full DescribeTasks sweeps: the poll interval, or the reconcile with events."""
+        return self.reconcile_interval if self.events else self.poll_interval
+
+
+def parse_size_mix(text: str) -> dict[str, float]:
+    """ "lab/small=0.7,chat/small=0.3" -> shares normalised to 1 (a bare name counts 1)."""
+    shares: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, share = part.partition("=")
+        try:
+            shares[name.strip()] = float(share) if share else 1.0
+        except ValueError:
+            raise PlanError(f"size mix share {share!r} is not a number") from None
+    total = sum(shares.values())
+    if not shares or not total > 0:
+        raise PlanError(f"size mix {text!r} names nothing")
+    return {name: share / total for name, share in shares.items()}
+
+
+@dataclass(frozen=True)
+class Prices:
+    """One region's list prices (USD); see prices.json for each figure's source."""
+
+    region: str
+    hours_per_month: float
+    values: dict[str, Any]
+
+    def __getitem__(self, key: str) -> float:
+        return float(self.values[key])
+
+    def fargate_month(self, vcpu: float, gib: float) -> float:
+        """One Fargate task of this size running all month."""
+        return (vcpu * self["fargate_vcpu_hour"] + gib * self["fargate_gib_hour"]) * self.hours_per_month
+
+
+PRICE_KEYS = (
+    "fargate_vcpu_hour", "fargate_gib_hour", "rds_storage_gib_month", "efs_gib_month", "nat_gateway_hour",
+    "nat_gib_processed", "sqs_per_million_requests", "ecs_api_per_million_calls",
+)  # fmt: skip
+
+
+def load_prices(region: str, path: Path | None = None) -> Prices:
+    """The region's prices from `path`, or the packaged prices.json; PlanError when unusable."""
+    try:
+        text = path.read_text() if path else resources.files(__package__).joinpath("prices.json").read_text()
+        document = json.loads(text)
+        regions = document["regions"]
+        hours = float(document.get("hours_per_month", 730))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PlanError(f"prices file {path}: cannot read it ({exc})") from None
+    if region not in regions:
+        raise PlanError(f"unknown region {region!r}: the prices file has {sorted(regions)} (add yours with --prices)")
+    values = regions[region]
+    missing = [key for key in (*PRICE_KEYS, "rds_hour") if key not in values]
+    if missing:
+        raise PlanError(f"prices for {region} lack {missing}")
+    return Prices(region, hours, values)
+
+
+def fargate_task_size(vcpu_needed: float, gib_needed: float) -> tuple[float, float]:
+    """The smallest Fargate size (vCPU, GiB) with at least this much of both."""
+    for cpu_units, memories in sorted(FARGATE_MEMORY.items()):
+        fits = [m for m in memories if m / 1024 >= gib_needed]
+        if cpu_units / 1024 >= vcpu_needed and fits:
+            return cpu_units / 1024, fits[0] / 1024
+    raise PlanError(f"no Fargate task has {vcpu_needed:.2f} vCPU and {gib_needed:.1f} GiB: split across hubs")

@@ -1,0 +1,212 @@
+"""Predict one deployment from the fitted coefficients, ECS's documented quotas and the inputs.
+
+What is fitted (calibrate.py) is measured on our bench; what follows from the design is
+computed, not fitted: the watcher makes ceil(N/100) DescribeTasks per sweep and the orphan
+sweep ceil(N/100) ListTasks per interval; a burst makes one RunTask per server. The rest
+(cold start, prices, health checks) is an input with its source (inputs.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from calliope_hub.ecsfacts import AWS_QUOTAS, DESCRIBE_LIMIT, LIST_PAGE_LIMIT
+from calliope_hub.tools.plan.calibrate import predict_target
+from calliope_hub.tools.plan.inputs import SERVER_SIZES, PlanInputs, Prices, fargate_task_size
+
+#: the measured median from an ECS event to the hub showing the server stopped (docs/benchmarks/detection.json).
+EVENT_DETECT_S = 0.26
+#: JupyterHub's SQLAlchemy pool per hub process (pool_size 5 + max_overflow 10) plus the orphan sweeper's lock session.
+DB_CONNECTIONS_PER_HUB = 16
+#: (max activity writes/s, RDS class): rule of thumb, not measured; the hub's tables are a few KiB per user.
+DATABASE_CLASSES = ((20.0, "db.t4g.small"), (100.0, "db.t4g.medium"), (math.inf, "db.r6g.large"))
+#: The restart, spawn and sweep figures were measured with a whole core free for the hub process.
+MIN_HUB_VCPU = 1.0
+#: GiB of gp3 storage priced for the hub database (its tables are tens of MiB at 10,000 servers).
+RDS_STORAGE_GIB = 20
+#: ECS Task State Change events one task emits from PROVISIONING to STOPPED (one per lifecycle step).
+EVENTS_PER_TASK = 8
+
+
+def ecs_calls_per_min(inputs: PlanInputs) -> dict[str, float]:
+    """Steady ECS calls per minute by operation, plus the burst's launches (per minute, while it lasts)."""
+    pages = math.ceil(inputs.servers / DESCRIBE_LIMIT)
+    calls = {
+        "DescribeTasks": pages * 60.0 / inputs.sweep_interval,
+        "ListTasks": math.ceil(inputs.servers / LIST_PAGE_LIMIT) * 60.0 / inputs.orphan_interval,
+        "RunTask": inputs.burst_per_min,
+        "StopTask": inputs.burst_per_min,
+    }
+    if inputs.storage:  # a per-user task-definition revision (volumes cannot be overridden in RunTask)
+        calls["RegisterTaskDefinition"] = inputs.burst_per_min
+    return {op: round(value, 2) for op, value in calls.items()}
+
+
+def quota_headroom(calls: dict[str, float]) -> dict[str, float]:
+    """Share of each ECS quota left over (1 = unused, below 0 = throttled), per sustained rate."""
+    read = (calls["DescribeTasks"] + calls["ListTasks"]) / 60.0
+    modify = (calls["RunTask"] + calls["StopTask"]) / 60.0
+    launch = calls["RunTask"] / 60.0
+    return {
+        "read": round(1 - read / AWS_QUOTAS["cluster-read"].rate, 4),
+        "modify": round(1 - modify / AWS_QUOTAS["cluster-modify"].rate, 4),
+        "fargate_launch": round(1 - launch / AWS_QUOTAS["fargate-run-task"].rate, 4),
+    }
+
+
+def hub_figures(inputs: PlanInputs, coefficients: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Fitted hub figures at this N: CPU idle/loaded, RSS, proxy CPU, restart, sweep and spawn time."""
+    n = float(inputs.servers)
+    sweep_rate = n / inputs.sweep_interval
+    requests = n / inputs.activity_interval + inputs.api_rps
+    x = {"servers": n, "sweep_tasks_per_s": sweep_rate, "requests_per_s": requests}
+    idle = {**x, "requests_per_s": 0.0}
+    return {
+        "cpu_pct_idle": predict_target(coefficients["cpu_pct"], idle),
+        "cpu_pct_loaded": predict_target(coefficients["cpu_pct"], x),
+        "rss_mib": predict_target(coefficients["rss_mib"], x),
+        "proxy_cpu_pct": predict_target(coefficients["proxy_cpu_pct"], x),
+        "restart_s": predict_target(coefficients["restart_s"], x),
+        "sweep_s": max(0.0, predict_target(coefficients["sweep_s"], x)),
+        "spawn_s": max(1e-3, predict_target(coefficients["spawn_s"], x)),
+        "requests_per_s": requests,
+    }
+
+
+def hubs_needed(inputs: PlanInputs, cpu_pct_loaded: float) -> int:
+    """Active hubs: one Python process uses one core, so past the CPU target the load must be split."""
+    return max(1, math.ceil(cpu_pct_loaded / inputs.target_cpu_pct))
+
+
+def spawn_slots(inputs: PlanInputs) -> int:
+    """concurrent_spawn_limit for the burst: a spawn holds its slot a whole cold start (JupyterHub's default: 100)."""
+    return max(100, math.ceil(inputs.burst_per_min / 60 * inputs.cold_start_s * 1.2))
+
+
+def burst_ready_s(inputs: PlanInputs, spawn_s: float) -> float:
+    """Seconds from a class start until the last of `burst_per_min` users is ready.
+
+    Spawns finish at the slowest of: the hub's own rate (fitted), JupyterHub's concurrent spawn
+    limit (spawn_slots) over the cold start, and Fargate's launch quota.
+    """
+    if inputs.burst_per_min <= 0:
+        return 0.0
+    rate = min(1.0 / spawn_s, spawn_slots(inputs) / inputs.cold_start_s, AWS_QUOTAS["fargate-run-task"].rate)
+    arrivals = 60.0
+    return round(max(arrivals, inputs.burst_per_min / rate) + inputs.cold_start_s, 1)
+
+
+def detect_s(inputs: PlanInputs, sweep_s: float) -> tuple[float, float]:
+    """(typical, worst) seconds until a stopped server is noticed."""
+    if inputs.events:
+        return EVENT_DETECT_S, inputs.reconcile_interval + sweep_s  # worst: the event is lost, the reconcile finds it
+    return inputs.poll_interval / 2 + sweep_s, inputs.poll_interval * 1.1 + sweep_s
+
+
+def database(inputs: PlanInputs, hubs: int) -> dict[str, Any]:
+    """Database engine, class and connections. SQLite only for one hub with no standby."""
+    processes = hubs + (1 if inputs.standby else 0)
+    writes = inputs.servers / inputs.activity_interval
+    if processes == 1:
+        return {"engine": "sqlite", "class": "sqlite (hub volume)", "connections": 1, "writes_per_s": round(writes, 2)}
+    name = next(cls for limit, cls in DATABASE_CLASSES if writes <= limit)
+    return {"engine": "postgresql", "class": name, "connections": processes * DB_CONNECTIONS_PER_HUB,
+            "writes_per_s": round(writes, 2)}  # fmt: skip
+
+
+def api_calls_per_month(inputs: PlanInputs, calls: dict[str, float], hours: float) -> dict[str, float]:
+    """Billable request counts a month: ECS calls, and SQS requests when events come through a queue."""
+    starts = inputs.servers * inputs.starts_per_server_month
+    per_start = 2 + (1 if inputs.storage else 0)  # RunTask, StopTask (+ RegisterTaskDefinition)
+    steady = (calls["DescribeTasks"] + calls["ListTasks"]) * 60 * hours
+    # EventBridge -> SQS: about EVENTS_PER_TASK state changes a task, each a send, a receive and a delete.
+    sqs = starts * EVENTS_PER_TASK * 3 if inputs.events else 0.0
+    return {"ecs": steady + starts * per_start, "sqs": sqs}
+
+
+def monthly_cost(
+    inputs: PlanInputs, prices: Prices, hub_size: tuple[float, float], hubs: int, db: dict[str, Any],
+    calls: dict[str, float],
+) -> dict[str, float]:  # fmt: skip
+    """USD per month by line."""
+    hours = prices.hours_per_month
+    requests = api_calls_per_month(inputs, calls, hours)
+    starts = inputs.servers * inputs.starts_per_server_month
+    per_server = sum(
+        share * prices.fargate_month(SERVER_SIZES[name][0] / 1024, SERVER_SIZES[name][1] / 1024)
+        for name, share in inputs.size_mix.items()
+    )
+    rds = prices.values["rds_hour"].get(db["class"], 0.0) * hours + RDS_STORAGE_GIB * prices["rds_storage_gib_month"]
+    cost = {
+        "hub": (hubs + (1 if inputs.standby else 0)) * prices.fargate_month(*hub_size),
+        "database": rds if db["engine"] == "postgresql" else 0.0,
+        "efs": inputs.servers * inputs.efs_gib_per_user * prices["efs_gib_month"] if inputs.storage else 0.0,
+        "api_calls": requests["ecs"] / 1e6 * prices["ecs_api_per_million_calls"]
+        + requests["sqs"] / 1e6 * prices["sqs_per_million_requests"],
+        "nat": inputs.azs * prices["nat_gateway_hour"] * hours
+        + starts * inputs.image_gib * prices["nat_gib_processed"],
+        "user_servers": per_server * inputs.servers * inputs.server_hours_month / hours,
+    }
+    cost = {line: round(value, 2) for line, value in cost.items()}
+    cost["total"] = round(sum(cost.values()), 2)
+    return cost
+
+
+def config_lines(inputs: PlanInputs, db: dict[str, Any]) -> list[str]:
+    """The jupyterhub_config.py lines this plan assumes."""
+    lines = [
+        'c.JupyterHub.spawner_class = "ecs"',
+        f"c.Spawner.poll_interval = {inputs.poll_interval:g}",
+        f"c.JupyterHub.concurrent_spawn_limit = {spawn_slots(inputs)}",
+        f"c.JupyterHub.last_activity_interval = {max(300, inputs.activity_interval):g}",
+        f"c.OrphanSweep.interval = {inputs.orphan_interval:g}",
+        "c.JupyterHub.cleanup_servers = False  # a restart keeps every server",
+    ]
+    if inputs.events:
+        lines += [
+            "c.CalliopeEvents.enabled = True",
+            f"c.CalliopeEvents.reconcile_interval = {inputs.reconcile_interval:g}",
+        ]
+    if db["engine"] == "postgresql":
+        lines.append('c.JupyterHub.db_url = "postgresql://hub@<rds-endpoint>:5432/jupyterhub"')
+    return lines
+
+
+def plan(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: Prices) -> dict[str, Any]:
+    """The whole plan, in the JSON shape issue 14 documents (plus a few extra keys)."""
+    hub = hub_figures(inputs, coefficients)
+    hubs = hubs_needed(inputs, hub["cpu_pct_loaded"])
+    cores = (hub["cpu_pct_loaded"] / hubs + hub["proxy_cpu_pct"]) / inputs.target_cpu_pct
+    gib = hub["rss_mib"] / hubs / 1024 / (1 - inputs.memory_free_pct / 100)
+    size = fargate_task_size(max(MIN_HUB_VCPU, cores), gib)
+    calls = ecs_calls_per_min(inputs)
+    db = database(inputs, hubs)
+    typical, worst = detect_s(inputs, hub["sweep_s"])
+    restart = hub["restart_s"]
+    failover = inputs.health_check_s + restart + (0.0 if inputs.standby else inputs.cold_start_s)
+    return {
+        "servers": inputs.servers,
+        "hub": {
+            "count": hubs,
+            "standby": inputs.standby,
+            "vcpu": size[0],
+            "memory_gib": size[1],
+            "cpu_pct_idle": round(hub["cpu_pct_idle"], 2),
+            "cpu_pct_loaded": round(hub["cpu_pct_loaded"], 2),
+            "rss_mib": round(hub["rss_mib"], 1),
+            "proxy_cpu_pct": round(hub["proxy_cpu_pct"], 2),
+            "requests_per_s": round(hub["requests_per_s"], 2),
+        },
+        "database": db,
+        "ecs_calls_per_min": calls,
+        "quota_headroom": quota_headroom(calls),
+        "restart_s": round(restart, 1),
+        "failover_s": round(failover, 1),
+        "burst_ready_s": burst_ready_s(inputs, hub["spawn_s"]),
+        "detect_s": round(worst, 1),
+        "detect_typical_s": round(typical, 2),
+        "sweep_s": round(hub["sweep_s"], 2),
+        "cost_per_month": monthly_cost(inputs, prices, size, hubs, db, calls),
+        "config": config_lines(inputs, db),
+    }

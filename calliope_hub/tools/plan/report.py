@@ -1,0 +1,144 @@
+"""The plan for people: rich tables that read on an 80-column terminal, the fit's residuals,
+and the decision matrix by scale band (each row a plan, so its advice follows the measurements).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from calliope_hub.ecsfacts import AWS_QUOTAS
+from calliope_hub.tools.plan.inputs import INPUT_SOURCES, PlanInputs, Prices
+from calliope_hub.tools.plan.model import plan
+
+#: scale bands of the decision matrix (servers).
+BANDS = (100, 500, 1000, 2000, 3000, 5000, 10000, 20000)
+#: longest outage (restart) an operator accepts before a hot standby is worth it; an input of the matrix.
+MAX_OUTAGE_S = 60.0
+
+QUOTA_OF = {"DescribeTasks": "cluster-read", "ListTasks": "cluster-read", "RunTask": "cluster-modify",
+            "StopTask": "cluster-modify", "RegisterTaskDefinition": "—"}  # fmt: skip
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="right" if 0 < i < len(columns) - 1 else "left", overflow="fold")
+    return table
+
+
+def render_plan(result: dict[str, Any], inputs: PlanInputs) -> Group:
+    """Every section of one plan."""
+    hub, db = result["hub"], result["database"]
+    head = Text(
+        f"Plan for {inputs.servers:,} servers: poll {inputs.poll_interval:g} s, events "
+        f"{'on' if inputs.events else 'off'}, activity {inputs.activity_interval:g} s, burst "
+        f"{inputs.burst_per_min:g}/min, storage {'on' if inputs.storage else 'off'}, {inputs.region}",
+        style="bold",
+    )
+    sizing = _table("Hub and database", "figure", "value", "note")
+    sizing.add_row("hubs (active + standby)", f"{hub['count']} + {int(hub['standby'])}", "one core each at most")
+    sizing.add_row("hub task", f"{hub['vcpu']:g} vCPU {hub['memory_gib']:g} GiB", "Fargate size, with headroom")
+    sizing.add_row("hub CPU idle / loaded", f"{hub['cpu_pct_idle']:.1f} / {hub['cpu_pct_loaded']:.1f} %",
+                   f"of one core; {hub['requests_per_s']:g} req/s")  # fmt: skip
+    sizing.add_row("hub RSS", f"{hub['rss_mib']:.0f} MiB", f"proxy CPU {hub['proxy_cpu_pct']:.1f} %")
+    sizing.add_row("database", db["class"], f"{db['connections']} connections, {db['writes_per_s']:g} writes/s")
+    calls = _table("ECS API calls", "operation", "per min", "quota", "headroom")
+    headroom = result["quota_headroom"]
+    for op, per_min in result["ecs_calls_per_min"].items():
+        label = f"{op} (burst)" if op in ("RunTask", "StopTask", "RegisterTaskDefinition") else op
+        category = QUOTA_OF.get(op, "—")
+        quota = AWS_QUOTAS.get(category)
+        left = headroom["read"] if category == "cluster-read" else headroom["modify"] if quota else None
+        calls.add_row(label, f"{per_min:,.1f}", f"{category} {quota.rate:g}/s" if quota else "—",
+                      f"{left:.0%}" if left is not None else "")  # fmt: skip
+    calls.add_row("Fargate launches", f"{result['ecs_calls_per_min']['RunTask']:,.1f}", "fargate 20/s",
+                  f"{headroom['fargate_launch']:.0%}")  # fmt: skip
+    times = _table("Times", "event", "seconds", "how")
+    times.add_row("restart (every server ready)", f"{result['restart_s']:.0f}", "fitted from bench")
+    times.add_row("failover", f"{result['failover_s']:.0f}", "health check + start + restart")
+    times.add_row(
+        "burst served (last ready)", f"{result['burst_ready_s']:.0f}", f"cold start {inputs.cold_start_s:g} s"
+    )
+    times.add_row("dead server noticed", f"{result['detect_typical_s']:g} / {result['detect_s']:g}", "typical / worst")
+    cost = _table("Cost per month (USD)", "line", "USD", "basis")
+    basis = {"hub": "Fargate hub tasks", "database": db["class"], "efs": f"{inputs.efs_gib_per_user:g} GiB/user",
+             "api_calls": "ECS free; SQS for events", "nat": f"{inputs.azs} NAT + image pulls",
+             "user_servers": ", ".join(inputs.size_mix), "total": ""}  # fmt: skip
+    for line, usd in result["cost_per_month"].items():
+        cost.add_row(line, f"{usd:,.0f}", basis.get(line, ""))
+    config = Text("jupyterhub_config.py\n", style="bold") + Text("\n".join(result["config"]))
+    return Group(head, sizing, calls, times, cost, config)
+
+
+def render_inputs() -> Table:
+    """The inputs this machine cannot measure, with their sources."""
+    table = _table("Inputs (not measured here)", "input", "source")
+    for name, source in INPUT_SOURCES.items():
+        table.add_row(name, source)
+    return table
+
+
+def render_fit(document: dict[str, Any]) -> Group:
+    """Each target's coefficients and every observation with its residual."""
+    parts: list[Any] = []
+    for target, fit in document["targets"].items():
+        terms = ", ".join(f"{name} {value:.4g}" for name, value in fit["coefficients"].items())
+        table = _table(f"{target} ({fit['unit']}): {terms}", "run", "observed", "fitted", "residual")
+        for row in fit["observations"]:
+            share = row["residual"] / row["observed"] if row["observed"] else 0.0
+            table.add_row(row["source"], f"{row['observed']:.3g}", f"{row['fitted']:.3g}",
+                          f"{row['residual']:+.3g} ({share:+.0%})")  # fmt: skip
+        parts.append(table)
+    return Group(*parts)
+
+
+def matrix_rows(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: Prices) -> list[dict[str, Any]]:
+    """One plan per band, with what to change at that band and why."""
+    rows = []
+    for servers in BANDS:
+        band = replace(inputs, servers=servers)
+        result = plan(band, coefficients, prices)
+        rows.append({"servers": servers, "plan": result, "advice": advice(band, result)})
+    return rows
+
+
+def advice(inputs: PlanInputs, result: dict[str, Any]) -> list[str]:
+    """What to change at this size, each with the figure that asks for it."""
+    hub, notes = result["hub"], []
+    if hub["count"] > 1:
+        notes.append(f"{hub['count']} hubs, users sharded: one core at {hub['cpu_pct_loaded']:.0f} % > target")
+    if result["restart_s"] > MAX_OUTAGE_S and not inputs.standby:
+        notes.append(f"hot standby + PostgreSQL: restart {result['restart_s']:.0f} s > {MAX_OUTAGE_S:g} s")
+    if not inputs.events and result["sweep_s"] > 0.1 * inputs.poll_interval:
+        notes.append(f"events on: a sweep takes {result['sweep_s']:.1f} s of every {inputs.poll_interval:g} s")
+    activity_share = 1 - hub["cpu_pct_idle"] / hub["cpu_pct_loaded"] if hub["cpu_pct_loaded"] else 0.0
+    if activity_share > 0.5 and hub["cpu_pct_loaded"] > inputs.target_cpu_pct / 2:
+        notes.append(f"activity interval 600 s: requests are {activity_share:.0%} of hub CPU")
+    if result["quota_headroom"]["read"] < 0.3:
+        notes.append("events on or a longer poll: cluster-read quota under 30 % free")
+    return notes or ["no change"]
+
+
+def render_matrix(rows: list[dict[str, Any]]) -> Table:
+    table = _table("Decision matrix (this machine's fit, defaults above)", "servers", "hub", "CPU %", "restart",
+                   "USD/mo", "change and why")  # fmt: skip
+    for row in rows:
+        result = row["plan"]
+        hub = result["hub"]
+        table.add_row(f"{row['servers']:,}", f"{hub['count']}x{hub['vcpu']:g}/{hub['memory_gib']:g}",
+                      f"{hub['cpu_pct_loaded']:.0f}", f"{result['restart_s']:.0f} s",
+                      f"{result['cost_per_month']['total'] - result['cost_per_month']['user_servers']:,.0f}",
+                      "; ".join(row["advice"]))  # fmt: skip
+    table.caption = "hub = count x vCPU/GiB; USD/mo = everything but the user servers"
+    return table
+
+
+def print_all(console: Console, *renderables: Any) -> None:
+    for renderable in renderables:
+        console.print(renderable)
