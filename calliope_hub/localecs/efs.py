@@ -72,6 +72,13 @@ def _page_size(value: Any, name: str) -> int:
     return size
 
 
+def _idempotency_token(body: dict, key: str) -> str:
+    token = read(body, key, str, bad_request, required=True)
+    if not 1 <= len(token) <= 64:
+        raise bad_request(f"{key} must be 1-64 characters.")
+    return token
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:17]}"
 
@@ -173,9 +180,7 @@ class FileSystems:
     # ------------------------------------------------------------ file systems
 
     def create_file_system(self, body: dict) -> dict:
-        token = read(body, "CreationToken", str, bad_request, required=True)
-        if not 1 <= len(token) <= 64:
-            raise bad_request("CreationToken must be 1-64 characters.")
+        token = _idempotency_token(body, "CreationToken")
         settings = {
             "PerformanceMode": read(body, "PerformanceMode", str, bad_request) or "generalPurpose",
             "ThroughputMode": read(body, "ThroughputMode", str, bad_request) or "bursting",
@@ -212,20 +217,15 @@ class FileSystems:
             candidates = [self.file_system(ident)]
         else:
             candidates = [fs for fs in self.file_systems.values() if token is None or fs.creation_token == token]
-        page = [fs for fs in candidates if fs.seq > after][: size + 1]
-        answer: dict = {"FileSystems": [fs.wire(self.account) for fs in page[:size]]}
+        answer = self._page(candidates, size, after, "FileSystems", "NextMarker")
         if query.get("Marker") is not None:
             answer["Marker"] = query["Marker"]
-        if len(page) > size:
-            answer["NextMarker"] = _token(page[size - 1].seq)
         return answer
 
     # ------------------------------------------------------------ access points
 
     def create_access_point(self, body: dict) -> dict:
-        token = read(body, "ClientToken", str, bad_request, required=True)
-        if not 1 <= len(token) <= 64:
-            raise bad_request("ClientToken must be 1-64 characters.")
+        token = _idempotency_token(body, "ClientToken")
         system = self.file_system(read(body, "FileSystemId", str, bad_request, required=True))
         posix = _posix_user(body.get("PosixUser"))
         root = _root_directory(body.get("RootDirectory"))
@@ -260,10 +260,14 @@ class FileSystems:
         else:
             system = self.file_system(system_ref) if system_ref is not None else None
             candidates = [p for p in self.access_points.values() if system is None or p.file_system is system]
-        page = [p for p in candidates if p.seq > after][: size + 1]
-        answer: dict = {"AccessPoints": [p.wire(self.account) for p in page[:size]]}
+        return self._page(candidates, size, after, "AccessPoints", "NextToken")
+
+    def _page(self, items: list[Any], size: int, after: int, key: str, next_key: str) -> dict:
+        """Up to `size` of `items` created after sequence number `after`, and the token for the rest."""
+        page = [item for item in items if item.seq > after][: size + 1]
+        answer: dict = {key: [item.wire(self.account) for item in page[:size]]}
         if len(page) > size:
-            answer["NextToken"] = _token(page[size - 1].seq)
+            answer[next_key] = _token(page[size - 1].seq)
         return answer
 
     def delete_access_point(self, ref: str) -> None:
@@ -311,7 +315,8 @@ def _posix_user(value: Any) -> dict | None:
         return None
     if not isinstance(value, dict):
         raise bad_request("PosixUser must be an object with Uid and Gid.")
-    user = {"Uid": _u32(value.get("Uid"), "PosixUser.Uid"), "Gid": _u32(value.get("Gid"), "PosixUser.Gid")}
+    user: dict[str, Any] = {"Uid": _u32(value.get("Uid"), "PosixUser.Uid")}
+    user["Gid"] = _u32(value.get("Gid"), "PosixUser.Gid")
     secondary = value.get("SecondaryGids")
     if secondary is not None:
         if not isinstance(secondary, list) or len(secondary) > 16:
