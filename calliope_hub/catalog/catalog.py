@@ -82,17 +82,13 @@ class Catalog:
         service_name = _option(options, "service", self.default_service)
         service = self.services.get(service_name)
         if service is None:
-            raise CatalogError(
-                f"unknown service {_show(service_name)}; choose one of: {', '.join(self.services)}"
-            )
+            raise CatalogError(f"unknown service {_show(service_name)}; choose one of: {', '.join(self.services)}")
         size_name = _option(options, "size", service.default_size)
         size = service.sizes.get(size_name)
         if size is None:
             offered = ", ".join(service.sizes)
             if any(size_name in other.sizes for other in self.services.values()):
-                raise CatalogError(
-                    f"service {service.name!r} does not offer size {size_name!r}; it offers: {offered}"
-                )
+                raise CatalogError(f"service {service.name!r} does not offer size {size_name!r}; it offers: {offered}")
             raise CatalogError(
                 f"unknown size {_show(size_name)} for service {service.name!r}; choose one of: {offered}"
             )

@@ -59,8 +59,7 @@ def render_options_form(catalog: Catalog) -> str:
         for size_name, size in service.sizes.items():
             chosen = " selected" if service is default and size_name == service.default_size else ""
             sizes.append(
-                f'<option value="{escape(service.name)}/{escape(size_name)}"{chosen}>'
-                f"{escape(size.label)}</option>"
+                f'<option value="{escape(service.name)}/{escape(size_name)}"{chosen}>{escape(size.label)}</option>'
             )
         size_groups.append(
             f'<optgroup label="{escape(service.display_name)}" data-service="{escape(service.name)}">'

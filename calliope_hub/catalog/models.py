@@ -156,4 +156,3 @@ class Service(_Strict):
     def smallest_size(self) -> Size:
         """The task definition's own cpu/memory: every RunTask override is this size or larger."""
         return min(self.sizes.values(), key=lambda size: (size.cpu, size.memory))
-

@@ -16,13 +16,14 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from html import escape
+from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 import aiohttp
 from aiohttp import web
 from jupyterhub import __version__ as jupyterhub_version
+
+from .page import HUB_STATIC, render_page
 
 log = logging.getLogger("calliope_hub.standins")
 
@@ -43,6 +44,10 @@ class StandInConfig:
     prefix: str
     user: str
     server_name: str
+    #: the catalog size it was started at (CALLIOPE_SIZE from the RunTask request), if any
+    size: str
+    #: the hub's home page, JUPYTERHUB_BASE_URL + "hub/home": the page's way back
+    hub_home: str
     activity_url: str
     activity_interval: float
     api_token: str
@@ -63,6 +68,8 @@ class StandInConfig:
             prefix=prefix if prefix.endswith("/") else prefix + "/",
             user=environ.get("JUPYTERHUB_USER", ""),
             server_name=environ.get("JUPYTERHUB_SERVER_NAME", ""),
+            size=environ.get("CALLIOPE_SIZE", ""),
+            hub_home=(environ.get("JUPYTERHUB_BASE_URL") or "/").rstrip("/") + "/hub/home",
             activity_url=environ.get("JUPYTERHUB_ACTIVITY_URL", ""),
             activity_interval=float(interval) if interval else DEFAULT_ACTIVITY_INTERVAL,
             api_token=environ.get("JUPYTERHUB_API_TOKEN", ""),
@@ -73,28 +80,32 @@ class Activity:
     """When a person last used the stand-in, and what the hub was last told."""
 
     def __init__(self) -> None:
-        self.started = self.last = datetime.now(timezone.utc)
+        self.started = self.last = datetime.now(UTC)
         self.reported: datetime | None = None
 
     def touch(self) -> None:
-        self.last = datetime.now(timezone.utc)
+        self.last = datetime.now(UTC)
 
 
 def isoformat(moment: datetime) -> str:
     """UTC with a trailing Z, as jupyterhub.utils.isoformat writes activity timestamps."""
-    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat() + "Z"
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
 
 
 def make_app(config: StandInConfig, activity: Activity) -> web.Application:
-    """The page and <prefix>api/status, both under the service prefix like a real server."""
+    """The page, <prefix>api/status and the hub's static files, all under the service prefix like a real server."""
 
     async def page(request: web.Request) -> web.Response:
         activity.touch()
-        body = PAGE.format(
-            title=escape(config.title),
-            name=escape(STAND_INS[config.service]),
-            user=escape(config.user or "(unknown)"),
-            server=escape(config.server_name or "(default)"),
+        body = render_page(
+            title=config.title,
+            name=STAND_INS[config.service],
+            service=config.service,
+            size=config.size,
+            user=config.user,
+            server=config.server_name,
+            static=config.prefix + "static/",
+            hub_home=config.hub_home,
         )
         return web.Response(text=body, content_type="text/html")
 
@@ -121,6 +132,7 @@ def make_app(config: StandInConfig, activity: Activity) -> web.Application:
     app = web.Application(middlewares=[version_header])
     app.router.add_get(config.prefix, page)
     app.router.add_get(config.prefix + "api/status", status)
+    app.router.add_static(config.prefix + "static/", HUB_STATIC)
     if config.prefix != "/":
         app.router.add_get(config.prefix.rstrip("/"), to_prefix)
     return app
@@ -143,7 +155,7 @@ async def report_activity(config: StandInConfig, activity: Activity, session: ai
                         activity.reported = moment
                     else:
                         log.warning("hub answered %s to activity %s", response.status, stamp)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            except (aiohttp.ClientError, TimeoutError) as error:
                 log.warning("could not report activity to the hub: %s", error)
         await asyncio.sleep(config.activity_interval)
 
@@ -192,17 +204,3 @@ def main(argv: list[str]) -> int:
         print(f"stand-in: cannot listen on {config.host}:{config.port}: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>{title}</title></head>
-<body>
-<h1>{title}</h1>
-<p><strong>This is not {name}.</strong> It is a local stand-in that local ECS runs because the
-real {name} image is not public. It answers the hub like a real server, so spawning, routing,
-activity and stopping can be tried end to end.</p>
-<dl><dt>User</dt><dd>{user}</dd><dt>Server name</dt><dd>{server}</dd></dl>
-</body>
-</html>
-"""
