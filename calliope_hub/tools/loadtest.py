@@ -1,7 +1,7 @@
 """`calliope-hub loadtest`: spawn N servers on any JupyterHub and time each one to ready.
 
 It speaks only the hub's public REST API (6.x), so the same numbers can be taken from a
-stock hub and from ours. Unlike the seeds' naive script it honours 429 Retry-After, backs
+stock hub and from ours. Unlike a plain loop of POSTs it honours 429 Retry-After, backs
 off on 5xx and connection errors, follows each server's progress event stream to time it
 from request to *ready*, and reports percentiles rather than a mean. Every loop is
 bounded in count and time, and an interrupted run still reports what it measured.

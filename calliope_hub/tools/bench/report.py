@@ -1,8 +1,8 @@
 """What a bench run hands to people and tools: a table, JSON and a figure.
 
-The JSON keeps issue 5's shape (`{"machine": ..., "runs": [...]}`, one record per mode,
-servers and repeat) so other tools can read it; `summary` adds min/median/max over repeats,
-which is the noise every published figure carries.
+The JSON's shape is a contract (`{"machine": ..., "runs": [...]}`, one record per mode,
+servers and repeat; docs/benchmarks/README.md lists the keys) so other tools can read it;
+`summary` adds min/median/max over repeats, which is the noise every published figure carries.
 """
 
 from __future__ import annotations
