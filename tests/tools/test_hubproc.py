@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any
 
 import psutil
 import pytest
+from aiohttp import web
 
 from calliope_hub.tools.hubapi import HubApi
 from calliope_hub.tools.local import hubproc
 from calliope_hub.tools.local.hubproc import PROXY_NAME, PROXY_PID_FILE, HubProcess, HubStartError, ProxyNotInstalled
+from calliope_hub.tools.local.procs import free_port
 
 pytestmark = pytest.mark.usefixtures("proxy_installed")
 
@@ -76,3 +80,32 @@ def test_a_missing_proxy_names_the_fix(monkeypatch, tmp_path):
         hubproc.proxy_command()
     with pytest.raises(ProxyNotInstalled):
         HubProcess("")
+
+
+async def test_another_server_answering_on_the_port_is_not_taken_for_the_hub(base_hub_config):
+    """A second hub on a busy port must fail, not report the first one's answer as its own."""
+    imposter = web.Application()
+    imposter.router.add_get("/hub/api", lambda request: web.json_response({"version": "imposter"}))
+    runner = web.AppRunner(imposter)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", free_port())
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    hub = HubProcess(base_hub_config, port=port)
+    try:
+        with pytest.raises(HubStartError, match=f"port {port}") as failure:
+            await hub.start(timeout=60)
+        assert f"pid {os.getpid()}" in str(failure.value), str(failure.value)[:300]
+        assert hub.pid is None
+    finally:
+        hub.cleanup()
+        await runner.cleanup()
+
+
+def test_the_config_holding_tokens_is_private(base_hub_config):
+    hub = HubProcess(base_hub_config)
+    try:
+        assert stat.S_IMODE(hub.config_path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(hub.workdir.stat().st_mode) == 0o700
+    finally:
+        hub.cleanup()
