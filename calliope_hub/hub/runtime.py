@@ -65,8 +65,16 @@ class RuntimeNotStarted(RuntimeError):
 class HubRuntime:
     """Builds, holds and closes the process's ECS client, watchers, ingestion, sweep and EMF writer."""
 
-    def __init__(self, settings: RuntimeSettings, *, cluster: str, app_settings: MutableMapping[str, Any]):
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        *,
+        cluster: str,
+        app_settings: MutableMapping[str, Any],
+        log: logging.Logger | logging.LoggerAdapter[Any] = log,
+    ):
         self.settings = settings
+        self.log = log  # JupyterHub's own logger in a hub: its level, format and handlers
         self.cluster = cluster
         #: the hub's tornado settings: `users` and `db` exist only inside a real hub
         self._app_settings = app_settings
@@ -89,7 +97,8 @@ class HubRuntime:
         runtime = app_settings.get(SETTINGS_KEY)
         if runtime is None or runtime.closed:
             settings = RuntimeSettings.from_config(spawner, client_quotas=client_quotas)
-            runtime = app_settings[SETTINGS_KEY] = cls(settings, cluster=spawner.cluster, app_settings=app_settings)
+            runtime = cls(settings, cluster=spawner.cluster, app_settings=app_settings, log=spawner.log)
+            app_settings[SETTINGS_KEY] = runtime
         return runtime
 
     @classmethod
@@ -134,7 +143,7 @@ class HubRuntime:
             await self._start_sqs()
         self._start_orphan_sweep()
         self._lifetime = asyncio.get_running_loop().create_task(self._live())
-        log.info(
+        self.log.info(
             "Calliope Hub runtime started: ECS %s, events %s, SQS %s, orphan sweep %s, EMF %s",
             s.target.endpoint_url or s.target.region,
             "on" if s.events.enabled else "off",
@@ -169,7 +178,7 @@ class HubRuntime:
         try:
             self._lock = sweep_lock(str(db.get_bind().url.render_as_string(hide_password=False)), s.hub_id)
         except ValueError as e:
-            log.error("orphan sweeping is off: %s", e)
+            self.log.error("orphan sweeping is off: %s", e)
             return
         sweeper = OrphanSweeper(
             self.api,
@@ -236,6 +245,6 @@ class HubRuntime:
         if self._lifetime is not None and self._lifetime is not asyncio.current_task():
             self._lifetime.cancel()
             await asyncio.gather(self._lifetime, return_exceptions=True)
-        log.info(
+        self.log.info(
             "Calliope Hub runtime closed: %d watchers, %d loops, its clients", len(self._watchers), len(self._tasks)
         )

@@ -21,9 +21,9 @@ from calliope_hub.catalog import Catalog
 from calliope_hub.ecs.api import EcsApi, EcsTarget
 from calliope_hub.ecs.bootstrap import prepare_cluster
 from calliope_hub.events.wire import DEFAULT_HEADER, SCOPE
-from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.localecs.events import task_state_change_event
 from calliope_hub.tools.hubapi import HubApi
+from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.tools.local.hubproc import HubProcess, api_token_config, free_port
 from tests.hubtest import eventually, require_proxy, server_ready
 
