@@ -6,6 +6,7 @@ next task of the same access point finds it, another user's access point does no
 
 from __future__ import annotations
 
+import json
 import stat
 import sys
 import time
@@ -242,3 +243,55 @@ def test_register_refuses_what_ecs_refuses_in_efs_volumes(local_ecs, volume, mou
     )
     assert unknown_volume["Error"]["Code"] == "ClientException"
     assert ecs.list_task_definitions()["taskDefinitionArns"] == []
+
+
+def test_a_notebook_saved_in_jupyter_server_lands_in_the_users_home(local_ecs_factory, tmp_path):
+    """Real jupyter-server in process mode: its root is the EFS home, as Lab's would be on Fargate.
+
+    That the next task of the same access point finds the file is the test above (a fast process).
+    """
+    local = local_ecs_factory(mode="process", stop_timeout_s=5.0, data_dir=tmp_path / "data")
+    efs, ecs = clients(local.endpoint_url)
+    system = efs.create_file_system(CreationToken="homes")["FileSystemId"]
+    home = access_point(efs, system, "ada", "/home/ada")
+    ecs.register_task_definition(
+        family="lab-ada",
+        volumes=[{"name": "home", "efsVolumeConfiguration": {
+            "fileSystemId": system, "transitEncryption": "ENABLED",
+            "authorizationConfig": {"accessPointId": home, "iam": "ENABLED"}}}],
+        containerDefinitions=[{
+            "name": "lab", "image": "quay.io/jupyter/base-notebook",
+            "command": [str(Path(sys.executable).with_name("jupyter-server")), "--ServerApp.ip=0.0.0.0",
+                        "--ServerApp.port=8888", "--IdentityProvider.token=t0k", "--ServerApp.open_browser=False",
+                        "--allow-root"],
+            "workingDirectory": "/home/jovyan",
+            "environment": [{"name": "JUPYTER_RUNTIME_DIR", "value": "/home/jovyan/.runtime"}],
+            "mountPoints": [{"sourceVolume": "home", "containerPath": "/home/jovyan"}],
+            "healthCheck": {"command": ["CMD", sys.executable, "-c",
+                                        "import urllib.request; urllib.request.urlopen('http://0.0.0.0:8888/api')"],
+                            "startPeriod": 30, "interval": 5, "timeout": 2, "retries": 3},
+        }],
+    )
+
+    arn = ecs.run_task(taskDefinition="lab-ada")["tasks"][0]["taskArn"]
+    deadline = time.monotonic() + 60
+    while (task := ecs.describe_tasks(tasks=[arn])["tasks"][0])["lastStatus"] not in ("RUNNING", "STOPPED"):
+        assert time.monotonic() < deadline, "jupyter-server did not come up"
+        time.sleep(0.1)
+    log = local.server.plane.runner.log_path(arn.rsplit("/", 1)[-1])
+    assert task["lastStatus"] == "RUNNING", log.read_text()[-2000:]
+    api = f"http://{task['containers'][0]['networkInterfaces'][0]['privateIpv4Address']}:8888/api/contents/notes.txt"
+
+    def contents(method: str, body: bytes | None = None) -> dict:
+        headers = {"Authorization": "token t0k", "Content-Type": "application/json"}
+        with urllib.request.urlopen(urllib.request.Request(api, body, headers, method=method), timeout=10) as answer:
+            return json.loads(answer.read())
+
+    saved = json.dumps({"type": "file", "format": "text", "content": "written in Lab"}).encode()
+    assert contents("PUT", saved)["path"] == "notes.txt"
+    assert contents("GET")["content"] == "written in Lab"
+    ecs.stop_task(task=arn, reason="user stopped the server")
+    while ecs.describe_tasks(tasks=[arn])["tasks"][0]["lastStatus"] != "STOPPED":
+        time.sleep(0.1)
+    notes = tmp_path / "data" / "efs" / system / "home" / "ada" / "notes.txt"
+    assert notes.read_text() == "written in Lab", "the file is in the user's access point, after the task is gone"
