@@ -107,7 +107,7 @@ def test_the_plan_json_has_the_documented_shape(tmp_path: Path) -> None:
     assert result["servers"] == 3000
     assert {"vcpu", "memory_gib", "cpu_pct_idle", "cpu_pct_loaded", "rss_mib"} <= set(result["hub"])
     assert {"DescribeTasks", "ListTasks", "RunTask", "RegisterTaskDefinition"} <= set(result["ecs_calls_per_min"])
-    assert set(result["quota_headroom"]) == {"read", "modify", "fargate_launch"}
+    assert set(result["quota_headroom"]) == {"read", "modify", "fargate_launch", "efs_access_points"}
     for key in ("restart_s", "failover_s", "burst_ready_s", "detect_s"):
         assert isinstance(result[key], (int, float)) and result[key] > 0, key
     cost = result["cost_per_month"]
@@ -134,6 +134,8 @@ BAD = [
     (["--servers", "10", "--coefficients", "/nonexistent/c.json"], "coefficients file /nonexistent/c.json"),
     (["--servers", "10", "--mix", "lab/huge"], "size mix must name"),
     (["--calibrate", "/nonexistent/bench.json"], "calibration file /nonexistent/bench.json"),
+    (["--servers", "10", "--set", "image_gib=-1"], "must be >= 0"),
+    (["--servers", "10", "--set", "warp=9"], "unknown input"),
 ]
 
 

@@ -47,7 +47,7 @@ def series(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices
 
 def save_chart(path: Path, inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: Prices,
                measured: list[dict[str, Any]]) -> None:  # fmt: skip
-    """Four panels against N (log): CPU, memory, ECS reads with the quota, restart and hubs."""
+    """Panels against N (log): CPU, memory, ECS reads with the quota, restart, hubs; seeds dashed."""
     try:
         import matplotlib
 
@@ -56,8 +56,9 @@ def save_chart(path: Path, inputs: PlanInputs, coefficients: dict[str, dict[str,
     except ImportError:
         raise PlanError("--chart needs matplotlib: pip install 'calliope-hub[bench]'") from None
     s = series(inputs, coefficients, prices)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-    cpu, mem, reads, restart = axes.flat
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), constrained_layout=True)
+    cpu, mem, reads, restart, hubs, spare = axes.flat
+    fig.delaxes(spare)
     cpu.plot(SERVERS, s["loaded"], "-o", label="ours, loaded (fit)")
     cpu.plot(SERVERS, s["idle"], "-o", label="ours, idle (fit)")
     cpu.plot(SERVERS, s["seed_cpu_pct"], "--", color="grey", label="seed: N x 0.1 s / poll")
@@ -74,13 +75,11 @@ def save_chart(path: Path, inputs: PlanInputs, coefficients: dict[str, dict[str,
     reads.set(ylabel="ECS read calls / s", yscale="log")
     restart.plot(SERVERS, s["restart"], "-o", label="ours, restart s (fit)")
     _points(restart, measured, "restart_s")
-    twin = restart.twinx()
-    twin.step(SERVERS, s["seed_hubs"], "--", color="grey", where="mid", label="seed hubs: N / 300")
-    twin.step(SERVERS, s["hubs"], "-", color="green", where="mid", label="our hubs (CPU target)")
-    twin.set(ylabel="hubs")
-    twin.legend(loc="center right", fontsize=8)
     restart.set(ylabel="restart to every server ready, s")
-    for ax in axes.flat:
+    hubs.step(SERVERS, s["hubs"], "-o", where="mid", label=f"ours: loaded CPU / {inputs.target_cpu_pct:g} % of a core")
+    hubs.step(SERVERS, s["seed_hubs"], "--", color="grey", where="mid", label="seed: N / 300")
+    hubs.set(ylabel="active hubs", yscale="log")
+    for ax in (cpu, mem, reads, restart, hubs):
         ax.set(xscale="log", xlabel="servers (N)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")

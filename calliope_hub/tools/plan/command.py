@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from calliope_hub.tools.plan import calibrate, check, report
-from calliope_hub.tools.plan.inputs import PlanError, PlanInputs, load_prices, parse_size_mix
+from calliope_hub.tools.plan.inputs import INPUT_SOURCES, PlanError, PlanInputs, load_prices, parse_size_mix
 from calliope_hub.tools.plan.model import plan
 
 DEFAULTS = {f.name: f.default for f in fields(PlanInputs) if f.default is not MISSING}
@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--matrix", action="store_true", help="print the decision matrix by scale band")
     parser.add_argument("--check", type=Path, metavar="BENCH_JSON", help="compare with the bench run at --servers")
     parser.add_argument("--inputs", action="store_true", help="list the unmeasured inputs and their sources")
+    parser.add_argument("--set", action="append", default=[], metavar="INPUT=VALUE",
+                        help="override an unmeasured input (see --inputs), e.g. image_gib=2.5")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,5 +108,13 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _inputs(args: argparse.Namespace, servers: int) -> PlanInputs:
-    chosen = {name: getattr(args, name) for _, name, _ in (*NUMBERS, *SWITCHES)}
+    chosen: dict[str, Any] = {name: getattr(args, name) for _, name, _ in (*NUMBERS, *SWITCHES)}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in INPUT_SOURCES:
+            raise PlanError(f"--set {item!r}: unknown input; the inputs are {sorted(INPUT_SOURCES)}")
+        try:
+            chosen[name] = float(value)
+        except ValueError:
+            raise PlanError(f"--set {item!r}: {value!r} is not a number") from None
     return PlanInputs(servers=servers, region=args.region, size_mix=parse_size_mix(args.mix), **chosen)

@@ -88,9 +88,12 @@ class PlanInputs:
         for name, value in positive.items():
             if not value > 0 or math.isinf(value):
                 raise PlanError(f"the {name} must be a finite number above 0, not {value}")
-        others = (self.burst_per_min, self.api_rps, self.image_gib, self.efs_gib_per_user, self.health_check_s)
-        if any(not value >= 0 for value in others):
-            raise PlanError("burst, API rate, image size, EFS size and health-check time must not be negative")
+        others = (self.burst_per_min, self.api_rps, self.image_gib, self.efs_gib_per_user, self.health_check_s,
+                  self.starts_per_server_month, self.server_hours_month)  # fmt: skip
+        if any(not 0 <= value < math.inf for value in others):
+            raise PlanError("burst, API rate, image and EFS sizes, health check, starts and hours must be >= 0")
+        if not 0 <= self.memory_free_pct < 100:
+            raise PlanError(f"memory_free_pct must be from 0 to below 100, not {self.memory_free_pct}")
         unknown = sorted(set(self.size_mix) - set(SERVER_SIZES))
         if unknown or not self.size_mix or any(not share > 0 for share in self.size_mix.values()):
             raise PlanError(f"size mix must name service/size pairs from {sorted(SERVER_SIZES)} with shares > 0")

@@ -25,6 +25,8 @@ DATABASE_CLASSES = ((20.0, "db.t4g.small"), (100.0, "db.t4g.medium"), (math.inf,
 MIN_HUB_VCPU = 1.0
 #: GiB of gp3 storage priced for the hub database (its tables are tens of MiB at 10,000 servers).
 RDS_STORAGE_GIB = 20
+#: EFS access points per file system (AWS default; older docs say 1,000): one per user with storage on.
+EFS_ACCESS_POINTS = 10_000
 #: ECS Task State Change events one task emits from PROVISIONING to STOPPED (one per lifecycle step).
 EVENTS_PER_TASK = 8
 
@@ -38,21 +40,25 @@ def ecs_calls_per_min(inputs: PlanInputs) -> dict[str, float]:
         "RunTask": inputs.burst_per_min,
         "StopTask": inputs.burst_per_min,
     }
-    if inputs.storage:  # a per-user task-definition revision (volumes cannot be overridden in RunTask)
+    if inputs.storage:  # per user: a task-definition revision (RunTask cannot override volumes), an EFS access point
         calls["RegisterTaskDefinition"] = inputs.burst_per_min
+        calls["CreateAccessPoint"] = inputs.burst_per_min
     return {op: round(value, 2) for op, value in calls.items()}
 
 
-def quota_headroom(calls: dict[str, float]) -> dict[str, float]:
-    """Share of each ECS quota left over (1 = unused, below 0 = throttled), per sustained rate."""
+def quota_headroom(inputs: PlanInputs, calls: dict[str, float]) -> dict[str, float]:
+    """Share of each quota left over (1 = unused, below 0 = over): ECS rates, EFS access points per file system."""
     read = (calls["DescribeTasks"] + calls["ListTasks"]) / 60.0
     modify = (calls["RunTask"] + calls["StopTask"]) / 60.0
     launch = calls["RunTask"] / 60.0
-    return {
+    headroom = {
         "read": round(1 - read / AWS_QUOTAS["cluster-read"].rate, 4),
         "modify": round(1 - modify / AWS_QUOTAS["cluster-modify"].rate, 4),
         "fargate_launch": round(1 - launch / AWS_QUOTAS["fargate-run-task"].rate, 4),
     }
+    if inputs.storage:
+        headroom["efs_access_points"] = round(1 - inputs.servers / EFS_ACCESS_POINTS, 4)
+    return headroom
 
 
 def hub_figures(inputs: PlanInputs, coefficients: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -200,7 +206,7 @@ def plan(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: 
         },
         "database": db,
         "ecs_calls_per_min": calls,
-        "quota_headroom": quota_headroom(calls),
+        "quota_headroom": quota_headroom(inputs, calls),
         "restart_s": round(restart, 1),
         "failover_s": round(failover, 1),
         "burst_ready_s": burst_ready_s(inputs, hub["spawn_s"]),

@@ -22,7 +22,7 @@ BANDS = (100, 500, 1000, 2000, 3000, 5000, 10000, 20000)
 MAX_OUTAGE_S = 60.0
 
 QUOTA_OF = {"DescribeTasks": "cluster-read", "ListTasks": "cluster-read", "RunTask": "cluster-modify",
-            "StopTask": "cluster-modify", "RegisterTaskDefinition": "—"}  # fmt: skip
+            "StopTask": "cluster-modify"}  # fmt: skip
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -51,7 +51,7 @@ def render_plan(result: dict[str, Any], inputs: PlanInputs) -> Group:
     calls = _table("ECS API calls", "operation", "per min", "quota", "headroom")
     headroom = result["quota_headroom"]
     for op, per_min in result["ecs_calls_per_min"].items():
-        label = f"{op} (burst)" if op in ("RunTask", "StopTask", "RegisterTaskDefinition") else op
+        label = f"{op} (burst)" if op not in QUOTA_OF or QUOTA_OF[op] == "cluster-modify" else op
         category = QUOTA_OF.get(op, "—")
         quota = AWS_QUOTAS.get(category)
         left = headroom["read"] if category == "cluster-read" else headroom["modify"] if quota else None
@@ -59,6 +59,9 @@ def render_plan(result: dict[str, Any], inputs: PlanInputs) -> Group:
                       f"{left:.0%}" if left is not None else "")  # fmt: skip
     calls.add_row("Fargate launches", f"{result['ecs_calls_per_min']['RunTask']:,.1f}", "fargate 20/s",
                   f"{headroom['fargate_launch']:.0%}")  # fmt: skip
+    if "efs_access_points" in headroom:
+        calls.add_row("EFS access points", f"{inputs.servers:,} total", "10,000 per FS",
+                      f"{headroom['efs_access_points']:.0%}")  # fmt: skip
     times = _table("Times", "event", "seconds", "how")
     times.add_row("restart (every server ready)", f"{result['restart_s']:.0f}", "fitted from bench")
     times.add_row("failover", f"{result['failover_s']:.0f}", "health check + start + restart")
@@ -113,8 +116,8 @@ def advice(inputs: PlanInputs, result: dict[str, Any]) -> list[str]:
     hub, notes = result["hub"], []
     if hub["count"] > 1:
         notes.append(f"{hub['count']} hubs, users sharded: one core at {hub['cpu_pct_loaded']:.0f} % > target")
-    if result["restart_s"] > MAX_OUTAGE_S and not inputs.standby:
-        notes.append(f"hot standby + PostgreSQL: restart {result['restart_s']:.0f} s > {MAX_OUTAGE_S:g} s")
+    if result["restart_s"] > MAX_OUTAGE_S:
+        notes.append(f"restart {result['restart_s']:.0f} s > {MAX_OUTAGE_S:g} s outage budget: shard users over hubs")
     if not inputs.events and result["sweep_s"] > 0.1 * inputs.poll_interval:
         notes.append(f"events on: a sweep takes {result['sweep_s']:.1f} s of every {inputs.poll_interval:g} s")
     activity_share = 1 - hub["cpu_pct_idle"] / hub["cpu_pct_loaded"] if hub["cpu_pct_loaded"] else 0.0
@@ -127,15 +130,15 @@ def advice(inputs: PlanInputs, result: dict[str, Any]) -> list[str]:
 
 def render_matrix(rows: list[dict[str, Any]]) -> Table:
     table = _table("Decision matrix (this machine's fit, defaults above)", "servers", "hub", "CPU %", "restart",
-                   "USD/mo", "change and why")  # fmt: skip
+                   "hub+DB $", "change and why")  # fmt: skip
     for row in rows:
         result = row["plan"]
         hub = result["hub"]
         table.add_row(f"{row['servers']:,}", f"{hub['count']}x{hub['vcpu']:g}/{hub['memory_gib']:g}",
                       f"{hub['cpu_pct_loaded']:.0f}", f"{result['restart_s']:.0f} s",
-                      f"{result['cost_per_month']['total'] - result['cost_per_month']['user_servers']:,.0f}",
+                      f"{result['cost_per_month']['hub'] + result['cost_per_month']['database']:,.0f}",
                       "; ".join(row["advice"]))  # fmt: skip
-    table.caption = "hub = count x vCPU/GiB; USD/mo = everything but the user servers"
+    table.caption = "hub = count x vCPU/GiB per hub; hub+DB $ = USD per month for hub tasks and database"
     return table
 
 
