@@ -12,15 +12,20 @@ access point keeps the files.
 from __future__ import annotations
 
 import base64
+import json
+import logging
 import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from calliope_hub.localecs.awsinput import read, read_tags
 from calliope_hub.localecs.model import EcsError
 from calliope_hub.localecs.runner import Mount, StartFailure
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ACCESS_POINT_LIMIT = 10_000
 _FILE_SYSTEM_ID = re.compile(r"^(arn:aws[-a-z]*:elasticfilesystem:[0-9a-z-:]+:file-system/)?(fs-[0-9a-f]{8,40})$")
@@ -149,8 +154,65 @@ class FileSystems:
     access_points: dict[str, AccessPoint] = field(default_factory=dict)
     #: access points per file system, for the limit.
     counts: dict[str, int] = field(default_factory=dict)
+    #: with a data directory: every create and delete appended as a JSON line, read back at start,
+    #: so file systems and access points (like their files) outlive local ECS.
+    journal: Path | None = None
     _tokens: dict[str, FileSystem | AccessPoint] = field(default_factory=dict)
     _seq: int = 0
+
+    def __post_init__(self) -> None:
+        if self.journal is None or not self.journal.exists():
+            return
+        for number, line in enumerate(self.journal.read_text().splitlines(), 1):
+            try:
+                self._replay(json.loads(line))
+            except (ValueError, KeyError, TypeError):  # a line cut short by a crash
+                log.warning("%s:%d: skipped an unreadable EFS journal line", self.journal, number)
+
+    def _replay(self, record: dict) -> None:
+        self._seq = max(self._seq, record.get("seq", 0))
+        if record["kind"] == "fs":
+            self._add_file_system(FileSystem(
+                record["id"], self._arn("file-system", record["id"]), record["token"], record["created"],
+                record["settings"], record["tags"], record["seq"],
+            ), write=False)
+        elif record["kind"] == "ap":
+            self._add_access_point(AccessPoint(
+                record["id"], self._arn("access-point", record["id"]), self.file_systems[record["fs"]],
+                record["token"], record["root"], record["tags"], record["seq"], record["posix"],
+            ), write=False)
+        else:
+            self._remove_access_point(self.access_points[record["id"]], write=False)
+
+    def _write(self, record: dict) -> None:
+        if self.journal is not None:
+            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.journal, "a") as journal:
+                journal.write(json.dumps(record) + "\n")
+
+    def _add_file_system(self, system: FileSystem, write: bool = True) -> None:
+        self.file_systems[system.id] = system
+        self.counts[system.id] = 0
+        self._tokens["fs:" + system.creation_token] = system
+        if write:
+            self._write({"kind": "fs", "id": system.id, "token": system.creation_token, "created": system.created,
+                         "settings": system.settings, "tags": system.tags, "seq": system.seq})
+
+    def _add_access_point(self, point: AccessPoint, write: bool = True) -> None:
+        self.access_points[point.id] = point
+        self.counts[point.file_system.id] += 1
+        self._tokens["fsap:" + point.client_token] = point
+        if write:
+            self._write({"kind": "ap", "id": point.id, "fs": point.file_system.id, "token": point.client_token,
+                         "root": point.root_directory, "tags": point.tags, "seq": point.seq,
+                         "posix": point.posix_user})
+
+    def _remove_access_point(self, point: AccessPoint, write: bool = True) -> None:
+        del self.access_points[point.id]
+        self._tokens.pop("fsap:" + point.client_token, None)
+        self.counts[point.file_system.id] -= 1
+        if write:
+            self._write({"kind": "rm", "id": point.id})
 
     def _arn(self, kind: str, ident: str) -> str:
         return f"arn:aws:elasticfilesystem:{self.region}:{self.account}:{kind}/{ident}"
@@ -203,9 +265,7 @@ class FileSystems:
             )
         ident = _new_id("fs")
         system = FileSystem(ident, self._arn("file-system", ident), token, self.clock(), settings, tags, self._next())
-        self.file_systems[ident] = system
-        self.counts[ident] = 0
-        self._tokens["fs:" + token] = system
+        self._add_file_system(system)
         return system.wire(self.account, "creating")
 
     def describe_file_systems(self, query: dict) -> dict:
@@ -245,9 +305,7 @@ class FileSystems:
             )
         ident = _new_id("fsap")
         point = AccessPoint(ident, self._arn("access-point", ident), system, token, root, tags, self._next(), posix)
-        self.access_points[ident] = point
-        self.counts[system.id] += 1
-        self._tokens["fsap:" + token] = point
+        self._add_access_point(point)
         return point.wire(self.account, "creating")
 
     def describe_access_points(self, query: dict) -> dict:
@@ -272,10 +330,7 @@ class FileSystems:
 
     def delete_access_point(self, ref: str) -> None:
         """Forget the access point; its files stay, as EFS keeps them in the file system."""
-        point = self.access_point(ref)
-        del self.access_points[point.id]
-        self._tokens.pop("fsap:" + point.client_token, None)
-        self.counts[point.file_system.id] -= 1
+        self._remove_access_point(self.access_point(ref))
 
     # ------------------------------------------------------------ tasks
 

@@ -87,6 +87,7 @@ class LocalEcs:
             stop_timeout_s=config.stop_timeout_s,
             provisioning_delay=delay,
             access_point_limit=config.efs_access_point_limit,
+            efs_journal=config.data_dir / "efs" / "objects.jsonl" if config.data_dir else None,
         )
 
     async def _start_sinks(self) -> None:

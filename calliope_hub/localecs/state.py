@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 from calliope_hub.localecs.efs import DEFAULT_ACCESS_POINT_LIMIT, FileSystems
@@ -85,9 +86,10 @@ class ControlPlane:
         provisioning_delay: Callable[[], float] = lambda: 0.0,
         clock: Callable[[], float] = time.time,
         access_point_limit: int = DEFAULT_ACCESS_POINT_LIMIT,
+        efs_journal: Path | None = None,
     ):
         self.runner = runner
-        self.access_point_limit = access_point_limit
+        self.access_point_limit, self.efs_journal = access_point_limit, efs_journal
         self.region, self.account = region, account
         self.retention_s, self.stop_timeout_s = retention_s, stop_timeout_s
         self.provisioning_delay = provisioning_delay
@@ -112,7 +114,9 @@ class ControlPlane:
         self._seq = 0
         #: the SSM Parameter Store and EFS subsets (ssm.py, efs.py) live and reset with the plane.
         self.parameters = ParameterStore(self.region, self.account, self.clock)
-        self.file_systems = FileSystems(self.region, self.account, self.clock, self.access_point_limit)
+        self.file_systems = FileSystems(
+            self.region, self.account, self.clock, self.access_point_limit, journal=self.efs_journal
+        )
         self.create_cluster("default", {}, [], [])
 
     # ------------------------------------------------------------ names

@@ -295,3 +295,22 @@ def test_a_notebook_saved_in_jupyter_server_lands_in_the_users_home(local_ecs_fa
         time.sleep(0.1)
     notes = tmp_path / "data" / "efs" / system / "home" / "ada" / "notes.txt"
     assert notes.read_text() == "written in Lab", "the file is in the user's access point, after the task is gone"
+
+
+def test_with_a_data_dir_file_systems_and_access_points_outlive_local_ecs(local_ecs_factory, tmp_path):
+    first = local_ecs_factory(data_dir=tmp_path / "data")
+    efs, _ = clients(first.endpoint_url)
+    system = efs.create_file_system(CreationToken="homes")["FileSystemId"]
+    ada, bob = access_point(efs, system, "ada", "/home/ada"), access_point(efs, system, "bob", "/home/bob")
+    efs.delete_access_point(AccessPointId=bob)
+    first.stop()
+    (tmp_path / "data" / "efs" / "objects.jsonl").open("a").write('{"kind": "ap", "id": "cut sho')  # a crash
+
+    efs, _ = clients(local_ecs_factory(data_dir=tmp_path / "data").endpoint_url)
+    [kept] = efs.describe_access_points(FileSystemId=system)["AccessPoints"]
+    assert (kept["AccessPointId"], kept["RootDirectory"]["Path"], kept["PosixUser"]) == (ada, "/home/ada",
+                                                                                         {"Uid": 1000, "Gid": 100})
+    assert failure(efs.create_file_system, CreationToken="homes")["FileSystemId"] == system
+    assert failure(access_point, efs, system, "ada", "/home/ada")["AccessPointId"] == ada
+    later = access_point(efs, system, "cy", "/home/cy")
+    assert [p["AccessPointId"] for p in efs.describe_access_points()["AccessPoints"]] == [ada, later]
