@@ -13,12 +13,22 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from calliope_hub.localecs.config import LocalEcsConfig, random_cidr
+from calliope_hub.localecs.config import SIM_TIMINGS, LocalEcsConfig, random_cidr
 from calliope_hub.localecs.model import LIFECYCLE
 from calliope_hub.localecs.service import LocalEcs
 
 #: The events header may come from here instead of --events-header: a secret in argv is visible in `ps`.
 EVENTS_HEADER_ENV = "CALLIOPE_LOCAL_ECS_EVENTS_HEADER"
+#: the sim timing flags: (flag, LocalEcsConfig field, what it sets).
+_SIM_FLAGS = [
+    ("--sim-provisioning", "sim_provisioning_s", "seconds in PROVISIONING"),
+    ("--sim-pending", "sim_pending_s", "seconds in PENDING"),
+    ("--sim-activating", "sim_activating_s", "seconds in ACTIVATING"),
+    ("--sim-deactivating", "sim_deactivating_s", "seconds in DEACTIVATING"),
+    ("--sim-stopping", "sim_stopping_s", "seconds in STOPPING (a container's exit after SIGTERM)"),
+    ("--sim-deprovisioning", "sim_deprovisioning_s", "seconds in DEPROVISIONING"),
+    ("--sim-jitter", "sim_jitter", "+- fraction applied to each of those times"),
+]
 #: seconds between two status lines on a terminal.
 STATUS_EVERY_S = 3.0
 
@@ -36,9 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--events-header", help=f"header sent with every event, 'Name: value' (or set {EVENTS_HEADER_ENV})")
     add("--event-duplicate", type=float, default=0.0, help="fraction of events delivered twice (for tests)")
     add("--event-reorder", action="store_true", help="deliver events out of order (for tests)")
-    add("--sim-provisioning", type=float, default=defaults.sim_provisioning_s, help="seconds in PROVISIONING")
-    add("--sim-pending", type=float, default=defaults.sim_pending_s, help="seconds in PENDING")
-    add("--sim-jitter", type=float, default=defaults.sim_jitter, help="+- fraction applied to those times")
+    add("--sim-timing", choices=sorted(SIM_TIMINGS), default="fast",
+        help="sim: how long tasks dwell in each state; fargate: a 30-60 s cold start and a stop of tens of "
+             "seconds, for benches and demos (default %(default)s); the flags below override one value each")
+    for flag, field, what in _SIM_FLAGS:
+        presets = ", ".join(f"{name} {values[field]:g}" for name, values in sorted(SIM_TIMINGS.items()))
+        add(flag, type=float, help=f"sim: {what} (default from --sim-timing: {presets})")
     add("--sim-fail-fraction", type=float, default=0.0, help="fraction of tasks that fail to start")
     add("--sim-stop-rate", type=float, default=0.0, help="spontaneous stops per running task per hour")
     add("--retention", type=float, default=defaults.retention_s, help="seconds a STOPPED task stays describable")
@@ -61,16 +74,25 @@ def config_from(args: argparse.Namespace) -> LocalEcsConfig:
         from calliope_hub.localecs.events import parse_header
 
         header = parse_header(header_text)
+    timing = dict(SIM_TIMINGS[args.sim_timing])
+    for flag, field, _ in _SIM_FLAGS:
+        given = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if given is not None:
+            timing[field] = given
     return LocalEcsConfig(
+        **timing,
         host=args.host, port=args.port, mode=args.mode, throttle=args.throttle,
         events_url=args.events_url, events_header=header,
         event_duplicate=args.event_duplicate, event_reorder=args.event_reorder,
-        sim_provisioning_s=args.sim_provisioning, sim_pending_s=args.sim_pending, sim_jitter=args.sim_jitter,
         sim_fail_fraction=args.sim_fail_fraction, sim_stop_rate=args.sim_stop_rate,
         retention_s=args.retention, stop_timeout_s=args.stop_timeout, cidr=args.cidr or random_cidr(),
         tls=args.tls, tls_dir=args.tls_dir, region=args.region, account=args.account,
         data_dir=args.data_dir, efs_access_point_limit=args.efs_access_point_limit,
     )
+
+
+#: ECSSpawner.cluster's default: where the hub's tasks are, so the banner's snippet lists them.
+HUB_CLUSTER = "calliope"
 
 
 def boto3_snippet(server: LocalEcs) -> str:
@@ -79,7 +101,7 @@ def boto3_snippet(server: LocalEcs) -> str:
         "import boto3\n"
         f'ecs = boto3.client("ecs", endpoint_url="{server.endpoint_url}", region_name="{server.config.region}",\n'
         f'                   aws_access_key_id="local", aws_secret_access_key="local"{verify})\n'
-        'print(ecs.list_tasks(cluster="default"))'
+        f'print(ecs.list_tasks(cluster="{HUB_CLUSTER}"))  # the hub\'s cluster (ECSSpawner.cluster)'
     )
 
 

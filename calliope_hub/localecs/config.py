@@ -17,6 +17,21 @@ THROTTLE_NAMES = {
 }
 
 
+#: named sim timings (`--sim-timing`). `fargate` is a cold start as Fargate users report it for a notebook
+#: image, about 30-60 s to RUNNING (ENI, image pull with no cache, start), and a stop of tens of seconds
+#: (ENI detach dominates); `fast` keeps tests quick.
+SIM_TIMINGS: dict[str, dict[str, float]] = {
+    "fast": {
+        "sim_provisioning_s": 0.5, "sim_pending_s": 1.0, "sim_activating_s": 0.0,
+        "sim_deactivating_s": 0.0, "sim_stopping_s": 0.0, "sim_deprovisioning_s": 0.0, "sim_jitter": 0.2,
+    },
+    "fargate": {
+        "sim_provisioning_s": 10.0, "sim_pending_s": 30.0, "sim_activating_s": 3.0,
+        "sim_deactivating_s": 2.0, "sim_stopping_s": 5.0, "sim_deprovisioning_s": 20.0, "sim_jitter": 0.35,
+    },
+}
+
+
 def random_cidr() -> str:
     """A /16 of its own inside 127.0.0.0/8 (never 127.0.x.x).
 
@@ -40,9 +55,14 @@ class LocalEcsConfig:
     #: test switches for the event sink: fraction of events sent twice; shuffle delivery order.
     event_duplicate: float = 0.0
     event_reorder: bool = False
-    #: sim mode: seconds in PROVISIONING and in PENDING, each +- `sim_jitter` as a fraction.
+    #: sim mode: seconds in each state a task passes through, each +- `sim_jitter` as a fraction
+    #: (STOPPING is the time a container takes to exit after SIGTERM). The defaults are SIM_TIMINGS["fast"].
     sim_provisioning_s: float = 0.5
     sim_pending_s: float = 1.0
+    sim_activating_s: float = 0.0
+    sim_deactivating_s: float = 0.0
+    sim_stopping_s: float = 0.0
+    sim_deprovisioning_s: float = 0.0
     sim_jitter: float = 0.2
     #: sim mode: fraction of tasks that stop with TaskFailedToStart instead of running.
     sim_fail_fraction: float = 0.0
@@ -69,9 +89,15 @@ class LocalEcsConfig:
         """Refuse settings that cannot work, before anything starts."""
         if self.mode not in ("sim", "process"):
             raise ValueError(f"mode must be 'sim' or 'process', not {self.mode!r}")
-        network = ipaddress.ip_network(self.cidr, strict=False)
-        if not network.subnet_of(ipaddress.ip_network("127.0.0.0/8")):
+        try:
+            inside = ipaddress.IPv4Network(self.cidr, strict=False).subnet_of(ipaddress.IPv4Network("127.0.0.0/8"))
+        except ValueError:
+            inside = False
+        if not inside:
             raise ValueError(f"cidr {self.cidr} must lie inside 127.0.0.0/8 (loopback)")
+        durations = {name: value for name, value in vars(self).items() if name in SIM_TIMINGS["fast"]}
+        if any(not 0 <= value < 86_400 for value in durations.values()) or self.sim_jitter >= 1:
+            raise ValueError(f"sim timings are seconds in [0, 86400) and sim_jitter a fraction below 1: {durations}")
         if not 0 <= self.sim_fail_fraction <= 1 or not 0 <= self.event_duplicate <= 1:
             raise ValueError("sim_fail_fraction and event_duplicate are fractions in [0, 1]")
         if self.efs_access_point_limit < 1:

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import web
 
@@ -227,5 +227,5 @@ async def _optional_json(request: web.Request) -> dict:
         ) from None
 
 
-def _valid_seconds(seconds: Any) -> bool:
+def _valid_seconds(seconds: Any) -> TypeGuard[float]:
     return isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds <= MAX_FAULT_S

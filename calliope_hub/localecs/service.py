@@ -69,15 +69,19 @@ class LocalEcs:
             runner: Any = SimRunner(
                 provisioning_s=config.sim_provisioning_s,
                 pending_s=config.sim_pending_s,
+                activating_s=config.sim_activating_s,
+                deactivating_s=config.sim_deactivating_s,
+                stopping_s=config.sim_stopping_s,
+                deprovisioning_s=config.sim_deprovisioning_s,
                 jitter=config.sim_jitter,
                 fail_fraction=config.sim_fail_fraction,
                 stop_rate_per_hour=config.sim_stop_rate,
             )
-            delay = runner.provisioning_delay
+            dwell = runner.dwell
         else:
             from calliope_hub.localecs.process import ProcessRunner
 
-            runner, delay = ProcessRunner(data_dir=config.data_dir), (lambda: 0.0)
+            runner, dwell = ProcessRunner(data_dir=config.data_dir), (lambda status: 0.0)
         return ControlPlane(
             runner,
             region=config.region,
@@ -85,7 +89,7 @@ class LocalEcs:
             cidr=config.cidr,
             retention_s=config.retention_s,
             stop_timeout_s=config.stop_timeout_s,
-            provisioning_delay=delay,
+            dwell=dwell,
             access_point_limit=config.efs_access_point_limit,
             efs_journal=config.data_dir / "efs" / "objects.jsonl" if config.data_dir else None,
         )

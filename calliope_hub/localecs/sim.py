@@ -1,7 +1,9 @@
 """`sim` mode: tasks that run nothing, but look alive on the network.
 
 No process starts. Timers decide when a task is running, fails to start or stops on its
-own. ONE aiohttp application serves every RUNNING task: it gets a listening socket on the
+own, and how long it dwells in each state on the way (`dwell`, for the control plane; PENDING
+and STOPPING here), so a `fargate` timing shows ACTIVATING, DEACTIVATING and the rest as ECS
+does. ONE aiohttp application serves every RUNNING task: it gets a listening socket on the
 task's own (address, containerPort), so a hub that checks its server sees a live one.
 That is one file descriptor per live task and nothing else, which is how 10,000 fit.
 """
@@ -34,7 +36,7 @@ class _SimTask:
     spec: LaunchSpec
     hooks: TaskHooks
     timer: asyncio.TimerHandle | None = None
-    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    servers: list[asyncio.Server] = field(default_factory=list)
     gone: bool = False
 
 
@@ -46,12 +48,21 @@ class SimRunner:
         *,
         provisioning_s: float = 0.5,
         pending_s: float = 1.0,
+        activating_s: float = 0.0,
+        deactivating_s: float = 0.0,
+        stopping_s: float = 0.0,
+        deprovisioning_s: float = 0.0,
         jitter: float = 0.2,
         fail_fraction: float = 0.0,
         stop_rate_per_hour: float = 0.0,
         rng: random.Random | None = None,
     ):
-        self.provisioning_s, self.pending_s, self.jitter = provisioning_s, pending_s, jitter
+        self.pending_s, self.stopping_s, self.jitter = pending_s, stopping_s, jitter
+        #: seconds in the states the control plane moves a task through on its own.
+        self.plane_dwell = {
+            "PROVISIONING": provisioning_s, "ACTIVATING": activating_s,
+            "DEACTIVATING": deactivating_s, "DEPROVISIONING": deprovisioning_s,
+        }
         self.fail_fraction, self.stop_rate_per_hour = fail_fraction, stop_rate_per_hour
         self.rng = rng or random.Random()
         self._tasks: dict[str, _SimTask] = {}
@@ -62,9 +73,9 @@ class SimRunner:
     def _jittered(self, seconds: float) -> float:
         return max(0.0, seconds * (1 + self.rng.uniform(-self.jitter, self.jitter)))
 
-    def provisioning_delay(self) -> float:
-        """Seconds a task spends in PROVISIONING; the control plane owns that state."""
-        return self._jittered(self.provisioning_s)
+    def dwell(self, status: str) -> float:
+        """Seconds a task spends in `status` before the control plane moves it on (it owns those states)."""
+        return self._jittered(self.plane_dwell.get(status, 0.0))
 
     async def start(self, spec: LaunchSpec, hooks: TaskHooks) -> None:
         entry = _SimTask(spec, hooks)
@@ -102,13 +113,13 @@ class SimRunner:
             self._stub = web.AppRunner(app, access_log=None)
             await self._stub.setup()
         loop = asyncio.get_running_loop()
+        protocol = self._stub.server
+        assert protocol is not None  # set up above
         for container in entry.spec.containers:
             if container.port is None:
                 continue
             address = (entry.spec.ip, container.port)
-            server = await loop.create_server(
-                self._stub.server, *address, reuse_address=True, backlog=64
-            )
+            server = await loop.create_server(protocol, *address, reuse_address=True, backlog=64)
             entry.servers.append(server)
             self._by_address[address] = entry.spec.task_id
 
@@ -137,9 +148,14 @@ class SimRunner:
         entry.hooks.exited(codes, reason, failed_to_start)
 
     async def stop(self, task_id: str, timeout: float) -> None:
+        """The container takes `stopping_s` to exit after SIGTERM; past `timeout` it is SIGKILLed (137)."""
         entry = self._tasks.get(task_id)
-        if entry is not None:
-            self._exit(entry, 0, "Task stopped", False)
+        if entry is None:
+            return
+        seconds = self._jittered(self.stopping_s)
+        if min(seconds, timeout) > 0:
+            await asyncio.sleep(min(seconds, timeout))
+        self._exit(entry, 0 if seconds <= timeout else 137, "Task stopped", False)
 
     async def kill(self, task_id: str, exit_code: int) -> None:
         entry = self._tasks.get(task_id)

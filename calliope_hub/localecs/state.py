@@ -35,6 +35,7 @@ from calliope_hub.localecs.ssm import ParameterStore
 log = logging.getLogger(__name__)
 
 _PENDING_LIKE = ("PROVISIONING", "PENDING", "ACTIVATING")
+_STEPPING_DOWN = ("DEACTIVATING", "STOPPING", "DEPROVISIONING")
 
 
 class AddressPool:
@@ -45,7 +46,7 @@ class AddressPool:
     """
 
     def __init__(self, cidr: str):
-        self._fresh: Iterator[ipaddress.IPv4Address] = ipaddress.ip_network(cidr, strict=False).hosts()
+        self._fresh: Iterator[ipaddress.IPv4Address] = ipaddress.IPv4Network(cidr, strict=False).hosts()
         self._freed: deque[str] = deque()
 
     def take(self) -> str | None:
@@ -83,7 +84,7 @@ class ControlPlane:
         cidr: str,
         retention_s: float,
         stop_timeout_s: float,
-        provisioning_delay: Callable[[], float] = lambda: 0.0,
+        dwell: Callable[[str], float] = lambda status: 0.0,
         clock: Callable[[], float] = time.time,
         access_point_limit: int = DEFAULT_ACCESS_POINT_LIMIT,
         efs_journal: Path | None = None,
@@ -92,7 +93,8 @@ class ControlPlane:
         self.access_point_limit, self.efs_journal = access_point_limit, efs_journal
         self.region, self.account = region, account
         self.retention_s, self.stop_timeout_s = retention_s, stop_timeout_s
-        self.provisioning_delay = provisioning_delay
+        #: seconds a task stays in PROVISIONING, ACTIVATING, DEACTIVATING or DEPROVISIONING (sim timings).
+        self.dwell = dwell
         self.clock = clock
         self.cidr = cidr
         #: called with each task after every change, in order of its versions.
@@ -165,7 +167,7 @@ class ControlPlane:
         return cluster
 
     def delete_cluster(self, cluster: Cluster) -> Cluster:
-        if cluster.running or cluster.pending or self.by_status_in(cluster, ("DEACTIVATING", "STOPPING")):
+        if cluster.running or cluster.pending or self.by_status_in(cluster, _STEPPING_DOWN):
             raise EcsError(
                 "ClusterContainsTasksException",
                 "The Cluster cannot be deleted while Tasks are active.",
@@ -208,7 +210,7 @@ class ControlPlane:
         cluster.pending += 1
         self._announce(task)
         loop = asyncio.get_running_loop()
-        self._timers[task_id] = loop.call_later(self.provisioning_delay(), self._provisioned, task)
+        self._timers[task_id] = loop.call_later(self.dwell("PROVISIONING"), self._due, task, self._provisioned)
         return task
 
     def page(
@@ -247,8 +249,25 @@ class ControlPlane:
     def _owns(self, task: Task) -> bool:
         return self.tasks.get(task.id) is task
 
-    def _provisioned(self, task: Task) -> None:
+    def _after_dwell(self, task: Task, status: str, then: Callable[[Task], None]) -> None:
+        """`then(task)` once the task has dwelt in `status` for its time: at once when that is none."""
+        seconds = self.dwell(status)
+        if seconds <= 0:
+            then(task)
+        else:
+            self._timers[task.id] = asyncio.get_running_loop().call_later(seconds, self._due, task, then)
+
+    def _due(self, task: Task, then: Callable[[Task], None]) -> None:
         self._timers.pop(task.id, None)
+        if self._owns(task):
+            then(task)
+
+    def _cancel_dwell(self, task: Task) -> None:
+        timer = self._timers.pop(task.id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _provisioned(self, task: Task) -> None:
         self._advance(task, "PENDING")
         task.launched = True
         self._starting.add(task.id)
@@ -264,7 +283,7 @@ class ControlPlane:
             self.on_exited(task, {}, f"CannotStartContainerError: {error}", True)
         finally:
             self._starting.discard(task.id)
-        if task.desired_status == "STOPPED" and ORDER[task.last_status] < ORDER["DEPROVISIONING"]:
+        if task.desired_status == "STOPPED" and task.last_status == "STOPPING":  # asked to stop while starting
             self._spawn(self._stop_runner(task))
 
     def launch_spec(self, task: Task) -> LaunchSpec:
@@ -297,22 +316,37 @@ class ControlPlane:
         if not self._owns(task) or task.last_status != "PENDING" or task.desired_status == "STOPPED":
             return
         self._advance(task, "ACTIVATING")
+        self._after_dwell(task, "ACTIVATING", self._activated)
+
+    def _activated(self, task: Task) -> None:
+        if task.last_status != "ACTIVATING" or task.desired_status == "STOPPED":
+            return
         task.started_at = self.clock()
         for container in task.containers:
             container.last_status = "RUNNING"
         self._advance(task, "RUNNING")
 
     def stop(self, task: Task, reason: str, stop_code: str = "UserInitiated") -> None:
-        """Ask a task to stop; it reaches STOPPED when its runner reports the exit."""
+        """Ask a task to stop: DEACTIVATING (if it got that far), then STOPPING, and STOPPED once its runner
+        reports the exit."""
         if task.desired_status == "STOPPED":
             return
         task.desired_status = "STOPPED"
         task.stopped_reason, task.stop_code, task.stopping_at = reason, stop_code, self.clock()
+        self._cancel_dwell(task)  # in PROVISIONING or ACTIVATING
         if not task.launched:
-            self._timers.pop(task.id).cancel()
             self._finish(task)
+        elif task.last_status in ("ACTIVATING", "RUNNING"):
+            self._advance(task, "DEACTIVATING")
+            self._after_dwell(task, "DEACTIVATING", self._stopping)
+        else:
+            self._stopping(task)
+
+    def _stopping(self, task: Task) -> None:
+        """STOPPING: the runner is told to stop (once it has finished starting) unless the task exited already."""
+        if ORDER[task.last_status] >= ORDER["STOPPING"]:
             return
-        self._step_down(task)
+        self._advance(task, "STOPPING")
         if task.id not in self._starting:
             self._spawn(self._stop_runner(task))
 
@@ -337,17 +371,18 @@ class ControlPlane:
             task.stopped_reason = reason or "Essential container in task exited"
             task.stopping_at = now
         task.execution_stopped_at = now
-        self._step_down(task)
-        self._finish(task)
-
-    def _step_down(self, task: Task) -> None:
-        if task.last_status == "RUNNING":
+        self._cancel_dwell(task)  # its containers are gone: no more ACTIVATING or DEACTIVATING to wait out
+        if task.last_status in ("ACTIVATING", "RUNNING"):
             self._advance(task, "DEACTIVATING")
         if ORDER[task.last_status] < ORDER["STOPPING"]:
             self._advance(task, "STOPPING")
+        self._finish(task)
 
     def _finish(self, task: Task) -> None:
         self._advance(task, "DEPROVISIONING")
+        self._after_dwell(task, "DEPROVISIONING", self._stopped_now)
+
+    def _stopped_now(self, task: Task) -> None:
         task.stopped_at = self.clock()
         self._advance(task, "STOPPED")
         self.addresses.give_back(task.ip)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import signal
 import subprocess
@@ -21,10 +23,16 @@ def test_serves_until_sigterm():
     try:
         first = process.stdout.readline()
         endpoint = re.search(r"http://127\.0\.0\.1:\d+", first).group(0)
+        assert process.stdout.readline().startswith("Use it from Python:")
         snippet = "".join(process.stdout.readline() for _ in range(4))
         assert "boto3.client(\"ecs\"" in snippet and endpoint in snippet
-        clusters = boto3.client("ecs", endpoint_url=endpoint).describe_clusters()["clusters"]
-        assert clusters[0]["clusterName"] == "default"
+        ecs = boto3.client("ecs", endpoint_url=endpoint)
+        assert ecs.describe_clusters()["clusters"][0]["clusterName"] == "default"
+        ecs.create_cluster(clusterName="calliope")  # as the hub does at start
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(snippet, {})  # the banner's snippet, run as a user would paste it
+        assert "'taskArns': []" in printed.getvalue() and 'cluster="calliope"' in snippet
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
         assert "stopping local ECS" in process.stdout.read()
