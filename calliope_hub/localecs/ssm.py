@@ -121,8 +121,13 @@ class ParameterStore:
             )
         if existing is None:
             return self._create(name, value, kind, tier, tags, params)
+        if kind is not None and kind != existing.type:  # so a SecureString can never be turned readable
+            raise EcsError(
+                "HierarchyTypeMismatchException",
+                f"Parameter Store doesn't support changing a parameter type: {name} is a {existing.type}. "
+                "Delete it and create it again.",
+            )
         existing.value, existing.version, existing.modified = value, existing.version + 1, self.clock()
-        existing.type = kind or existing.type
         if tier != "Standard" and existing.tier == "Standard":  # SSM upgrades a tier, never downgrades one
             self.counts[TIERS[existing.tier][1]] -= 1
             existing.tier = tier

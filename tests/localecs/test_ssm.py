@@ -61,6 +61,8 @@ def test_parameters_are_written_overwritten_and_deleted(local_ecs):
     assert ssm.put_parameter(Name="/hub/plain", Value="one", Type="String")["Version"] == 1
     assert error_code(ssm.put_parameter, Name="/hub/plain", Value="two", Type="String") == "ParameterAlreadyExists"
     assert ssm.put_parameter(Name="/hub/plain", Value="two", Overwrite=True)["Version"] == 2
+    retyped = dict(Name="/hub/plain", Value="x", Type="SecureString", Overwrite=True)
+    assert error_code(ssm.put_parameter, **retyped) == "HierarchyTypeMismatchException"
     parameter = ssm.get_parameter(Name=f"{ACCOUNT_ARN}/hub/plain")["Parameter"]
     assert (parameter["Value"], parameter["Version"], parameter["ARN"]) == ("two", 2, f"{ACCOUNT_ARN}/hub/plain")
     tagged = dict(Name="/hub/plain", Value="x", Overwrite=True, Tags=[{"Key": "calliope:user", "Value": "ada"}])
