@@ -57,7 +57,11 @@ def test_the_seeds_two_records_are_valid_emf() -> None:
 
     assert spawn["_aws"]["Timestamp"] == 1_760_000_000_250
     assert spawn["_aws"]["CloudWatchMetrics"] == [
-        {"Namespace": "CalliopeHub", "Dimensions": [["ServiceType"]], "Metrics": [{"Name": "SpawnDuration", "Unit": "Seconds"}]}
+        {
+            "Namespace": "CalliopeHub",
+            "Dimensions": [["ServiceType"]],
+            "Metrics": [{"Name": "SpawnDuration", "Unit": "Seconds"}],
+        }
     ]
     assert (spawn["ServiceType"], spawn["SpawnDuration"]) == ("lab", 12.5)
     assert poll["_aws"]["CloudWatchMetrics"][0]["Metrics"] == [
@@ -69,5 +73,5 @@ def test_the_seeds_two_records_are_valid_emf() -> None:
 
 @pytest.mark.parametrize("namespace", ["", "x" * 256, "Calliope\nHub", "Calliope*Hub"])
 def test_a_namespace_cloudwatch_would_refuse_is_a_config_error(namespace: str) -> None:
-    with pytest.raises(ValueError, match="CloudWatchEmf.namespace"):
+    with pytest.raises(ValueError, match=r"CloudWatchEmf\.namespace"):
         CloudWatchEmf(config=Config({"CloudWatchEmf": {"namespace": namespace}}))

@@ -2,8 +2,9 @@
 
 The stack is what `calliope-hub up` runs: a JupyterHub with the ECSSpawner, local ECS (sim)
 in a thread sending its task state changes to the hub's events endpoint, the orphan
-sweeper at a test cadence, and CloudWatch EMF lines written to a file. A task started by hand with the hub's startedBy is the orphan;
-a second of forced throttling at local ECS makes the throttle counter move.
+sweeper at a test cadence, and CloudWatch EMF lines written to a file. A task started by hand
+with the hub's startedBy is the orphan; a second of forced throttling at local ECS makes the
+throttle counter move.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from calliope_hub.observability import metrics
 from calliope_hub.catalog import Catalog, Placement, TaskIdentity, run_task_request
 from calliope_hub.ecs.api import EcsApi, EcsTarget
 from calliope_hub.ecs.bootstrap import prepare_cluster
-from calliope_hub.events.wire import DEFAULT_HEADER, ROUTE
 from calliope_hub.ecs.orphans import ORPHAN_STOP_REASON
-from calliope_hub.tools.local.hubconfig import HubSettings, render
+from calliope_hub.events.wire import DEFAULT_HEADER, ROUTE
+from calliope_hub.observability import metrics
 from calliope_hub.tools.hubapi import HubApi
+from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.tools.local.hubproc import HubProcess, api_token_config, free_port
 from tests.hubtest import eventually, require_proxy, server_ready
 
@@ -39,9 +40,7 @@ Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 def calliope_metrics() -> dict[str, str]:
     """name -> type of every metric calliope_hub.observability.metrics defines."""
-    return {
-        m._name: m._type for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)
-    }
+    return {m._name: m._type for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
 
 
 async def scrape(admin: HubApi) -> Samples:
@@ -128,7 +127,7 @@ async def test_every_calliope_metric_moves_through_a_spawn_and_a_stop(stack: tup
     assert len(defined) >= 9
     missing = [name for name in defined if not nonzero(running if name in CURRENT_STATE else final, name)]
     assert missing == [], f"zero or absent on /hub/metrics: {missing}\n{hub.log_tail()}"
-    assert ("RUNNING" in {labels.get("last_status") for labels, v in running["calliope_watched_tasks"] if v})
+    assert "RUNNING" in {labels.get("last_status") for labels, v in running["calliope_watched_tasks"] if v}
     orphans = {labels["action"]: value for labels, value in final["calliope_orphans"]}
     assert orphans["found"] >= 1 and orphans["stopped"] >= 1
     spawns = {(labels["service"], labels["outcome"]) for labels, v in final["calliope_spawn_duration_seconds"] if v}

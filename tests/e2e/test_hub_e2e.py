@@ -11,11 +11,11 @@ from tests.hubtest import eventually, server_gone, server_ready
 
 async def status_through_proxy(stack, user: str) -> int:
     headers = {"Authorization": f"token {stack.token}"}
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            f"{stack.hub.url}/user/{user}/api/status", headers=headers, allow_redirects=False
-        ) as response:
-            return response.status
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{stack.hub.url}/user/{user}/api/status", headers=headers, allow_redirects=False) as response,
+    ):
+        return response.status
 
 
 async def spawn_lab(stack, user: str) -> list[dict]:

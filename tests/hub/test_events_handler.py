@@ -17,15 +17,13 @@ import aiohttp
 import boto3
 import pytest
 
-from calliope_hub.catalog import Catalog
-from calliope_hub.ecs.api import EcsApi, EcsTarget
-from calliope_hub.ecs.bootstrap import prepare_cluster
 from calliope_hub.events.wire import DEFAULT_HEADER, SCOPE
 from calliope_hub.localecs.events import task_state_change_event
 from calliope_hub.tools.hubapi import HubApi
 from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.tools.local.hubproc import HubProcess, api_token_config, free_port
 from tests.hubtest import eventually, require_proxy, server_ready
+from tests.spawner.conftest import prepare
 
 ROUTE = "/hub/api/calliope/ecs-events"
 
@@ -44,9 +42,12 @@ class EventsStack:
 
     async def post(self, body: Any, headers: dict[str, str] | None = None) -> tuple[int, str]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            async with session.post(self.url, data=data, headers=headers or {}) as answer:
-                return answer.status, await answer.text()
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(self.url, data=data, headers=headers or {}) as answer,
+        ):
+            return answer.status, await answer.text()
 
     def signed(self) -> dict[str, str]:
         return {DEFAULT_HEADER: self.secret, "Content-Type": "application/json"}
@@ -70,19 +71,23 @@ class EventsStack:
 @pytest.fixture
 async def stack(local_ecs_factory: Callable[..., Any]) -> AsyncIterator[EventsStack]:
     require_proxy()
-    port, secret, admin_token, sender_token = free_port(), secrets.token_urlsafe(24), secrets.token_hex(16), secrets.token_hex(16)
+    port, secret, admin_token, sender_token = (
+        free_port(),
+        secrets.token_urlsafe(24),
+        secrets.token_hex(16),
+        secrets.token_hex(16),
+    )
     ecs = local_ecs_factory(
         events_url=f"http://127.0.0.1:{port}{ROUTE}",
         events_header=(DEFAULT_HEADER, secret),
         event_duplicate=1.0,
         event_reorder=True,
     )
-    api = await EcsApi.create(EcsTarget("us-east-1", ecs.endpoint_url))
-    await prepare_cluster(api, Catalog.load(), "calliope", local=True)
-    await api.close()
+    await prepare(ecs.endpoint_url)
     sender = [
         f"c.JupyterHub.services.append({{'name': 'events-sender', 'api_token': {sender_token!r}}})",
-        f"c.JupyterHub.load_roles.append({{'name': 'events-sender', 'scopes': [{SCOPE!r}], 'services': ['events-sender']}})",
+        "c.JupyterHub.load_roles.append("
+        f"{{'name': 'events-sender', 'scopes': [{SCOPE!r}], 'services': ['events-sender']}})",
     ]
     settings = HubSettings(
         ecs_endpoint=ecs.endpoint_url, poll_interval=3600, events_secret=secret,

@@ -72,9 +72,7 @@ async def test_two_sweepers_only_one_holds_and_release_hands_over(pg_url: str, h
         await second.release()
 
 
-async def test_a_holder_that_dies_frees_the_lock(
-    pg_url: str, hub_id: str, holder: subprocess.Popen[str]
-) -> None:
+async def test_a_holder_that_dies_frees_the_lock(pg_url: str, hub_id: str, holder: subprocess.Popen[str]) -> None:
     assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
     mine = sweep_lock(pg_url, hub_id)
     try:

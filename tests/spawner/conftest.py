@@ -78,9 +78,7 @@ class SpawnerMaker:
 
     def __call__(self, name: str = "alice", **config: Any) -> ECSSpawner:
         user = SimpleNamespace(name=name, escaped_name=name, url=f"/user/{name}/", settings=self.hub_settings)
-        orm_spawner = SimpleNamespace(
-            name="", state=None, server=None, started=datetime.datetime.now(datetime.timezone.utc)
-        )
+        orm_spawner = SimpleNamespace(name="", state=None, server=None, started=datetime.datetime.now(datetime.UTC))
         config.setdefault("poll_interval", 1)
         return self.spawner_class(
             user=user,
@@ -104,9 +102,7 @@ async def prepare(endpoint_url: str) -> None:
 
 
 @pytest.fixture
-async def spawner_factory(
-    ecs_endpoint: str, request: pytest.FixtureRequest
-) -> AsyncIterator[SpawnerMaker]:
+async def spawner_factory(ecs_endpoint: str, request: pytest.FixtureRequest) -> AsyncIterator[SpawnerMaker]:
     """Spawners on local ECS (sim) and on moto, in turn."""
     network = {}
     if request.node.callspec.params["ecs_endpoint"] == "moto":
