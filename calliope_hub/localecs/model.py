@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from calliope_hub.ecsfacts import LIFECYCLE
+from calliope_hub.ecsfacts import LIFECYCLE, is_fargate_size
 from calliope_hub.localecs import registration
 
 ORDER = {status: index for index, status in enumerate(LIFECYCLE)}
@@ -56,15 +56,6 @@ def cluster_not_found() -> EcsError:
 
 # ---------------------------------------------------------------- Fargate sizes
 
-#: cpu units -> (lowest MiB, highest MiB, step MiB), per the Fargate task size table.
-_FARGATE_MEMORY: dict[int, tuple[int, int, int]] = {
-    512: (1024, 4096, 1024),
-    1024: (2048, 8192, 1024),
-    2048: (4096, 16384, 1024),
-    4096: (8192, 30720, 1024),
-    8192: (16384, 61440, 4096),
-    16384: (32768, 122880, 8192),
-}
 #: a number of at most 9 digits (ECS's largest task is 192 vCPU and 24 TiB) and an optional unit.
 _UNIT = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,9})?)\s*([A-Za-z]*)\s*$")
 
@@ -83,14 +74,7 @@ def parse_size(value: Any, what: str) -> int:
 
 def fargate_pair_error(cpu: int, memory: int) -> str | None:
     """Why (cpu, memory) is not a Fargate task size, or None when it is one."""
-    if cpu == 256:
-        ok = memory in (512, 1024, 2048)
-    elif cpu in _FARGATE_MEMORY:
-        low, high, step = _FARGATE_MEMORY[cpu]
-        ok = low <= memory <= high and (memory - low) % step == 0
-    else:
-        ok = False
-    if ok:
+    if is_fargate_size(cpu, memory):
         return None
     return (
         f"No Fargate configuration exists for given values: {cpu} CPU, {memory} memory. "
