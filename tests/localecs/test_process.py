@@ -188,12 +188,16 @@ async def test_non_essential_container_exit_keeps_the_task(runner):
 
 async def test_environment_is_the_containers_with_the_task_address(runner, monkeypatch):
     monkeypatch.setenv("LOCALECS_HOST_ONLY", "secret")
-    script = "import os, sys; print(sys.argv[1], os.environ['BIND'], os.environ['LOCALECS_TASK_IP'], 'LOCALECS_HOST_ONLY' in os.environ, 'PATH' in os.environ)"
+    script = (
+        "import os, sys; print(sys.argv[1], os.environ['BIND'], os.environ['LOCALECS_TASK_IP'],"
+        " 'LOCALECS_HOST_ONLY' in os.environ, 'PATH' in os.environ)"
+    )
     container = ContainerSpec("job", "local/env", [PY, "-c", script, "--ip=0.0.0.0"], {"BIND": "0.0.0.0:8888"})
     hooks = RecordingHooks()
     await runner.start(LaunchSpec("env", "127.0.9.9", [container]), hooks)
     await asyncio.wait_for(hooks.has_exited.wait(), 10)
-    assert runner.log_path("env").read_text().split() == ["--ip=127.0.9.9", "127.0.9.9:8888", "127.0.9.9", "False", "True"]
+    printed = runner.log_path("env").read_text().split()
+    assert printed == ["--ip=127.0.9.9", "127.0.9.9:8888", "127.0.9.9", "False", "True"]
 
 
 async def test_health_check_gates_running(runner):
@@ -241,7 +245,8 @@ async def test_no_command_fails_to_start(runner):
     hooks = RecordingHooks()
     await runner.start(LaunchSpec("empty", "127.0.6.6", [ContainerSpec("app", "jupyter/base", [], {})]), hooks)
     await asyncio.wait_for(hooks.has_exited.wait(), 5)
-    assert hooks.calls == [("exited", {"app": None}, "CannotStartContainerError: no command for image jupyter/base", True)]
+    reason = "CannotStartContainerError: no command for image jupyter/base"
+    assert hooks.calls == [("exited", {"app": None}, reason, True)]
 
 
 async def test_missing_executable_fails_to_start_and_leaves_nothing(runner):
@@ -251,7 +256,7 @@ async def test_missing_executable_fails_to_start_and_leaves_nothing(runner):
     hooks = RecordingHooks()
     await runner.start(LaunchSpec("missing", ip, [good, bad]), hooks)
     await asyncio.wait_for(hooks.has_exited.wait(), 5)
-    codes, reason, failed_to_start = hooks.exit
+    _codes, reason, failed_to_start = hooks.exit
     assert failed_to_start and reason.startswith("CannotStartContainerError:") and "/nonexistent/program" in reason
     assert children() == set()
 
@@ -259,7 +264,7 @@ async def test_missing_executable_fails_to_start_and_leaves_nothing(runner):
 async def test_close_kills_every_task_and_reports_it():
     runner = ProcessRunner()
     hooks = [RecordingHooks() for _ in range(3)]
-    for index, task_hooks in enumerate(hooks):
+    for task_hooks in hooks:
         ip, port = task_address()
         await runner.start(server_spec(ip, port, on_term="ignore"), task_hooks)
     await asyncio.gather(*(task_hooks.is_running.wait() for task_hooks in hooks))

@@ -81,7 +81,8 @@ def test_tasks_serve_on_their_own_address_and_stop_cleanly(ecs):
     run = dict(cluster="e2e", taskDefinition="hello", launchType="FARGATE", networkConfiguration=NETWORK)
     polite = ecs.run_task(**run)["tasks"][0]["taskArn"]
     stubborn = ecs.run_task(
-        **run, overrides={"containerOverrides": [{"name": "web", "environment": [{"name": "ON_TERM", "value": "ignore"}]}]}
+        **run,
+        overrides={"containerOverrides": [{"name": "web", "environment": [{"name": "ON_TERM", "value": "ignore"}]}]},
     )["tasks"][0]["taskArn"]
 
     def describe() -> list[dict]:
@@ -91,7 +92,7 @@ def test_tasks_serve_on_their_own_address_and_stop_cleanly(ecs):
     assert [t["lastStatus"] for t in tasks] == ["RUNNING", "RUNNING"]
     addresses = [eni_address(t) for t in tasks]
     assert len(set(addresses)) == 2 and "127.0.0.1" not in addresses
-    for task, address in zip(tasks, addresses):
+    for task, address in zip(tasks, addresses, strict=True):
         assert task["containers"][0]["networkInterfaces"][0]["privateIpv4Address"] == address
         with urllib.request.urlopen(f"http://{address}:{PORT}/", timeout=5) as answer:
             assert answer.read().decode() == f"hello from {address}"

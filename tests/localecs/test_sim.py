@@ -17,7 +17,8 @@ NETWORK = {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}
 
 
 def client(handle, **config):
-    return boto3.client("ecs", endpoint_url=handle.endpoint_url, config=Config(retries={"total_max_attempts": 1}, **config))
+    config = Config(retries={"total_max_attempts": 1}, **config)
+    return boto3.client("ecs", endpoint_url=handle.endpoint_url, config=config)
 
 
 def prepare(ecs) -> None:
@@ -103,7 +104,7 @@ def test_addresses_are_reused_only_after_stopped(local_ecs_factory):
     handle = local_ecs_factory(cidr="127.21.0.0/30")  # two usable addresses
     ecs = client(handle)
     prepare(ecs)
-    first, second = start(ecs, count=2)
+    first, _second = start(ecs, count=2)
     answer = ecs.run_task(taskDefinition="lab", networkConfiguration=NETWORK)
     assert answer["tasks"] == [] and answer["failures"][0]["reason"] == "RESOURCE:ENI"
     freed = ip_of(wait_status(ecs, first, "RUNNING"))

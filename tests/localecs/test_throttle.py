@@ -9,8 +9,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from calliope_hub.localecs.config import parse_throttle
 from calliope_hub.ecsfacts import AWS_QUOTAS, Quota
+from calliope_hub.localecs.config import parse_throttle
 
 
 def test_burst_then_throttled_then_refilled(local_ecs_factory):

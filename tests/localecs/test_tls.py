@@ -40,6 +40,7 @@ def test_certificate_names_a_dns_host(tmp_path):
     from cryptography import x509
 
     cert, _ = self_signed_certificate(tmp_path, "ecs.local")
-    names = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    extensions = x509.load_pem_x509_certificate(cert.read_bytes()).extensions
+    names = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["ecs.local", "localhost"]
     assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
