@@ -11,12 +11,15 @@ import stat
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 #: appends a line to notes.txt in its working directory (the mount), copies it to OUT, then serves.
 WRITE_NOTE = (
@@ -314,3 +317,79 @@ def test_with_a_data_dir_file_systems_and_access_points_outlive_local_ecs(local_
     assert failure(access_point, efs, system, "ada", "/home/ada")["AccessPointId"] == ada
     later = access_point(efs, system, "cy", "/home/cy")
     assert [p["AccessPointId"] for p in efs.describe_access_points()["AccessPoints"]] == [ada, later]
+
+
+_members = st.sampled_from([
+    "CreationToken", "ClientToken", "FileSystemId", "PosixUser", "Uid", "Gid", "SecondaryGids", "RootDirectory",
+    "Path", "CreationInfo", "OwnerUid", "OwnerGid", "Permissions", "Tags", "Key", "Value", "ThroughputMode",
+    "ProvisionedThroughputInMibps", "PerformanceMode", "Encrypted",
+])
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**64) | st.text(max_size=6)
+    | st.sampled_from(["/", "/home/ada", "/a/../b", "0755", "999", "fs-0123456789abcdef0", "fsap-0123456789abcdef0",
+                       "ENABLED", "DISABLED", "provisioned", "x" * 200]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_members, inner, max_size=4),
+    max_leaves=10,
+)
+_requests = st.sampled_from([
+    ("POST", "/2015-02-01/file-systems"), ("GET", "/2015-02-01/file-systems"), ("POST", "/2015-02-01/access-points"),
+    ("GET", "/2015-02-01/access-points"), ("DELETE", "/2015-02-01/access-points/fsap-0123456789abcdef0"),
+    ("DELETE", "/2015-02-01/access-points/x/y"), ("PATCH", "/2015-02-01/access-points"),
+])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(request=_requests, body=st.dictionaries(_members, _values, max_size=5),
+       query=st.dictionaries(st.sampled_from(["MaxItems", "MaxResults", "Marker", "NextToken", "FileSystemId",
+                                              "AccessPointId", "CreationToken"]), st.text(max_size=30), max_size=3))
+def test_no_efs_input_earns_a_500(local_ecs, request, body, query):
+    # one local ECS serves every example (hence the health check off), so file systems pile up as they would
+    method, path = request
+    url = local_ecs.endpoint_url + path + ("?" + urllib.parse.urlencode(query) if method == "GET" else "")
+    data = json.dumps(body).encode() if method == "POST" else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data, method=method), timeout=10) as answer:
+            assert answer.status in (200, 201, 204)
+    except urllib.error.HTTPError as error:
+        assert 400 <= error.code < 500, (request, body, query, error.read())
+        assert error.headers["x-amzn-ErrorType"]
+
+
+_volume = st.fixed_dictionaries({"name": st.sampled_from(["home", "data", "bad name"])}, optional={
+    "efsVolumeConfiguration": st.dictionaries(
+        st.sampled_from(["fileSystemId", "rootDirectory", "transitEncryption", "authorizationConfig"]),
+        st.sampled_from(["fs-0123456789abcdef0", "/", "/x", "/a/../b", "ENABLED", "DISABLED", "relative"])
+        | st.dictionaries(st.sampled_from(["accessPointId", "iam"]),
+                          st.sampled_from(["fsap-0123456789abcdef0", "ENABLED", "nope"]), max_size=2),
+        max_size=4,
+    ),
+})
+_mount = st.fixed_dictionaries({}, optional={
+    "sourceVolume": st.sampled_from(["home", "data", "missing"]),
+    "containerPath": st.sampled_from(["/home/jovyan", "/", "relative", "/data/x"]),
+    "readOnly": st.booleans(),
+})
+
+
+def ecs_call(endpoint: str, operation: str, body: dict) -> tuple[int, dict]:
+    """A raw ECS call, so the fuzzer can send what botocore would refuse to serialize."""
+    headers = {"X-Amz-Target": f"AmazonEC2ContainerServiceV20141113.{operation}",
+               "Content-Type": "application/x-amz-json-1.1"}
+    request = urllib.request.Request(endpoint + "/", json.dumps(body).encode(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(volumes=st.lists(_volume, max_size=3), mounts=st.lists(_mount, max_size=3))
+def test_any_efs_task_definition_registers_cleanly_or_is_refused(local_ecs, volumes, mounts):
+    container = {"name": "lab", "image": "x", "command": ["true"], "mountPoints": mounts}
+    definition = {"family": "fuzz", "volumes": volumes, "containerDefinitions": [container]}
+    status, answer = ecs_call(local_ecs.endpoint_url, "RegisterTaskDefinition", definition)
+    assert status in (200, 400), answer
+    if status == 200:  # it runs, or stops TaskFailedToStart with a reason: never a 500
+        status, answer = ecs_call(local_ecs.endpoint_url, "RunTask", {"taskDefinition": "fuzz"})
+        assert status == 200 and answer["tasks"][0]["lastStatus"] == "PROVISIONING", answer

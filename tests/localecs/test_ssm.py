@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +17,10 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from calliope_hub.localecs.ssm import OPERATIONS, TARGET_PREFIX
 
 ACCOUNT_ARN = "arn:aws:ssm:us-east-1:000000000000:parameter"
 #: writes the secret's value to the file named by OUT, then keeps running, as a server would.
@@ -190,3 +195,35 @@ def test_register_refuses_malformed_secrets(local_ecs, secrets):
     code = error_code(ecs.register_task_definition, family="bad", containerDefinitions=[container])
     assert code in ("ClientException", "SerializationException")
     assert ecs.list_task_definitions()["taskDefinitionArns"] == []
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**64) | st.floats(allow_nan=False) | st.text(max_size=6)
+    | st.sampled_from(["/hub/a", "/hub/a/b", f"{ACCOUNT_ARN}/hub/a", "SecureString", "String", "Advanced", "x" * 5000]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["Key", "Value"]), inner, max_size=3),
+    max_leaves=8,
+)
+_fields = st.sampled_from(
+    ["Name", "Names", "Value", "Type", "Overwrite", "Tags", "Tier", "DataType", "Description", "WithDecryption"]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(operation=st.sampled_from(sorted(OPERATIONS)), params=st.dictionaries(_fields, _values, max_size=5))
+def test_no_ssm_input_earns_a_500(local_ecs, operation, params):
+    # one local ECS serves every example (hence the health check off); a SecureString is there to be refused
+    request = urllib.request.Request(
+        local_ecs.endpoint_url + "/", data=json.dumps(params).encode(), method="POST",
+        headers={"X-Amz-Target": TARGET_PREFIX + operation, "Content-Type": "application/x-amz-json-1.1"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            body = json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        assert error.code == 400, (operation, params)
+        assert json.loads(error.read())["__type"]
+        return
+    assert "never-shown" not in json.dumps(body)
+    if operation == "PutParameter" and params.get("Name") == "/hub/a":  # keep a secret in the store
+        ssm, _ = clients(local_ecs.endpoint_url)
+        ssm.put_parameter(Name="/hub/a", Value="never-shown", Type="SecureString", Overwrite=True)
