@@ -111,7 +111,7 @@ class HubRuntime:
         app = handler_settings.get("app")
         hub_settings = app.tornado_settings if app is not None else handler_settings
         runtime: HubRuntime | None = hub_settings.get(SETTINGS_KEY)
-        return runtime if runtime is not None and runtime.started and not runtime.closed else None
+        return runtime if runtime is not None and runtime.started else None
 
     # ---- start ----------------------------------------------------------------------------
 
@@ -125,7 +125,10 @@ class HubRuntime:
 
     @property
     def started(self) -> bool:
-        return self._starting is not None and self._starting.done() and not self._starting.cancelled()
+        """start() finished without error (and the runtime is not closed since)."""
+        starting = self._starting
+        done = starting is not None and starting.done() and not starting.cancelled() and not starting.exception()
+        return done and not self.closed
 
     async def _start(self) -> None:
         s = self.settings

@@ -93,6 +93,25 @@ async def _start_with_everything_on(maker: SpawnerMaker, config: Config) -> list
     return sessions
 
 
+async def test_jupyterhubs_shutdown_cancellation_closes_it(local_ecs: Any) -> None:
+    """JupyterHub's shutdown_cancel_tasks: after cleanup(), cancel every task and await them all."""
+    await prepare(local_ecs.endpoint_url)
+    maker = SpawnerMaker(local_ecs.endpoint_url)
+    spawner = maker(user_options={"service": "chat"})
+    await spawner.start()
+    runtime = spawner.runtime
+    assert runtime.api is not None
+    sessions = open_sessions(runtime.api._client)
+
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks)
+
+    assert runtime.closed and sessions and all(s.closed for s in sessions)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
 async def _polled(consumer: Any) -> bool:
     return consumer._task is not None and not consumer._task.done()
 
