@@ -43,8 +43,12 @@ def catalog() -> Catalog:
 
 def identity_for(choice, attempt: int = 0, user: str = "alice@example.org", server: str = "") -> TaskIdentity:
     return TaskIdentity(
-        hub_id="hub-1", user=user, server_name=server,
-        service=choice.service.name, size=choice.size_name, attempt=attempt,
+        hub_id="hub-1",
+        user=user,
+        server_name=server,
+        service=choice.service.name,
+        size=choice.size_name,
+        attempt=attempt,
     )
 
 
@@ -61,7 +65,10 @@ def test_builtin_catalog_has_the_three_services_with_the_seed_health_checks(cata
     assert timings == {"lab": (30, 8, 60), "chat": (15, 8, 45), "waiide": (15, 8, 45)}
     lab, chat, waiide = (catalog.services[n] for n in ("lab", "chat", "waiide"))
     assert (lab.port, lab.command, lab.local.command, lab.local.stand_in) == (
-        8888, ["jupyterhub-singleuser"], ["jupyterhub-singleuser"], False,
+        8888,
+        ["jupyterhub-singleuser"],
+        ["jupyterhub-singleuser"],
+        False,
     )
     assert chat.local.command == ["python", "-m", "calliope_hub.standins", "chat"] and chat.local.stand_in
     assert waiide.local.command == ["python", "-m", "calliope_hub.standins", "waiide"] and waiide.local.stand_in
@@ -111,12 +118,14 @@ def _set(path: str, value):
         for part in parents:
             target = target[part]
         target[last] = value
+
     return edit
 
 
 def _drop(key: str):
     def edit(data):
         del data[key]
+
     return edit
 
 
@@ -138,7 +147,9 @@ BAD_FILES = {
         "for cpu 1024 memory must be 2048 to 8192 MiB in steps of 1024",
     ),
     "cpu Fargate lacks": (
-        _set("sizes.small.cpu", 300), ("sizes", "small"), "cpu 300 is not a Fargate cpu value; allowed: 256, 512",
+        _set("sizes.small.cpu", 300),
+        ("sizes", "small"),
+        "cpu 300 is not a Fargate cpu value; allowed: 256, 512",
     ),
     "memory as text": (
         _set("sizes.small.memory", "2048"),
@@ -174,7 +185,9 @@ BAD_FILES = {
         "health_check.command: must start with CMD or CMD-SHELL",
     ),
     "size name with a slash": (
-        _set("sizes.big/one", {"cpu": 256, "memory": 512}), ("sizes",), "sizes: size name 'big/one' must be",
+        _set("sizes.big/one", {"cpu": 256, "memory": 512}),
+        ("sizes",),
+        "sizes: size name 'big/one' must be",
     ),
     "name not the file name": (_set("name", "chat"), ("name",), "name: 'chat' must match the file name 'lab'"),
     "not a mapping": (lambda data: "- lab\n- chat\n", (), "must be a mapping of keys"),
@@ -207,6 +220,7 @@ def test_several_problems_in_one_file_are_one_message(tmp_path: Path) -> None:
     def edit(data):
         data["sizes"]["small"]["memory"] = 512
         data["health_check"]["retries"] = 0
+
     directory = broken_catalog(tmp_path, edit)
     text = (directory / "lab.yaml").read_text()
     with pytest.raises(CatalogConfigError) as caught:
@@ -266,7 +280,10 @@ def test_choose_good_options(catalog: Catalog, options, service, size, cpu, memo
     ("options", "message"),
     [
         ({"service": "rstudio"}, "unknown service 'rstudio'; choose one of: lab, chat, waiide"),
-        ({"service": "lab", "size": "huge"}, "unknown size 'huge' for service 'lab'; choose one of: small, medium, large"),
+        (
+            {"service": "lab", "size": "huge"},
+            "unknown size 'huge' for service 'lab'; choose one of: small, medium, large",
+        ),
         ({"service": "chat", "size": "large"}, "service 'chat' does not offer size 'large'; it offers: small, medium"),
         ({"image": "evil/miner:latest"}, "option 'image' cannot be set: only 'service' and 'size' can be chosen"),
         ({"service": "lab", "command": ["sh"]}, "option 'command' cannot be set"),
@@ -291,6 +308,43 @@ def test_choose_refuses_anything_outside_the_catalog(catalog: Catalog, options, 
     assert message in str(caught.value)
 
 
+# Whatever a stranger sends as user_options or as the spawn form: a Choice from the catalog, or a
+# CatalogError that names neither a server path nor any of Python's internals.
+OPTION_NAMES = st.sampled_from(["service", "size", "instance_type", "instance_size", "image", "_xsrf", "x"])
+OPTION_VALUES = st.one_of(
+    st.none(),
+    st.sampled_from(["lab", "chat", "waiide", "small", "medium", "large", "lab/large", "chat/large"]),
+    st.text(max_size=60),
+    st.integers(),
+    st.lists(st.text(max_size=5), max_size=2),
+)
+
+
+def assert_user_safe(message: str) -> None:
+    assert str(BUILTIN_DIRECTORY.parent) not in message and "/services" not in message
+    assert "Traceback" not in message and "pydantic" not in message and "\n" not in message
+
+
+@given(st.dictionaries(OPTION_NAMES, OPTION_VALUES, max_size=4))
+def test_any_user_options_give_a_choice_or_a_user_safe_error(catalog: Catalog, options: dict) -> None:
+    try:
+        choice = catalog.choose(options)
+    except CatalogError as error:
+        assert_user_safe(str(error))
+    else:
+        assert choice.size is catalog.services[choice.service.name].sizes[choice.size_name]
+
+
+@given(st.dictionaries(OPTION_NAMES, st.lists(st.text(max_size=30), min_size=1, max_size=2), max_size=4))
+def test_any_spawn_form_gives_a_choice_or_a_user_safe_error(catalog: Catalog, formdata: dict) -> None:
+    try:
+        choice = catalog.choose(catalog.options_from_form(formdata))
+    except CatalogError as error:
+        assert_user_safe(str(error))
+    else:
+        assert choice.service.name in catalog.services
+
+
 # --- RunTask requests ---------------------------------------------------------------------------
 
 
@@ -310,13 +364,21 @@ def test_run_task_request_fields(catalog: Catalog) -> None:
     assert overrides["containerOverrides"] == [
         {
             "name": "notebook",
-            "environment": [{"name": "JUPYTERHUB_API_TOKEN", "value": "t"}],
+            "environment": [
+                {"name": "JUPYTERHUB_API_TOKEN", "value": "t"},
+                {"name": "CALLIOPE_SERVICE", "value": "lab"},
+                {"name": "CALLIOPE_SIZE", "value": "medium"},
+            ],
             "command": ["jupyterhub-singleuser", "--debug"],
         }
     ]
     assert len(request["tags"]) <= 50
     assert read_tags(request["tags"]) == {
-        "hub": "hub-1", "user": "alice@example.org", "server": "gpu work", "service": "lab", "size": "medium",
+        "hub": "hub-1",
+        "user": "alice@example.org",
+        "server": "gpu work",
+        "service": "lab",
+        "size": "medium",
     }
     assert request["startedBy"] == "calliope-hub/hub-1"
     assert (request["enableECSManagedTags"], request["propagateTags"]) == (False, "NONE")
@@ -334,7 +396,9 @@ def test_client_token_is_stable_per_attempt_and_new_for_the_next(catalog: Catalo
 
 
 def test_started_by_stays_in_ecs_alphabet_and_length(catalog: Catalog) -> None:
-    identity = TaskIdentity(hub_id="prod hub.eu:1" + "x" * 200, user="u", server_name="", service="lab", size="small", attempt=0)
+    identity = TaskIdentity(
+        hub_id="prod hub.eu:1" + "x" * 200, user="u", server_name="", service="lab", size="small", attempt=0
+    )
     assert identity.started_by.startswith("calliope-hub/prod-hub-eu-1x")
     assert len(identity.started_by) == 128
     assert set(identity.started_by) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/")
@@ -481,8 +545,11 @@ def test_options_form_escapes_catalog_text(tmp_path: Path) -> None:
 
 def aws_client(service: str, endpoint: str):
     return boto3.client(
-        service, region_name=REGION, endpoint_url=endpoint,
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        service,
+        region_name=REGION,
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
 
 
@@ -502,7 +569,11 @@ def test_real_run_task_against_moto(catalog: Catalog, moto_ecs: str, service: st
 
     assert described["startedBy"] == "calliope-hub/hub-1"
     assert read_tags(described["tags"]) == {
-        "hub": "hub-1", "user": "alice@example.org", "server": "analysis", "service": service, "size": "medium",
+        "hub": "hub-1",
+        "user": "alice@example.org",
+        "server": "analysis",
+        "service": service,
+        "size": "medium",
     }
     assert described["overrides"]["cpu"] == str(choice.size.cpu)
     assert described["overrides"]["memory"] == str(choice.size.memory)

@@ -171,8 +171,9 @@ def run_task_request(
     """The complete RunTask kwargs for one user server.
 
     Image, role and the task-level cpu/memory come only from the catalog; the caller adds the
-    environment and, for services with their own command, that command's extra args. With
-    `local`, the base command is the service's local command, as in its local task definition.
+    environment (to which CALLIOPE_SERVICE and CALLIOPE_SIZE are added) and, for services with
+    their own command, that command's extra args. With `local`, the base command is the
+    service's local command, as in its local task definition.
     """
     service = choice.service
     if (identity.service, identity.size) != (service.name, choice.size_name):
@@ -182,6 +183,8 @@ def run_task_request(
         )
     if isinstance(args, str):
         raise TypeError("args must be a sequence of strings, not one string")
+    # The server learns what it was started as, so a page can say which service and size it is.
+    environment = {**environment, "CALLIOPE_SERVICE": service.name, "CALLIOPE_SIZE": choice.size_name}
     container: dict[str, Any] = {
         "name": service.container_name,
         "environment": [{"name": name, "value": _env_value(name, value)} for name, value in environment.items()],
