@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from calliope_hub.localecs.callers import ACCESS_KEY_ENV
 from calliope_hub.localecs.config import SIM_TIMINGS, LocalEcsConfig, random_cidr
 from calliope_hub.localecs.model import LIFECYCLE
 from calliope_hub.localecs.service import LocalEcs
@@ -88,6 +89,7 @@ def config_from(args: argparse.Namespace) -> LocalEcsConfig:
         retention_s=args.retention, stop_timeout_s=args.stop_timeout, cidr=args.cidr or random_cidr(),
         tls=args.tls, tls_dir=args.tls_dir, region=args.region, account=args.account,
         data_dir=args.data_dir, efs_access_point_limit=args.efs_access_point_limit,
+        access_key_id=os.environ.get(ACCESS_KEY_ENV) or None,
     )
 
 

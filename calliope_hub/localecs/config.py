@@ -84,6 +84,9 @@ class LocalEcsConfig:
     data_dir: Path | None = None
     #: access points per EFS file system, EFS's default quota (AccessPointLimitExceeded past it).
     efs_access_point_limit: int = 10_000
+    #: when set, only AWS calls signed with this access key ID are answered (callers.py): the hub's
+    #: key, which tasks never see, so no local task can run a task that reads another user's secret.
+    access_key_id: str | None = None
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before anything starts."""

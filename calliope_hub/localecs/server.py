@@ -19,6 +19,7 @@ from aiohttp import web
 
 from calliope_hub.ecsfacts import Quota, QuotaBuckets
 from calliope_hub.localecs import efs_http, ssm
+from calliope_hub.localecs.callers import gate
 from calliope_hub.localecs.intake import MAX_BODY_BYTES, check_types, decode_object, load_model, read_body
 from calliope_hub.localecs.model import ORDER, EcsError, RawJson
 from calliope_hub.localecs.operations import OPERATIONS
@@ -95,8 +96,11 @@ class EcsHttp:
         quotas: dict[str, Quota] | None,
         refuse: Callable[[float], None],
         describe: Callable[[], dict],
+        access_key_id: str | None = None,
     ):
         self.plane = plane
+        #: when set, every AWS call must be signed with this key ID (callers.py)
+        self.access_key_id = access_key_id
         self.quotas = quotas
         self.buckets = QuotaBuckets(quotas) if quotas else None
         self.stats = CallStats()
@@ -106,7 +110,8 @@ class EcsHttp:
         load_model()
 
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[self._outage], client_max_size=MAX_BODY_BYTES)
+        middlewares = [self._outage, gate(self.access_key_id)]
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/", self.ecs)
         app.router.add_route("*", efs_http.PATH_PREFIX + "{tail:.*}", self.efs)
         app.router.add_post("/_localecs/tasks/{task_id}/kill", self.kill)

@@ -50,7 +50,9 @@ class LocalEcs:
         try:
             self.plane = self._control_plane()
             await self._start_sinks()
-            self.http = EcsHttp(self.plane, parse_throttle(config.throttle), self._refuse, self._describe)
+            self.http = EcsHttp(
+                self.plane, parse_throttle(config.throttle), self._refuse, self._describe, config.access_key_id
+            )
             self._app_runner = web.AppRunner(self.http.application(), access_log=None, handle_signals=False)
             await self._app_runner.setup()
             if config.tls:

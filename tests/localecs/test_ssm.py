@@ -227,3 +227,41 @@ def test_no_ssm_input_earns_a_500(local_ecs, operation, params):
     if operation == "PutParameter" and params.get("Name") == "/hub/a":  # keep a secret in the store
         ssm, _ = clients(local_ecs.endpoint_url)
         ssm.put_parameter(Name="/hub/a", Value="never-shown", Type="SecureString", Overwrite=True)
+
+
+def test_with_an_access_key_only_the_hub_may_call(local_ecs_factory):
+    """No local task (which never gets the hub's key) can run a task that reads another user's secret."""
+    local = local_ecs_factory(access_key_id="AKIAHUBONLY")
+    hub = boto3.Session(aws_access_key_id="AKIAHUBONLY", aws_secret_access_key="x", region_name="us-east-1")
+    notebook = boto3.Session(aws_access_key_id="local", aws_secret_access_key="x", region_name="us-east-1")
+    hub.client("ssm", endpoint_url=local.endpoint_url).put_parameter(Name="/hub/bob", Value="t", Type="SecureString")
+    register_with_secret(hub.client("ecs", endpoint_url=local.endpoint_url), "lab-bob", "/hub/bob", Path("/dev/null"))
+    ecs, ssm, efs = (notebook.client(name, endpoint_url=local.endpoint_url) for name in ("ecs", "ssm", "efs"))
+    calls = [
+        (ecs.run_task, {"taskDefinition": "lab-bob"}),
+        (ecs.describe_task_definition, {"taskDefinition": "lab-bob"}),
+        (ssm.delete_parameter, {"Name": "/hub/bob"}),
+        (efs.describe_access_points, {}),
+    ]
+    for call, kwargs in calls:
+        assert error_code(call, **kwargs) == "UnrecognizedClientException"
+    unsigned = urllib.request.Request(local.endpoint_url + "/", data=b"{}", method="POST",
+                                      headers={"X-Amz-Target": "AmazonEC2ContainerServiceV20141113.ListTasks"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(unsigned, timeout=5)
+    assert refused.value.code == 403
+    assert local.stats()["calls"].get("RunTask") is None, "refused before any operation ran"
+    assert hub.client("ecs", endpoint_url=local.endpoint_url).list_tasks()["taskArns"] == []
+
+
+def test_a_task_never_inherits_aws_credentials(monkeypatch, tmp_path):
+    """The hub's key reaches local ECS's own environment, never a task's."""
+    from calliope_hub.localecs.process import container_view
+    from calliope_hub.localecs.runner import ContainerSpec
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAHUBONLY")
+    monkeypatch.setenv("CALLIOPE_LOCAL_ECS_ACCESS_KEY_ID", "AKIAHUBONLY")
+    spec = ContainerSpec("lab", "x", ["true"], {"A": "1"}, secrets={"TOKEN": "t"})
+    env = container_view(spec, "127.0.0.9", tmp_path).env
+    assert {"A": "1", "TOKEN": "t", "LOCALECS_TASK_IP": "127.0.0.9"}.items() <= env.items()
+    assert "AKIAHUBONLY" not in json.dumps(env)
