@@ -1,9 +1,10 @@
 """`calliope-hub bench`: the whole stack at N servers, batched against the stock pattern.
 
-For each (mode, servers, repeat) it starts a fresh local ECS (sim mode, ECS's quotas on)
-and a real JupyterHub with ECSSpawner in that status mode, then measures spawning, the
-steady state, detection of killed tasks, a kill -9 restart and shutdown. Both modes run
-with the same spawner, client and poll interval, so the only difference is who polls.
+For each (mode, servers, repeat) it starts a fresh LocalStack (local ECS in sim mode with
+ECS's quotas on, a real JupyterHub) whose spawner is ECSSpawner (batched) or its stock-pattern
+subclass NaiveECSSpawner (naive), then measures spawning, the steady state, detection of killed
+tasks, a kill -9 restart and shutdown. Both modes run with the same client, catalog and poll
+interval, so the only difference is who polls.
 Ctrl-C stops the stack and still prints and writes what was measured.
 """
 

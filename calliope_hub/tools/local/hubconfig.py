@@ -24,8 +24,6 @@ class HubSettings:
     user_password: str = ""
     #: the product ('ecs'), or a bench baseline's import path
     spawner_class: str = "ecs"
-    #: batched (the product) or naive (the stock pattern, for the bench)
-    status_mode: str = "batched"
     poll_interval: float = 30
     #: False keeps tasks running when the hub stops, so a restart re-attaches to them
     cleanup_servers: bool = True
@@ -47,7 +45,6 @@ def render(settings: HubSettings) -> str:
         f"c.ECSSpawner.endpoint_url = {settings.ecs_endpoint!r}",
         f"c.ECSSpawner.cluster = {settings.cluster!r}",
         f"c.ECSSpawner.hub_id = {settings.hub_id!r}",
-        f"c.ECSSpawner.status_mode = {settings.status_mode!r}",
         f"c.ECSSpawner.poll_interval = {settings.poll_interval!r}",
         "c.Spawner.default_url = '/lab'",
         "c.Spawner.start_timeout = 180",
