@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from botocore.session import Session as BotocoreSession
+from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, validate
 from traitlets.config import Config, Configurable
 
@@ -171,6 +173,12 @@ class RuntimeSettings:
         if not _REGION.fullmatch(spawner.region):
             raise ValueError(f"ECSSpawner.region must be an AWS Region such as us-east-1, not {spawner.region!r}")
         events, orphans, emf = CalliopeEvents(config=config), OrphanSweep(config=config), CloudWatchEmf(config=config)
+        _check_endpoint("ECSSpawner.endpoint_url", spawner.endpoint_url)
+        _check_endpoint("CalliopeEvents.sqs_endpoint_url", events.sqs_endpoint_url)
+        if spawner.aws_profile:
+            # botocore would raise this only when the runtime starts, where JupyterHub's startup
+            # check of running servers takes any error for "not running" and stops them.
+            BotocoreSession(profile=spawner.aws_profile).get_scoped_config()
         sqs_target = EcsTarget(spawner.region, events.sqs_endpoint_url or None) if events.sqs_queue_url else None
         return cls(
             target=EcsTarget(spawner.region, spawner.endpoint_url or None, spawner.aws_profile or None),
@@ -209,3 +217,9 @@ class RuntimeSettings:
             "sweeping": self.events.sweeping,
             "confirm_window": self.events.confirm_window,
         }
+
+
+def _check_endpoint(name: str, url: str) -> None:
+    """'' (AWS's own endpoint) or a URL botocore accepts, checked before any client is made."""
+    if url and not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
+        raise ValueError(f"{name} must be an http(s) URL such as http://127.0.0.1:9400, or '', not {url!r}")

@@ -89,6 +89,7 @@ class HubRuntime:
         self._starting: asyncio.Task[None] | None = None
         self._lifetime: asyncio.Task[None] | None = None
         self.closed = False
+        self._open_emf()  # an EMF path that cannot be written fails here too
 
     @classmethod
     def of(cls, spawner: ECSSpawner, *, client_quotas: bool = True) -> HubRuntime:
@@ -138,7 +139,6 @@ class HubRuntime:
         else:
             self.api = await EcsApi.create(s.target, client_quotas=None)
         self._exit_stack.push_async_callback(self.api.close)
-        self._start_emf()
         if s.events.enabled:
             # One queue, sized by c.CalliopeEvents.queue_size, for the HTTP endpoint and SQS alike.
             self.ingest = EventIngest(s.events.queue_size, watchers_of=self.watchers_of)
@@ -155,7 +155,7 @@ class HubRuntime:
             s.emf_path if s.emf_enabled else "off",
         )
 
-    def _start_emf(self) -> None:
+    def _open_emf(self) -> None:
         s = self.settings
         if not s.emf_enabled:
             return

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import boto3
 import pytest
+from botocore.exceptions import ProfileNotFound
 from traitlets import TraitError
 from traitlets.config import Config
 
@@ -156,14 +157,23 @@ async def _truthy(values: list[Any]) -> bool:
         ({"OrphanSweep": {"action": "delete"}}, TraitError, "action"),
         ({"CloudWatchEmf": {"namespace": "no*stars"}}, ValueError, "CloudWatchEmf.namespace"),
         ({"ECSSpawner": {"catalog_path": "/nonexistent/calliope-catalog"}}, CatalogConfigError, "calliope-catalog"),
+        ({"ECSSpawner": {"endpoint_url": "localhost:9400"}}, ValueError, "ECSSpawner.endpoint_url"),
+        ({"CalliopeEvents": {"sqs_endpoint_url": "sqs here"}}, ValueError, "sqs_endpoint_url"),
+        ({"ECSSpawner": {"aws_profile": "no-such-profile"}}, ProfileNotFound, "no-such-profile"),
+        ({"CloudWatchEmf": {"enabled": True, "path": "/nonexistent/dir/emf.jsonl"}}, OSError, "emf.jsonl"),
     ],
 )
 def test_bad_config_stops_the_first_spawner(
     config: dict[str, Any], error: type[Exception], words: str, tmp_path: Any
 ) -> None:
-    """JupyterHub builds every running server's spawner at start: a bad value stops the hub there."""
+    """JupyterHub builds every running server's spawner at start: a bad value stops the hub there.
+
+    Checked before the runtime starts, because JupyterHub's startup check of running servers
+    takes any error from poll() for "not running" and would stop them.
+    """
     with pytest.raises(error, match=words):
-        SpawnerMaker("http://127.0.0.1:9")(config=Config(config))
+        # the maker sets endpoint_url itself, as a hub's config would
+        SpawnerMaker(config.get("ECSSpawner", {}).get("endpoint_url", "http://127.0.0.1:9"))(config=Config(config))
 
 
 def test_help_lists_the_allowed_values() -> None:
