@@ -18,10 +18,13 @@ test: install-test browser
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 # Configured in pyproject.toml. Not part of `make test` until the tree has had its formatting pass.
+# All three run, so one report shows everything; the target fails if any of them did.
 lint: install-test
-	$(VENV)/bin/ruff check
-	$(VENV)/bin/ruff format --check
-	$(VENV)/bin/mypy calliope_hub
+	@status=0; \
+	$(VENV)/bin/ruff check || status=1; \
+	$(VENV)/bin/ruff format --check || status=1; \
+	$(VENV)/bin/mypy calliope_hub || status=1; \
+	exit $$status
 
 install: $(UP_STAMP) $(CHP)
 
@@ -33,7 +36,7 @@ $(PYTHON):
 
 # The product: the base dependencies and JupyterLab (the `local` extra), nothing for tests.
 $(UP_STAMP): pyproject.toml | $(PYTHON)
-	@echo "Installing Calliope Hub, JupyterHub and JupyterLab into $(VENV) (the first time takes about a minute)"
+	@echo "Installing Calliope Hub, JupyterHub and JupyterLab into $(VENV) (one to two minutes the first time)"
 	$(PIP) -e '.[local]'
 	touch $@
 
