@@ -233,7 +233,7 @@ def test_several_problems_in_one_file_are_one_message(tmp_path: Path) -> None:
 def test_catalog_directory_problems(tmp_path: Path) -> None:
     with pytest.raises(CatalogConfigError, match="does not exist"):
         Catalog.load(tmp_path / "missing")
-    with pytest.raises(CatalogConfigError, match="has no <service>.yaml files"):
+    with pytest.raises(CatalogConfigError, match=r"has no <service>\.yaml files"):
         Catalog.load(tmp_path)
     shutil.copy(BUILTIN_DIRECTORY / "chat.yaml", tmp_path / "chat.yaml")
     only_chat = Catalog.load(tmp_path)
@@ -245,7 +245,7 @@ def test_catalog_directory_problems(tmp_path: Path) -> None:
 def test_load_catalog_is_the_hub_start_check(tmp_path: Path) -> None:
     """'' and None are the built-in catalog; a load error is not a user's CatalogError (it names paths)."""
     assert list(load_catalog("").services) == list(load_catalog(None).services) == ["lab", "chat", "waiide"]
-    assert list(load_catalog(str(BUILTIN_DIRECTORY), default_service="chat").services)[0] == "chat"
+    assert next(iter(load_catalog(str(BUILTIN_DIRECTORY), default_service="chat").services)) == "chat"
     directory = broken_catalog(tmp_path, _set("sizes.small.memory", 512))
     with pytest.raises(CatalogConfigError) as caught:
         load_catalog(str(directory))

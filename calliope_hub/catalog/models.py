@@ -7,8 +7,11 @@ spawn that would fail for every user into one clear error for the operator, nami
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from ..ecsfacts import FARGATE_MEMORY
 
 
 class CatalogError(ValueError):
@@ -23,17 +26,6 @@ class CatalogConfigError(ValueError):
     """
 
 
-#: Fargate's valid task memory (MiB) for each task cpu (units), from the AWS docs.
-FARGATE_MEMORY: dict[int, tuple[int, ...]] = {
-    256: (512, 1024, 2048),
-    512: tuple(range(1024, 4096 + 1, 1024)),
-    1024: tuple(range(2048, 8192 + 1, 1024)),
-    2048: tuple(range(4096, 16384 + 1, 1024)),
-    4096: tuple(range(8192, 30720 + 1, 1024)),
-    8192: tuple(range(16384, 61440 + 1, 4096)),
-    16384: tuple(range(32768, 122880 + 1, 8192)),
-}
-
 #: Names users type in user_options and that appear in tags and form values: no "/" or spaces.
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 #: ECS task definition family and container names: letters, digits, hyphens, underscores.
@@ -43,7 +35,7 @@ ECS_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,255}$"
 def describe_memory_choices(cpu: int) -> str:
     """Fargate's memory choices for `cpu`, short enough for one error line."""
     choices = FARGATE_MEMORY[cpu]
-    steps = {b - a for a, b in zip(choices, choices[1:])}
+    steps = {b - a for a, b in pairwise(choices)}
     if len(choices) > 4 and len(steps) == 1:
         return f"{choices[0]} to {choices[-1]} MiB in steps of {steps.pop()}"
     return ", ".join(str(m) for m in choices) + " MiB"
