@@ -9,6 +9,7 @@ sweep ceil(N/100) ListTasks per interval; a burst makes one RunTask per server. 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from calliope_hub.ecsfacts import AWS_QUOTAS, DESCRIBE_LIMIT, LIST_PAGE_LIMIT
@@ -68,16 +69,17 @@ def hub_figures(inputs: PlanInputs, coefficients: dict[str, dict[str, float]]) -
     requests = n / inputs.activity_interval + inputs.api_rps
     x = {"servers": n, "sweep_tasks_per_s": sweep_rate, "requests_per_s": requests}
     idle = {**x, "requests_per_s": 0.0}
-    return {
+    fitted = {
         "cpu_pct_idle": predict_target(coefficients["cpu_pct"], idle),
         "cpu_pct_loaded": predict_target(coefficients["cpu_pct"], x),
         "rss_mib": predict_target(coefficients["rss_mib"], x),
         "proxy_cpu_pct": predict_target(coefficients["proxy_cpu_pct"], x),
         "restart_s": predict_target(coefficients["restart_s"], x),
-        "sweep_s": max(0.0, predict_target(coefficients["sweep_s"], x)),
+        "sweep_s": predict_target(coefficients["sweep_s"], x),
         "spawn_s": max(1e-3, predict_target(coefficients["spawn_s"], x)),
-        "requests_per_s": requests,
     }
+    # a line fitted from 1,000 servers up may cross zero below its data: no figure is negative
+    return {**{name: max(0.0, value) for name, value in fitted.items()}, "requests_per_s": requests}
 
 
 def hubs_needed(inputs: PlanInputs, cpu_pct_loaded: float) -> int:
@@ -180,11 +182,14 @@ def config_lines(inputs: PlanInputs, db: dict[str, Any]) -> list[str]:
 
 
 def plan(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: Prices) -> dict[str, Any]:
-    """The whole plan, in the JSON shape issue 14 documents (plus a few extra keys)."""
-    hub = hub_figures(inputs, coefficients)
-    hubs = hubs_needed(inputs, hub["cpu_pct_loaded"])
-    cores = (hub["cpu_pct_loaded"] / hubs + hub["proxy_cpu_pct"]) / inputs.target_cpu_pct
-    gib = hub["rss_mib"] / hubs / 1024 / (1 - inputs.memory_free_pct / 100)
+    """The whole plan, in the JSON shape issue 14 documents (plus a few extra keys).
+
+    With several hubs (users sharded), the hub figures are one hub's, at its share of the servers.
+    """
+    hubs = hubs_needed(inputs, hub_figures(inputs, coefficients)["cpu_pct_loaded"])
+    hub = hub_figures(replace(inputs, servers=math.ceil(inputs.servers / hubs)), coefficients)
+    cores = (hub["cpu_pct_loaded"] + hub["proxy_cpu_pct"]) / inputs.target_cpu_pct
+    gib = hub["rss_mib"] / 1024 / (1 - inputs.memory_free_pct / 100)
     size = fargate_task_size(max(MIN_HUB_VCPU, cores), gib)
     calls = ecs_calls_per_min(inputs)
     db = database(inputs, hubs)
