@@ -30,7 +30,7 @@ TRUE = {
     "rss_mib": {"const": 150.0, "servers": 0.03},
     "restart_s": {"const": 2.0, "servers": 0.012},
     "sweep_s": {"const": 0.1, "servers": 0.0008},
-    "spawn_s": {"const": 0.09, "servers": 1.5e-5},
+    "spawn_s": {"const": 0.09},
     "proxy_cpu_pct": {"const": 0.5, "requests_per_s": 0.1},
 }
 

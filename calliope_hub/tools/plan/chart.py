@@ -5,13 +5,14 @@ matplotlib is imported here only, and only when a chart is asked for (the `bench
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from calliope_hub.ecsfacts import AWS_QUOTAS
 from calliope_hub.tools.plan.inputs import PlanError, PlanInputs, Prices
-from calliope_hub.tools.plan.model import plan
+from calliope_hub.tools.plan.model import ecs_calls_per_min, hub_figures, plan
 
 #: N axis of the chart.
 SERVERS = (100, 250, 500, 1000, 2000, 3000, 5000, 7500, 10000, 15000, 20000)
@@ -23,23 +24,23 @@ def seed_formulas(servers: int, poll_interval: float) -> dict[str, float]:
         "cpu_pct": servers * 0.1 / poll_interval * 100,
         "memory_mib": (1 + servers * 0.001) * 1024,
         "reads_per_s": servers / poll_interval,  # one DescribeTasks per server per poll, as the stock spawners do
-        "hubs": servers / 300,
+        "hubs": math.ceil(servers / 300),
     }
 
 
 def series(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: Prices) -> dict[str, list[float]]:
-    """Ours and the seeds' figures at every N of the chart."""
+    """Ours (one hub carrying all N, so the fit reads as a line) and the seeds' figures at every N."""
     out: dict[str, list[float]] = {k: [] for k in ("idle", "loaded", "rss", "reads", "restart", "hubs")}
     seeds: dict[str, list[float]] = {k: [] for k in ("cpu_pct", "memory_mib", "reads_per_s", "hubs")}
     for n in SERVERS:
-        result = plan(replace(inputs, servers=n), coefficients, prices)
-        calls = result["ecs_calls_per_min"]
-        out["idle"].append(result["hub"]["cpu_pct_idle"])
-        out["loaded"].append(result["hub"]["cpu_pct_loaded"])
-        out["rss"].append(result["hub"]["rss_mib"])
+        at_n = replace(inputs, servers=n)
+        hub, calls = hub_figures(at_n, coefficients), ecs_calls_per_min(at_n)
+        out["idle"].append(hub["cpu_pct_idle"])
+        out["loaded"].append(hub["cpu_pct_loaded"])
+        out["rss"].append(hub["rss_mib"])
         out["reads"].append((calls["DescribeTasks"] + calls["ListTasks"]) / 60)
-        out["restart"].append(result["restart_s"])
-        out["hubs"].append(result["hub"]["count"])
+        out["restart"].append(hub["restart_s"])
+        out["hubs"].append(plan(at_n, coefficients, prices)["hub"]["count"])
         for key, value in seed_formulas(n, inputs.poll_interval).items():
             seeds[key].append(value)
     return {**out, **{f"seed_{k}": v for k, v in seeds.items()}}
@@ -59,7 +60,7 @@ def save_chart(path: Path, inputs: PlanInputs, coefficients: dict[str, dict[str,
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), constrained_layout=True)
     cpu, mem, reads, restart, hubs, spare = axes.flat
     fig.delaxes(spare)
-    cpu.plot(SERVERS, s["loaded"], "-o", label="ours, loaded (fit)")
+    cpu.plot(SERVERS, s["loaded"], "-o", label="ours, one hub, loaded (fit)")
     cpu.plot(SERVERS, s["idle"], "-o", label="ours, idle (fit)")
     cpu.plot(SERVERS, s["seed_cpu_pct"], "--", color="grey", label="seed: N x 0.1 s / poll")
     cpu.axhline(inputs.target_cpu_pct, color="red", lw=1, label=f"target {inputs.target_cpu_pct:g} % of a core")
@@ -73,11 +74,11 @@ def save_chart(path: Path, inputs: PlanInputs, coefficients: dict[str, dict[str,
     reads.plot(SERVERS, s["seed_reads_per_s"], "--", color="grey", label="stock: one per server per poll")
     reads.axhline(AWS_QUOTAS["cluster-read"].rate, color="red", lw=1, label="cluster-read quota 20/s")
     reads.set(ylabel="ECS read calls / s", yscale="log")
-    restart.plot(SERVERS, s["restart"], "-o", label="ours, restart s (fit)")
+    restart.plot(SERVERS, s["restart"], "-o", label="ours, one hub, restart s (fit)")
     _points(restart, measured, "restart_s")
     restart.set(ylabel="restart to every server ready, s")
     hubs.step(SERVERS, s["hubs"], "-o", where="mid", label=f"ours: loaded CPU / {inputs.target_cpu_pct:g} % of a core")
-    hubs.step(SERVERS, s["seed_hubs"], "--", color="grey", where="mid", label="seed: N / 300")
+    hubs.step(SERVERS, s["seed_hubs"], "--", color="grey", where="mid", label="seed: N / 300 (4 vCPU hubs)")
     hubs.set(ylabel="active hubs", yscale="log")
     for ax in (cpu, mem, reads, restart, hubs):
         ax.set(xscale="log", xlabel="servers (N)")

@@ -186,7 +186,8 @@ def plan(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: 
 
     With several hubs (users sharded), the hub figures are one hub's, at its share of the servers.
     """
-    hubs = hubs_needed(inputs, hub_figures(inputs, coefficients)["cpu_pct_loaded"])
+    one_hub = hub_figures(inputs, coefficients)["cpu_pct_loaded"]
+    hubs = hubs_needed(inputs, one_hub)
     hub = hub_figures(replace(inputs, servers=math.ceil(inputs.servers / hubs)), coefficients)
     cores = (hub["cpu_pct_loaded"] + hub["proxy_cpu_pct"]) / inputs.target_cpu_pct
     gib = hub["rss_mib"] / 1024 / (1 - inputs.memory_free_pct / 100)
@@ -208,6 +209,7 @@ def plan(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: 
             "rss_mib": round(hub["rss_mib"], 1),
             "proxy_cpu_pct": round(hub["proxy_cpu_pct"], 2),
             "requests_per_s": round(hub["requests_per_s"], 2),
+            "cpu_pct_loaded_one_hub": round(one_hub, 2),
         },
         "database": db,
         "ecs_calls_per_min": calls,

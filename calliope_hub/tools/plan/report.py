@@ -115,7 +115,9 @@ def advice(inputs: PlanInputs, result: dict[str, Any]) -> list[str]:
     """What to change at this size, each with the figure that asks for it."""
     hub, notes = result["hub"], []
     if hub["count"] > 1:
-        notes.append(f"{hub['count']} hubs, users sharded: one core at {hub['cpu_pct_loaded']:.0f} % > target")
+        notes.append(
+            f"{hub['count']} hubs, users sharded: one hub would need {hub['cpu_pct_loaded_one_hub']:.0f} % of a core"
+        )
     if result["restart_s"] > MAX_OUTAGE_S:
         notes.append(f"restart {result['restart_s']:.0f} s > {MAX_OUTAGE_S:g} s outage budget: shard users over hubs")
     if not inputs.events and result["sweep_s"] > 0.1 * inputs.poll_interval:
@@ -129,8 +131,8 @@ def advice(inputs: PlanInputs, result: dict[str, Any]) -> list[str]:
 
 
 def render_matrix(rows: list[dict[str, Any]]) -> Table:
-    table = _table("Decision matrix (this machine's fit, defaults above)", "servers", "hub", "CPU %", "restart",
-                   "hub+DB $", "change and why")  # fmt: skip
+    title = "Decision matrix (fitted on our bench machine, options as given)"
+    table = _table(title, "servers", "hub", "CPU %", "restart", "hub+DB $", "change and why")
     for row in rows:
         result = row["plan"]
         hub = result["hub"]
