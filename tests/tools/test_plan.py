@@ -136,6 +136,7 @@ BAD = [
     (["--calibrate", "/nonexistent/bench.json"], "calibration file /nonexistent/bench.json"),
     (["--servers", "10", "--set", "image_gib=-1"], "must be >= 0"),
     (["--servers", "10", "--set", "warp=9"], "unknown input"),
+    (["--servers", "0", "--calibrate", str(ROOT / "docs/benchmarks/hub-2000.json")], "positive number of servers"),
 ]
 
 
@@ -163,6 +164,11 @@ def test_a_malformed_coefficients_file_exits_2(tmp_path: Path, capsys: pytest.Ca
     bad.write_text('{"targets": {"cpu_pct": {}}}')
     assert main(["plan", "--servers", "10", "--coefficients", str(bad)]) == 2
     assert "is malformed" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--servers", "10", "--json", str(tmp_path / "no" / "such" / "dir.json")]) == 2
+    assert "cannot write" in capsys.readouterr().err
 
 
 def test_matrix_json_and_chart(tmp_path: Path) -> None:

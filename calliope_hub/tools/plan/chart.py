@@ -86,8 +86,12 @@ def save_chart(path: Path, inputs: PlanInputs, coefficients: dict[str, dict[str,
         ax.legend(fontsize=8, loc="upper left")
     events = "events on" if inputs.events else f"poll {inputs.poll_interval:g} s"
     fig.suptitle(f"Calliope Hub capacity: fitted to bench (points), {events}, activity {inputs.activity_interval:g} s")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise PlanError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
 
 
 def _points(ax: Any, measured: list[dict[str, Any]], *keys: str) -> None:

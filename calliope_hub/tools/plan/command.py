@@ -70,10 +70,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    # every input is checked before anything is written
+    inputs = _inputs(args, args.servers if args.servers is not None else 1000)
+    prices = load_prices(inputs.region, args.prices)
     if args.calibrate:
         document = calibrate.calibrate(args.calibrate, frozenset(args.exclude_servers))
         out = args.output or calibrate.default_output()
-        out.write_text(json.dumps(document, indent=1) + "\n")
+        _write(out, json.dumps(document, indent=1) + "\n")
         report.print_all(console, report.render_fit(document), f"wrote {out}")
         if args.servers is None and not (args.chart or args.matrix):
             return 0
@@ -82,8 +85,6 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         raise PlanError("say --servers N (or --calibrate, --matrix, --chart, --inputs)")
     document = calibrate.load_document(args.coefficients)
     coefficients = calibrate.coefficients_of(document)
-    inputs = _inputs(args, args.servers if args.servers is not None else 1000)
-    prices = load_prices(inputs.region, args.prices)
     written: dict[str, Any] = {}
     if args.inputs:
         report.print_all(console, report.render_inputs())
@@ -103,8 +104,15 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         save_chart(args.chart, inputs, coefficients, prices, calibrate.measured_points(document))
         console.print(f"wrote {args.chart}")
     if args.json and written:
-        args.json.write_text(json.dumps(written, indent=1) + "\n")
+        _write(args.json, json.dumps(written, indent=1) + "\n")
     return 0
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise PlanError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _inputs(args: argparse.Namespace, servers: int) -> PlanInputs:
