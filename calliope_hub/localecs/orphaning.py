@@ -3,6 +3,10 @@
 Local ECS's task processes, and local ECS itself under `up` and the benches, run in
 sessions of their own so they can be signalled as a group. That also means nothing
 kills them when their owner is killed. On Linux the kernel can: PR_SET_PDEATHSIG.
+
+It lives in `localecs` because both users may import it from here: local ECS may import
+nothing of the package but `ecsfacts`, while the tools (`tools/local/localecs_proc.py`)
+may import local ECS. The hub never imports it.
 """
 
 from __future__ import annotations
