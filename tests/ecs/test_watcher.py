@@ -312,16 +312,6 @@ async def test_unwatch_fails_the_waiters(ecs: ScriptedEcs, watcher: TaskWatcher)
         await waiting
 
 
-async def test_for_cluster_is_one_watcher_per_cluster(ecs: ScriptedEcs) -> None:
-    first = TaskWatcher.for_cluster(ecs, CLUSTER, sweep_interval=12.0)
-    again = TaskWatcher.for_cluster(ecs, CLUSTER, sweep_interval=99.0)
-    other = TaskWatcher.for_cluster(ecs, "another-cluster")
-    assert first is again and first.sweeper.cadence.sweep_interval == 12.0 and other is not first
-    await TaskWatcher.close_all()
-    assert TaskWatcher.for_cluster(ecs, CLUSTER) is not first
-    await TaskWatcher.close_all()
-
-
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -9,6 +9,7 @@ endpoint receives in production. Only ECS's answers may change what the watcher 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 from collections.abc import AsyncIterator, Callable
@@ -48,6 +49,12 @@ async def make(ecs: ScriptedEcs, clock: Clock) -> AsyncIterator[Callable[..., Ta
         await watcher.close()
 
 
+def known(watcher: TaskWatcher, task_arn: str) -> TaskSnapshot:
+    snapshot = watcher.get(task_arn)
+    assert snapshot is not None, f"{task_arn} has no snapshot"
+    return snapshot
+
+
 def counted(outcome: str) -> float:
     return EVENTS.labels(outcome)._value.get()
 
@@ -83,7 +90,7 @@ async def test_a_forged_running_event_never_changes_the_address_a_spawn_gets(
     spawn = asyncio.create_task(watcher.wait_for(a, lambda s: s.running, timeout=120))
     assert watcher.apply_event(detail(ecs_task(a, "RUNNING", version=3, ip=FORGED_IP))) == "hint"
     await clock.advance(WINDOW)  # the hint only makes the watcher ask ECS: still PENDING
-    assert not spawn.done() and watcher.get(a).last_status == "PENDING"  # type: ignore[union-attr]
+    assert not spawn.done() and known(watcher, a).last_status == "PENDING"
     ecs.tasks[a] = ecs_task(a, "RUNNING", version=3, ip=REAL_IP)
     await clock.advance(BUSY)
     assert (await spawn).ip == REAL_IP
@@ -96,7 +103,7 @@ async def test_a_forged_running_event_for_a_running_task_costs_nothing(
     (a,) = await known_running(ecs, watcher)
     assert watcher.apply_event(detail(ecs_task(a, "RUNNING", version=4, ip=FORGED_IP))) == "hint"
     await clock.advance(60)
-    assert ecs.calls == [] and watcher.get(a).ip == REAL_IP  # type: ignore[union-attr]
+    assert ecs.calls == [] and known(watcher, a).ip == REAL_IP
 
 
 async def test_with_sweeps_off_an_event_makes_the_watcher_ask_and_ecs_answers(
@@ -110,7 +117,7 @@ async def test_with_sweeps_off_an_event_makes_the_watcher_ask_and_ecs_answers(
     assert ecs.calls == [] and watcher.get(a) is None  # no sweeps at all: the monitor's events drive it
     assert watcher.apply_event(detail(ecs_task(a, "RUNNING", version=3, ip=FORGED_IP))) == "hint"
     await clock.advance(WINDOW)
-    assert ecs.calls == [[a]] and watcher.get(a).ip == REAL_IP  # type: ignore[union-attr]
+    assert ecs.calls == [[a]] and known(watcher, a).ip == REAL_IP
 
 
 # ---- versions are bounded and plausible ---------------------------------------------------
@@ -130,7 +137,7 @@ async def test_a_forged_huge_version_never_hides_a_real_crash(
     assert watcher.apply_event(detail(ecs_task(a, "RUNNING", version=10**9, ip=FORGED_IP))) == "implausible"
     assert watcher.apply_event(detail(ecs_task(a, "STOPPED", version=2**40))) == "implausible"
     await clock.advance(30)
-    assert ecs.calls == [] and watcher.get(a).running  # type: ignore[union-attr]
+    assert ecs.calls == [] and known(watcher, a).running
     ecs.tasks[a] = ecs_task(a, "STOPPED", version=5, stopCode="EssentialContainerExited")  # the real crash
     crashed = clock.now
     assert watcher.apply_event(detail(ecs.tasks[a])) == "confirming"
@@ -139,7 +146,9 @@ async def test_a_forged_huge_version_never_hides_a_real_crash(
     assert ecs.times[-1] - crashed <= 2.0
 
 
-async def test_stale_and_duplicate_events_are_stale(ecs: ScriptedEcs, clock: Clock, make: Callable[..., TaskWatcher]) -> None:
+async def test_stale_and_duplicate_events_are_stale(
+    ecs: ScriptedEcs, clock: Clock, make: Callable[..., TaskWatcher]
+) -> None:
     watcher = make()
     (a,) = await known_running(ecs, watcher, version=3)
     assert watcher.apply_event(detail(ecs_task(a, "PENDING", version=2))) == "stale"
@@ -160,7 +169,7 @@ async def test_a_forged_pending_event_adds_at_most_one_describe(
     assert watcher.apply_event(detail(ecs_task(a, "PENDING", version=4))) == "hint"
     assert watcher.next_delay() >= RECONCILE * 0.9  # still settled: the busy cadence is not switched on
     await clock.advance(RECONCILE * 0.8)
-    assert len(ecs.calls) <= 1 and watcher.get(a).running  # type: ignore[union-attr]
+    assert len(ecs.calls) <= 1 and known(watcher, a).running
 
 
 async def test_a_flood_of_forged_events_costs_one_describe_per_cooldown(
@@ -174,8 +183,8 @@ async def test_a_flood_of_forged_events_costs_one_describe_per_cooldown(
         watcher.apply_event(detail(ecs_task(a, "RUNNING", version=3 + step, ip=FORGED_IP)))
         await clock.advance(0.1)
     assert 1 <= len(ecs.calls) <= math.ceil(6.0 / BUSY) + 1
-    assert all(b - t >= BUSY for t, b in zip(ecs.times, ecs.times[1:]))
-    assert watcher.get(a).last_status == "PENDING"  # type: ignore[union-attr]
+    assert all(b - t >= BUSY for t, b in zip(ecs.times, ecs.times[1:], strict=False))
+    assert known(watcher, a).last_status == "PENDING"
 
 
 # ---- STOPPED confirmations ----------------------------------------------------------------
@@ -196,7 +205,7 @@ async def test_a_forged_stopped_event_for_a_live_task_is_refuted(
     assert watcher.apply_event(detail(ecs_task(a, "STOPPED", version=4))) == "confirming"
     await clock.advance(WINDOW)
     assert counted("refuted") == refuted + 1
-    assert ecs.calls == [[a]] and watcher.get(a).running and stopped == []  # type: ignore[union-attr]
+    assert ecs.calls == [[a]] and known(watcher, a).running and stopped == []
 
 
 @pytest.mark.parametrize("n", [1, 100, 101, 250])
@@ -213,8 +222,8 @@ async def test_n_stopped_events_cost_ceil_n_over_100_describes(
     for task in events:
         watcher.apply_event(detail(task))
     await clock.advance(WINDOW)
-    assert all(watcher.get(a).stopped for a in arns)  # type: ignore[union-attr]
-    assert len(ecs.calls) == math.ceil(n / 100) and sorted(sum(ecs.calls, [])) == sorted(arns)
+    assert all(known(watcher, a).stopped for a in arns)
+    assert len(ecs.calls) == math.ceil(n / 100) and sorted([a for call in ecs.calls for a in call]) == sorted(arns)
     assert counted("confirmed") == confirmed + n
 
 
@@ -230,7 +239,7 @@ async def test_a_confirmation_is_retried_with_backoff_until_ecs_answers(
     await clock.advance(40)
     backoff = [min(RETRY_MAX, RETRY_FIRST * 2**k) for k in range(8)]
     assert len(ecs.calls) == 9 and [round(g, 6) for g in gaps(ecs.times)] == backoff
-    assert watcher.get(a).stopped and counted("confirmed") == confirmed + 1  # type: ignore[union-attr]
+    assert known(watcher, a).stopped and counted("confirmed") == confirmed + 1
     assert counted("refuted") == refuted
 
 
@@ -242,7 +251,7 @@ async def test_a_stopped_event_for_a_task_ecs_forgot_is_confirmed_by_missing_twi
     del ecs.tasks[a]
     watcher.apply_event(detail(ecs_task(a, "STOPPED", version=4)))
     await clock.advance(WINDOW + RETRY_FIRST)
-    assert len(ecs.calls) == 2 and watcher.get(a).stopped  # type: ignore[union-attr]
+    assert len(ecs.calls) == 2 and known(watcher, a).stopped
 
 
 async def test_a_users_stop_counts_as_confirmed_not_refuted(
@@ -307,4 +316,4 @@ def test_duplicated_and_reordered_events_converge_on_ecs(order: list[int], dupli
 
 
 def gaps(times: list[float]) -> list[float]:
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in itertools.pairwise(times)]

@@ -9,6 +9,7 @@ real.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -41,7 +42,7 @@ async def make(ecs: ScriptedEcs, clock: Clock) -> AsyncIterator[Callable[..., Ta
 
 
 def gaps(times: list[float]) -> list[float]:
-    return [round(b - a, 6) for a, b in zip(times, times[1:])]
+    return [round(b - a, 6) for a, b in itertools.pairwise(times)]
 
 
 async def test_busy_cadence_while_starting_then_the_idle_cadence(
@@ -111,7 +112,9 @@ async def test_a_waited_for_task_is_swept_at_the_busy_cadence_until_it_settles(
     assert len(ecs.calls) == 5  # a stopped task is never described again
 
 
-async def test_the_loop_survives_a_failing_sweep(ecs: ScriptedEcs, clock: Clock, make: Callable[..., TaskWatcher]) -> None:
+async def test_the_loop_survives_a_failing_sweep(
+    ecs: ScriptedEcs, clock: Clock, make: Callable[..., TaskWatcher]
+) -> None:
     watcher = make()
     a = arn(1)
     ecs.tasks[a] = ecs_task(a, "PENDING", version=1)
@@ -143,4 +146,6 @@ async def test_with_events_busy_sweeps_describe_only_tasks_in_flux_and_reconcile
     await clock.advance(reconcile * (1 - JITTER) - 0.01)
     assert len(ecs.calls) == quiet  # with events, nothing between reconciles
     await clock.advance(reconcile * 2 * JITTER + 0.02)
-    assert len(ecs.calls) == quiet + 2 and sorted(sum(ecs.calls[quiet:], [])) == sorted([*settled, starting])
+    assert len(ecs.calls) == quiet + 2 and sorted([a for call in ecs.calls[quiet:] for a in call]) == sorted(
+        [*settled, starting]
+    )

@@ -17,6 +17,7 @@ counted once, from ECS's own answer: `confirmed` or `refuted`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -146,10 +147,8 @@ class Lookout:
             first = min(due.at for due in self._due.values())
             if first > now:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await self.timing.within(self._wake.wait(), first - now)
-                except TimeoutError:
-                    pass
                 continue
             batch = {arn: due for arn, due in self._due.items() if due.at <= now}
             for arn in batch:
@@ -197,7 +196,5 @@ class Lookout:
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass

@@ -14,6 +14,7 @@ only STOPPED or MISSING twice in a row ends a task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -226,7 +227,5 @@ class Sweeper:
         for task in (self._loop_task, self._inflight):
             if task is not None and not task.done():
                 task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass

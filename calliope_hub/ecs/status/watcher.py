@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from calliope_hub.ecs.snapshot import TaskSnapshot
 from calliope_hub.ecs.status.lookout import Lookout
@@ -33,9 +33,11 @@ __all__ = ["TaskNotWatched", "TaskWatcher"]
 
 
 class TaskWatcher:
-    """Batched, single-flight, version-ordered task status for one cluster."""
+    """Batched, single-flight, version-ordered task status for one cluster.
 
-    _registry: ClassVar[dict[tuple[TaskReader, str], TaskWatcher]] = {}
+    The HubRuntime builds one per cluster with this constructor and closes it; there is no
+    process-wide registry.
+    """
 
     def __init__(
         self,
@@ -71,31 +73,6 @@ class TaskWatcher:
             cooldown=busy_interval,
             cluster=cluster,
         )
-
-    @classmethod
-    def for_cluster(cls, api: TaskReader, cluster: str, **options: Any) -> TaskWatcher:
-        """The process's watcher for (api, cluster); `options` only apply when it is created."""
-        watcher = cls._registry.get((api, cluster))
-        if watcher is None:
-            watcher = cls._registry[(api, cluster)] = cls(api, cluster, **options)
-        return watcher
-
-    @classmethod
-    def existing(cls, api: TaskReader, cluster: str) -> TaskWatcher | None:
-        """The process's watcher for (api, cluster) if one was made."""
-        return cls._registry.get((api, cluster))
-
-    @classmethod
-    def for_cluster_arn(cls, cluster_arn: str) -> list[TaskWatcher]:
-        """Every watcher of this process for the cluster an event names (by ARN or name)."""
-        name = cluster_arn.rsplit("/", 1)[-1]
-        return [w for (_, cluster), w in cls._registry.items() if cluster in (cluster_arn, name)]
-
-    @classmethod
-    async def close_all(cls) -> None:
-        """Stop every registered watcher (at hub shutdown)."""
-        for watcher in list(cls._registry.values()):
-            await watcher.close()
 
     # ---- registration and reads -----------------------------------------------------------
 
@@ -159,8 +136,6 @@ class TaskWatcher:
 
     async def close(self) -> None:
         """Stop the sweep loop, the event batcher and any sweep in flight; waiters are cancelled."""
-        if self._registry.get((self.sweeper.api, self.cluster)) is self:
-            del self._registry[(self.sweeper.api, self.cluster)]
         await self.lookout.close()
         await self.sweeper.close()
         self.store.cancel_waiters()
