@@ -87,6 +87,8 @@ AWS_QUOTAS: dict[str, Quota] = {
     "cluster-read": Quota(burst=100, rate=20),
     "cluster-modify": Quota(burst=100, rate=40),
     "fargate-run-task": Quota(burst=20, rate=20),
+    # RegisterTaskDefinition: 20 burst, 1/s sustained (the ECS API reference's "Request throttling" page).
+    "task-definition-modify": Quota(burst=20, rate=1),
 }
 
 #: operation -> the categories one call draws a token from.
@@ -95,6 +97,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "ListTasks": ("cluster-read",),
     "RunTask": ("cluster-modify", "fargate-run-task"),
     "StopTask": ("cluster-modify",),
+    "RegisterTaskDefinition": ("task-definition-modify",),
 }
 
 

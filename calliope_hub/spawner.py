@@ -20,8 +20,11 @@ from traitlets import Any, Bool, Unicode, default
 
 from .catalog import Catalog, CatalogError, Choice, Placement, TaskIdentity, run_task_request
 from .ecs.api import EcsApi, EcsApiError
+from .ecs.secrets import SecretStoreError, ServerSecrets, server_prefix, split_environment
 from .ecs.snapshot import TaskSnapshot
 from .ecs.status import TaskWatcher
+from .ecs.taskdefs import ServerLabels, server_definition, server_family
+from .ecs.taskdefs import spec_hash as content_hash
 from .hub.config import ECSSpawnerConfig
 from .hub.runtime import HubRuntime
 from .observability import emf, metrics
@@ -57,6 +60,9 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
     _polling = Bool(False)
     choice_service = Unicode("")
     choice_size = Unicode("")
+    #: the server's own task-definition revision and its content hash (calliope_hub.ecs.taskdefs)
+    task_definition = Unicode("")
+    spec_hash = Unicode("")
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
@@ -128,6 +134,8 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
 
     def get_state(self) -> dict:
         state = super().get_state()
+        if self.task_definition:
+            state.update(task_definition=self.task_definition, spec_hash=self.spec_hash)
         if self.task_arn:
             state.update(
                 task_arn=self.task_arn,
@@ -143,6 +151,8 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         self.cluster = state.get("cluster", self.cluster)
         self.choice_service = state.get("service", "")
         self.choice_size = state.get("size", "")
+        self.task_definition = state.get("task_definition", "")
+        self.spec_hash = state.get("spec_hash", "")
 
     def clear_state(self) -> None:
         super().clear_state()
@@ -169,9 +179,62 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
             attempt=attempt,
         )
 
+    def _secret_prefix(self) -> str:
+        settings = self.runtime.settings
+        return server_prefix(settings.secret_root, self.hub_id, self.user.name, self.name)
+
+    async def _server_definition(self, choice: Choice, secrets: ServerSecrets) -> str:
+        """This server's task definition (its own family: its secrets' names), registered only when new."""
+        settings, definitions = self.runtime.settings, self.runtime.task_definitions
+        assert definitions is not None
+        base = self.catalog.task_definition(choice.service.name, local=settings.local_commands)
+        family = server_family(choice.service.family, self.hub_id, self.user.name, self.name)
+        request = server_definition(
+            base,
+            family,
+            secrets.references,
+            execution_role_arn=settings.execution_role_arn,
+            task_role_arn=settings.task_role_arn,
+            labels=ServerLabels(self.hub_id, self.user.name, self.name),
+        )
+        if self.task_definition and self.spec_hash:
+            definitions.remember(self.spec_hash, self.task_definition)
+        try:
+            self.task_definition = await definitions.ensure(request)
+        except EcsApiError as e:
+            raise web.HTTPError(503, f"ECS did not register the server's task definition: {e}") from None
+        self.spec_hash = content_hash(request)
+        return self.task_definition
+
+    async def _store_secrets(self, secret_env: dict[str, str]) -> ServerSecrets:
+        """Write this start's token to the server's parameters, before anything names them."""
+        secrets = ServerSecrets.plan(self._secret_prefix(), secret_env)
+        assert self.runtime.secrets is not None
+        try:
+            await self.runtime.secrets.put(secrets)
+        except SecretStoreError as e:
+            raise web.HTTPError(503, f"The server's token could not be stored: {e}") from None
+        return secrets
+
+    async def _forget_secrets(self) -> None:
+        """Delete the server's parameters once its task is gone (its token is revoked by the hub too)."""
+        prefix, store = self._secret_prefix(), self.runtime.secrets
+        assert store is not None
+        try:
+            await store.delete([f"{prefix}/{name}" for name in self.runtime.settings.secret_environment])
+        except SecretStoreError as e:
+            self.log.warning("%s: parameters under %s not deleted: %s", self._log_name, prefix, e)
+
     async def _run_task(self, choice: Choice) -> str:
-        request = run_task_request(choice, self._identity(choice), self._placement(), self.get_env(), self.get_args())
         api = await self._ecs()
+        plain_env, secret_env = split_environment(self.get_env(), self.runtime.settings.secret_environment)
+        secrets = await self._store_secrets(secret_env)
+        definition = await self._server_definition(choice, secrets)
+        local = self.runtime.settings.local_commands
+        request = run_task_request(
+            choice, self._identity(choice), self._placement(), plain_env, self.get_args(), local=local
+        )
+        request["taskDefinition"] = definition  # the server's own revision, not the catalog family's
         try:
             answer = await api.run_task(request)
         except EcsApiError as e:
@@ -277,6 +340,8 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
 
     async def stop(self, now: bool = False) -> None:
         if not self.task_arn:
+            await self._ecs()
+            await self._forget_secrets()  # a start that failed before RunTask answered
             return
         watcher = await self._status()
         known = watcher.get(self.task_arn)
@@ -285,6 +350,7 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         elif await self._stop_task() and not now:
             await self._wait_until_stopped(watcher)
         watcher.unwatch(self.task_arn)
+        await self._forget_secrets()
 
     async def _stop_task(self) -> bool:
         """StopTask; False when ECS no longer knows the task."""

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from calliope_hub.catalog import Catalog, Placement, TaskIdentity, run_task_request
 from calliope_hub.ecs.api import EcsApi, EcsTarget
-from calliope_hub.ecs.bootstrap import prepare_cluster
+from calliope_hub.ecs.taskdefs import prepare_cluster
 from calliope_hub.ecs.orphans import ORPHAN_STOP_REASON
 from calliope_hub.events.wire import DEFAULT_HEADER, ROUTE
 from calliope_hub.observability import metrics

@@ -268,6 +268,20 @@ class EcsApi:
         """RegisterTaskDefinition; the raw response (its `taskDefinition`)."""
         return await self._call("RegisterTaskDefinition", request)
 
+    async def list_task_definitions(self, family: str, *, max_results: int = 100) -> list[str]:
+        """The newest ACTIVE revisions of `family` (one page, newest first)."""
+        response = await self._call(
+            "ListTaskDefinitions",
+            {"familyPrefix": family, "status": "ACTIVE", "sort": "DESC", "maxResults": max_results},
+        )
+        return [str(arn) for arn in response.get("taskDefinitionArns") or ()]
+
+    async def describe_task_definition(self, ref: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """DescribeTaskDefinition with TAGS: the definition and its tags as a dict."""
+        response = await self._call("DescribeTaskDefinition", {"taskDefinition": ref, "include": ["TAGS"]})
+        tags = {str(tag["key"]): str(tag.get("value", "")) for tag in response.get("tags") or ()}
+        return dict(response["taskDefinition"]), tags
+
     async def ensure_cluster(self, name: str) -> str:
         """The ARN of the ACTIVE cluster `name`, created when it does not exist."""
         response = await self._call("DescribeClusters", {"clusters": [name]})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from botocore.session import Session as BotocoreSession
 from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
@@ -19,11 +20,14 @@ from traitlets.config import Config, Configurable
 
 from calliope_hub.ecs.api import EcsTarget
 from calliope_hub.ecs.orphans import ACTIONS
+from calliope_hub.ecs.secrets import JUPYTERHUB_SECRET_ENV
 from calliope_hub.events.wire import DEFAULT_HEADER
 
 #: a commercial, GovCloud or China Region name (us-east-1, us-gov-west-1, cn-north-1, ap-southeast-2...)
 _REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
 #: CloudWatch: namespaces of 1-255 of these characters.
+#: SSM parameter hierarchy: '/' then levels of letters, digits, '.', '-', '_'.
+_PARAMETER_ROOT = re.compile(r"(/[A-Za-z0-9._-]+){1,8}")
 _NAMESPACE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_/#: ")
 
 
@@ -68,6 +72,44 @@ class ECSSpawnerConfig(Configurable):
         help="Seconds poll() waits for the first status of a task adopted after a hub restart. "
         "Past it the server is reported running: unknown is not stopped.",
     ).tag(config=True)
+    execution_role_arn = Unicode(
+        "", help="Task execution role: pulls the image and reads the server's SSM parameters (ssm:GetParameters)."
+    ).tag(config=True)
+    task_role_arn = Unicode("", help="Task role: what code in a user's server may call on AWS ('' = nothing).").tag(
+        config=True
+    )
+    task_commands = Enum(
+        ["auto", "image", "local"],
+        default_value="auto",
+        help="Which command task definitions carry: the image's ('image'), the catalog's local stand-in for "
+        "local ECS process mode ('local'), or 'local' exactly when endpoint_url is a loopback address ('auto').",
+    ).tag(config=True)
+    secret_parameter_root = Unicode(
+        "/calliope",
+        help="SSM Parameter Store path under which each server's token is kept, as <root>/<hub_id>/<user>/<server>.",
+    ).tag(config=True)
+    secret_environment = List(
+        Unicode(),
+        help="More environment variable names (from Spawner.environment) that go through the secret store, "
+        "besides JUPYTERHUB_API_TOKEN and JPY_API_TOKEN.",
+    ).tag(config=True)
+    ssm_endpoint_url = Unicode(
+        None, allow_none=True, help="SSM endpoint (None = the same as endpoint_url; '' = AWS's own)."
+    ).tag(config=True)
+    ssm_kms_key_id = Unicode("", help="KMS key for the SecureString parameters ('' = SSM's alias/aws/ssm).").tag(
+        config=True
+    )
+
+    @validate("secret_parameter_root")
+    def _validate_secret_root(self, proposal: dict[str, Any]) -> str:
+        """SSM's name rules, checked at config load rather than at the first spawn."""
+        value: str = proposal["value"]
+        if not _PARAMETER_ROOT.fullmatch(value) or value.lower().startswith(("/aws", "/ssm")):
+            raise ValueError(
+                "ECSSpawner.secret_parameter_root must start with '/' and hold only letters, digits, '.', '-', '_' "
+                f"and '/' (not beginning with /aws or /ssm), not {value!r}"
+            )
+        return value
 
 
 class CalliopeEvents(Configurable):
@@ -165,6 +207,14 @@ class RuntimeSettings:
     emf_enabled: bool
     emf_path: str
     emf_namespace: str
+    #: the secret store and the task definitions the hub registers (calliope_hub.ecs.secrets, .taskdefs)
+    ssm_target: EcsTarget
+    secret_root: str
+    secret_environment: tuple[str, ...]
+    kms_key_id: str
+    local_commands: bool
+    execution_role_arn: str
+    task_role_arn: str
 
     @classmethod
     def from_config(cls, spawner: ECSSpawner, *, client_quotas: bool = True) -> RuntimeSettings:
@@ -175,6 +225,8 @@ class RuntimeSettings:
         events, orphans, emf = CalliopeEvents(config=config), OrphanSweep(config=config), CloudWatchEmf(config=config)
         _check_endpoint("ECSSpawner.endpoint_url", spawner.endpoint_url)
         _check_endpoint("CalliopeEvents.sqs_endpoint_url", events.sqs_endpoint_url)
+        ssm_endpoint = spawner.endpoint_url if spawner.ssm_endpoint_url is None else spawner.ssm_endpoint_url
+        _check_endpoint("ECSSpawner.ssm_endpoint_url", ssm_endpoint)
         if spawner.aws_profile:
             # botocore would raise this only when the runtime starts, where JupyterHub's startup
             # check of running servers takes any error for "not running" and stops them.
@@ -203,6 +255,13 @@ class RuntimeSettings:
             emf_enabled=emf.enabled,
             emf_path=emf.path,
             emf_namespace=emf.namespace,
+            ssm_target=EcsTarget(spawner.region, ssm_endpoint or None, spawner.aws_profile or None),
+            secret_root=spawner.secret_parameter_root,
+            secret_environment=tuple(dict.fromkeys([*JUPYTERHUB_SECRET_ENV, *spawner.secret_environment])),
+            kms_key_id=spawner.ssm_kms_key_id,
+            local_commands=_local_commands(spawner.task_commands, spawner.endpoint_url),
+            execution_role_arn=spawner.execution_role_arn,
+            task_role_arn=spawner.task_role_arn,
         )
 
     def watcher_options(self) -> dict[str, Any]:
@@ -217,6 +276,13 @@ class RuntimeSettings:
             "sweeping": self.events.sweeping,
             "confirm_window": self.events.confirm_window,
         }
+
+
+def _local_commands(task_commands: str, endpoint_url: str) -> bool:
+    """'auto': a loopback endpoint is local ECS (or moto), which runs the catalog's local command."""
+    if task_commands != "auto":
+        return task_commands == "local"
+    return urlsplit(endpoint_url).hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def _check_endpoint(name: str, url: str) -> None:

@@ -1,7 +1,8 @@
 """HubRuntime: the one owner of everything a hub process shares, built from config and closed at shutdown.
 
 One runtime per JupyterHub app (and so per process and event loop) builds, in one place:
-the parsed catalog; the ONE EcsApi; one TaskWatcher per cluster; event ingestion (the bounded
+the parsed catalog; the ONE EcsApi; one TaskWatcher per cluster; the registered task
+definitions and the SSM secret store; event ingestion (the bounded
 queue the HTTP endpoint and the SQS consumer feed); the orphan sweep loop and its lock; the
 EMF writer. Spawners and the events handler get their collaborators from it and never make
 their own.
@@ -41,7 +42,9 @@ from typing import IO, TYPE_CHECKING, Any
 from calliope_hub.catalog import Catalog, load_catalog
 from calliope_hub.ecs.api import EcsApi
 from calliope_hub.ecs.orphans import OrphanSweeper, sweep_forever
+from calliope_hub.ecs.secrets import SecretStore, ssm_client
 from calliope_hub.ecs.status import TaskWatcher
+from calliope_hub.ecs.taskdefs import TaskDefinitions
 from calliope_hub.ecsfacts import started_by
 from calliope_hub.events.ingest import EventIngest
 from calliope_hub.events.sqs import SqsEventConsumer, sqs_client
@@ -80,6 +83,9 @@ class HubRuntime:
         self._app_settings = app_settings
         self.catalog: Catalog = load_catalog(settings.catalog_path)  # a bad catalog fails here, at hub start
         self.api: EcsApi | None = None
+        #: the server definitions registered (by content hash) and the secret store; built by start()
+        self.task_definitions: TaskDefinitions | None = None
+        self.secrets: SecretStore | None = None
         self.ingest: EventIngest | None = None
         self.sqs: SqsEventConsumer | None = None
         self._watchers: dict[str, TaskWatcher] = {}
@@ -139,6 +145,9 @@ class HubRuntime:
         else:
             self.api = await EcsApi.create(s.target, client_quotas=None)
         self._exit_stack.push_async_callback(self.api.close)
+        self.task_definitions = TaskDefinitions(self.api)
+        ssm = await self._exit_stack.enter_async_context(ssm_client(s.ssm_target))
+        self.secrets = SecretStore(ssm, kms_key_id=s.kms_key_id)
         if s.events.enabled:
             # One queue, sized by c.CalliopeEvents.queue_size, for the HTTP endpoint and SQS alike.
             self.ingest = EventIngest(s.events.queue_size, watchers_of=self.watchers_of)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from calliope_hub.catalog import Catalog, Placement, TaskIdentity, run_task_request
 from calliope_hub.ecs.api import DescribeResult, EcsApi, EcsTarget
-from calliope_hub.ecs.bootstrap import prepare_cluster
+from calliope_hub.ecs.taskdefs import prepare_cluster
 from calliope_hub.ecs.orphans import ORPHAN_STOP_REASON, OrphanSweeper, Ownership, ServerKey
 from calliope_hub.observability.metrics import ORPHANS
 

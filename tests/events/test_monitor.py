@@ -18,7 +18,7 @@ import pytest
 
 from calliope_hub.catalog import Catalog
 from calliope_hub.ecs.api import EcsApi, EcsTarget
-from calliope_hub.ecs.bootstrap import prepare_cluster
+from calliope_hub.ecs.taskdefs import prepare_cluster
 from calliope_hub.events.wire import DEFAULT_HEADER
 from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.events.monitor import Monitor

@@ -21,7 +21,7 @@ from jupyterhub.objects import Hub
 
 from calliope_hub.catalog import Catalog
 from calliope_hub.ecs.api import EcsApi, EcsTarget
-from calliope_hub.ecs.bootstrap import prepare_cluster
+from calliope_hub.ecs.taskdefs import prepare_cluster
 from calliope_hub.hub.runtime import SETTINGS_KEY, HubRuntime
 from calliope_hub.spawner import ECSSpawner
 

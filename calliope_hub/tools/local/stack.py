@@ -29,7 +29,7 @@ from typing import Any
 
 from ...catalog import Catalog
 from ...ecs.api import EcsApi, EcsTarget
-from ...ecs.bootstrap import prepare_cluster
+from ...ecs.taskdefs import prepare_cluster
 from ..hubapi import HubApi
 from .hubconfig import HubSettings, render
 from .hubproc import HubProcess, api_token_config, private_dir

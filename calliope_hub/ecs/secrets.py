@@ -1,0 +1,134 @@
+"""The secret store: a server's secret environment goes through SSM Parameter Store, never the ECS API.
+
+RunTask overrides come back verbatim in every DescribeTasks answer, and a task definition's
+`environment` in every DescribeTaskDefinition, so anyone with those read permissions would
+hold every server's JupyterHub API token (DESIGN invariant 8). Instead, before RunTask, the
+hub writes each secret value to a SecureString parameter under a name that is stable per
+(hub, user, server); the server's own task definition names it in the container's
+`secrets`; ECS (the task execution role) resolves it as the task starts. The value is
+rotated on every start (a new token is written over the old one) and deleted once the task
+is gone. docs/security.md is the threat model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore import xform_name
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .api import EcsTarget, _local_credentials
+
+log = logging.getLogger(__name__)
+
+#: What JupyterHub 6.1.1's Spawner.get_env() puts that grants anything: the server's API token
+#: (under both names; it is also the server's OAuth client secret). JUPYTERHUB_CLIENT_ID and
+#: the SSL key file *paths* are not secrets.
+JUPYTERHUB_SECRET_ENV = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN")
+#: SSM: DeleteParameters takes at most 10 names.
+DELETE_BATCH = 10
+_UNESCAPED = re.compile(r"[A-Za-z0-9.-]")
+
+
+class SecretStoreError(Exception):
+    """A parameter could not be written or deleted; the message names the operation and the code."""
+
+
+def escape_name_part(value: str) -> str:
+    """One level of a parameter name: letters, digits, '.', '-' kept; anything else as _XX per UTF-8 byte.
+
+    Injective ('_' itself is escaped), so two users never share a name. '' becomes '_'.
+    """
+    if not value:
+        return "_"
+    return "".join(ch if _UNESCAPED.fullmatch(ch) else "".join(f"_{b:02X}" for b in ch.encode()) for ch in value)
+
+
+def server_prefix(root: str, hub_id: str, user: str, server: str) -> str:
+    """`<root>/<hub>/<user>/<server>`: the stable home of one server's parameters."""
+    parts = [escape_name_part(part) for part in (hub_id, user, server)]
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def split_environment(
+    environment: Mapping[str, str], secret_names: Sequence[str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(plain, secret): the environment RunTask may carry, and what only the secret store may."""
+    secret = {name: value for name, value in environment.items() if name in secret_names and value}
+    plain = {name: value for name, value in environment.items() if name not in secret_names}
+    return plain, secret
+
+
+@dataclass(frozen=True)
+class ServerSecrets:
+    """One server's parameters: name -> value, and the container `secrets` that reference them."""
+
+    values: dict[str, str]
+    references: list[dict[str, str]]
+
+    @classmethod
+    def plan(cls, prefix: str, secret_env: Mapping[str, str]) -> ServerSecrets:
+        """One parameter per distinct value (the token under two names is written once), named by its first variable."""
+        values: dict[str, str] = {}
+        by_value: dict[str, str] = {}
+        references = []
+        for env_name in sorted(secret_env):
+            value = secret_env[env_name]
+            parameter = by_value.get(value)
+            if parameter is None:
+                parameter = by_value[value] = f"{prefix}/{env_name}"
+                values[parameter] = value
+            references.append({"name": env_name, "valueFrom": parameter})
+        return cls(values=values, references=references)
+
+
+class SecretStore:
+    """Writes and deletes SecureString parameters through one shared aiobotocore `ssm` client."""
+
+    def __init__(self, client: Any, *, kms_key_id: str = ""):
+        self._client = client
+        self._kms_key_id = kms_key_id
+
+    async def put(self, secrets: ServerSecrets) -> None:
+        """Write (or overwrite: a new start rotates the value) every parameter, before RunTask."""
+        for name, value in secrets.values.items():
+            params: dict[str, Any] = {"Name": name, "Value": value, "Type": "SecureString", "Overwrite": True}
+            if self._kms_key_id:  # else SSM's AWS-managed key, alias/aws/ssm
+                params["KeyId"] = self._kms_key_id
+            await self._call("PutParameter", params)
+
+    async def delete(self, names: Sequence[str]) -> None:
+        """Delete parameters once their task is gone; a name already gone is not an error."""
+        names = list(names)
+        for start in range(0, len(names), DELETE_BATCH):
+            await self._call("DeleteParameters", {"Names": names[start : start + DELETE_BATCH]})
+
+    async def _call(self, operation: str, params: dict[str, Any]) -> None:
+        method = getattr(self._client, xform_name(operation))
+        try:
+            await method(**params)
+        except ClientError as e:
+            error = e.response.get("Error", {})
+            raise SecretStoreError(f"{operation}: {error.get('Code', '?')}: {error.get('Message', '')}") from None
+        except BotoCoreError as e:
+            raise SecretStoreError(f"{operation}: {type(e).__name__}: {e}") from None
+
+
+@contextlib.asynccontextmanager
+async def ssm_client(target: EcsTarget, *, max_attempts: int = 5) -> AsyncIterator[Any]:
+    """An aiobotocore `ssm` client for `target` (local ECS serves SSM on its ECS endpoint)."""
+    config = AioConfig(
+        retries={"mode": "standard", "total_max_attempts": max_attempts}, connect_timeout=5, read_timeout=15
+    )
+    session = AioSession(profile=target.profile)
+    async with session.create_client(
+        "ssm", region_name=target.region, endpoint_url=target.endpoint_url, config=config, **_local_credentials(target)
+    ) as client:
+        yield client
