@@ -3,17 +3,11 @@
 Public surface; the submodules are implementation detail.
 """
 
+from ..ecs.identity import TaskIdentity, decode_tag_value, encode_tag_value, read_tags
 from .catalog import BUILTIN_DIRECTORY, OPTION_ALIASES, OPTION_KEYS, Catalog, Choice, load_catalog
 from .loading import load_service
 from .models import FARGATE_MEMORY, CatalogConfigError, CatalogError, HealthCheck, LocalRun, Service, Size
-from .run_task import (
-    Placement,
-    TaskIdentity,
-    decode_tag_value,
-    encode_tag_value,
-    read_tags,
-    run_task_request,
-)
+from .run_task import Placement, run_task_request
 
 __all__ = [
     "BUILTIN_DIRECTORY",

@@ -2,114 +2,23 @@
 
 Everything idempotency and re-adoption need rides on the request (DESIGN.md invariant 4): a
 clientToken derived from hub, user, server and attempt, the calliope:* tags and startedBy.
-Tag values are escaped reversibly, so a restarted hub can read the user and server back.
+What the tags and startedBy say, and how, is calliope_hub.ecs.identity's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..ecs.identity import TaskIdentity
 from .catalog import Choice
 from .models import CatalogError
 
-TAG_PREFIX = "calliope:"
-TAG_FIELDS = ("hub", "user", "server", "service", "size")
-#: ECS: a tag value has at most 256 characters; startedBy at most 128 of [A-Za-z0-9-_/].
-MAX_TAG_VALUE = 256
-MAX_STARTED_BY = 128
 #: ECS: "A total of 8192 characters are allowed for overrides", JSON included.
 MAX_OVERRIDES_CHARS = 8192
 LAUNCH_TYPES = ("FARGATE", "EC2", "EXTERNAL")
-
-_TAG_SAFE_SYMBOLS = frozenset(" +-.:/@_")
-_ESCAPE = re.compile(r"=([0-9A-F]{2})")
-
-
-def encode_tag_value(value: str) -> str:
-    """`value` in ECS's tag alphabet; other characters (and "=") become =XX per UTF-8 byte.
-
-    A value whose escaped form exceeds 256 characters is cut and ends in "/" plus a hash of
-    the whole, so distinct long values keep distinct tags (reading one back gives the prefix).
-    """
-    units = [
-        ch if (ch.isalnum() or ch in _TAG_SAFE_SYMBOLS) else "".join(f"={b:02X}" for b in ch.encode())
-        for ch in value
-    ]
-    encoded = "".join(units)
-    if len(encoded) <= MAX_TAG_VALUE:
-        return encoded
-    suffix = "/" + hashlib.sha256(value.encode()).hexdigest()[:16]
-    kept, length = [], 0
-    for unit in units:
-        if length + len(unit) > MAX_TAG_VALUE - len(suffix):
-            break
-        kept.append(unit)
-        length += len(unit)
-    return "".join(kept) + suffix
-
-
-def decode_tag_value(value: str) -> str:
-    """The inverse of encode_tag_value for values that were not cut short."""
-    raw = bytearray()
-    position = 0
-    for match in _ESCAPE.finditer(value):
-        raw += value[position : match.start()].encode()
-        raw.append(int(match.group(1), 16))
-        position = match.end()
-    raw += value[position:].encode()
-    return raw.decode("utf-8", "replace")
-
-
-def read_tags(tags: Iterable[Mapping[str, str]]) -> dict[str, str]:
-    """The calliope:* tags of a described task, decoded: {"hub": ..., "user": ..., ...}."""
-    found = {}
-    for tag in tags:
-        key = tag.get("key", "")
-        if key.startswith(TAG_PREFIX) and key[len(TAG_PREFIX) :] in TAG_FIELDS:
-            found[key[len(TAG_PREFIX) :]] = decode_tag_value(tag.get("value", ""))
-    return found
-
-
-@dataclass(frozen=True)
-class TaskIdentity:
-    """Who a task belongs to, and which start attempt it is: the source of tags and tokens."""
-
-    hub_id: str
-    user: str
-    server_name: str
-    service: str
-    size: str
-    attempt: int
-
-    def __post_init__(self) -> None:
-        if not self.hub_id:
-            raise ValueError("hub_id must not be empty: it scopes startedBy and the clientToken")
-        if not isinstance(self.attempt, int) or self.attempt < 0:
-            raise ValueError(f"attempt must be a whole number >= 0, not {self.attempt!r}")
-
-    def tags(self) -> list[dict[str, str]]:
-        """The calliope:* tags that let a restarted hub re-adopt or clean up this task."""
-        values = (self.hub_id, self.user, self.server_name, self.service, self.size)
-        return [
-            {"key": TAG_PREFIX + field, "value": encode_tag_value(value)}
-            for field, value in zip(TAG_FIELDS, values)
-        ]
-
-    @property
-    def started_by(self) -> str:
-        """startedBy: calliope-hub/<hub_id> in ECS's [A-Za-z0-9-_/] alphabet, for ListTasks."""
-        return re.sub(r"[^A-Za-z0-9_/-]", "-", f"calliope-hub/{self.hub_id}")[:MAX_STARTED_BY]
-
-    @property
-    def client_token(self) -> str:
-        """The same for a retried RunTask of one attempt, so ECS starts one task, not two."""
-        parts = (self.hub_id, self.user, self.server_name, str(self.attempt))
-        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()  # 64 hex characters
 
 
 @dataclass(frozen=True)
@@ -137,9 +46,7 @@ class Placement:
             raise CatalogError(f"launch_type {self.launch_type!r} is not one of {', '.join(LAUNCH_TYPES)}")
         for item in self.capacity_provider_strategy:
             if not isinstance(item, Mapping) or not isinstance(item.get("capacityProvider"), str):
-                raise CatalogError(
-                    f"capacity_provider_strategy item {item!r} needs a 'capacityProvider' name"
-                )
+                raise CatalogError(f"capacity_provider_strategy item {item!r} needs a 'capacityProvider' name")
 
     def as_run_task(self) -> dict[str, Any]:
         """The placement part of a RunTask request."""

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from calliope_hub.catalog.run_task import read_tags
+from calliope_hub.ecs.identity import read_tags
 from calliope_hub.ecs.api import DESCRIBE_LIMIT, EcsApi, EcsApiError
 from calliope_hub.observability.metrics import ORPHANS
 
