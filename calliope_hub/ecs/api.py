@@ -27,7 +27,7 @@ from botocore import xform_name
 from botocore.exceptions import BotoCoreError, ClientError
 
 from calliope_hub.observability.metrics import ECS_API_CALLS, ECS_THROTTLES
-from calliope_hub.ecsfacts import AWS_QUOTAS, CATEGORIES, Quota, QuotaBuckets
+from calliope_hub.ecsfacts import AWS_QUOTAS, CATEGORIES, DESCRIBE_LIMIT, LIST_PAGE_LIMIT, Quota, QuotaBuckets
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ THROTTLE_CODES = frozenset(
 )
 #: Bounds ListTasks paging (100 tasks a page, so 100,000 tasks) so it can never loop forever.
 MAX_LIST_PAGES = 1000
-DESCRIBE_LIMIT = 100
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -231,6 +230,28 @@ class EcsApi:
         missing = [f["arn"] for f in failures if f.get("reason") == "MISSING" and f.get("arn")]
         return DescribeResult(tasks=list(response.get("tasks") or ()), missing=missing, failures=failures)
 
+    async def describe_all(
+        self, cluster: str, arns: Sequence[str], *, concurrency: int = 4
+    ) -> list[DescribeResult | EcsApiError]:
+        """DescribeTasks for any number of ARNs: one call per 100, at most `concurrency` at once.
+
+        One answer per chunk, in order: a DescribeResult, or the EcsApiError of that chunk, so
+        a throttled chunk leaves its tasks unknown (never stopped) while the others count.
+        """
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(chunk: Sequence[str]) -> DescribeResult | EcsApiError:
+            async with gate:
+                try:
+                    return await self.describe_tasks(cluster, chunk)
+                except EcsApiError as e:
+                    return e
+
+        chunks = [arns[i : i + DESCRIBE_LIMIT] for i in range(0, len(arns), DESCRIBE_LIMIT)]
+        return list(await asyncio.gather(*(one(chunk) for chunk in chunks)))
+
     async def stop_task(self, cluster: str, arn: str, reason: str) -> dict[str, Any] | None:
         """StopTask; the raw response, or None when ECS no longer knows the task."""
         try:
@@ -249,7 +270,7 @@ class EcsApi:
         desired_status: str = "RUNNING",
     ) -> list[str]:
         """Every task ARN matching the filters, following nextToken 100 at a time."""
-        params: dict[str, Any] = {"cluster": cluster, "maxResults": 100, "desiredStatus": desired_status}
+        params: dict[str, Any] = {"cluster": cluster, "maxResults": LIST_PAGE_LIMIT, "desiredStatus": desired_status}
         if started_by:
             params["startedBy"] = started_by
         if family:

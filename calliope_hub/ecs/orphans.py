@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from calliope_hub.ecs.identity import read_tags
-from calliope_hub.ecs.api import DESCRIBE_LIMIT, EcsApi, EcsApiError
+from calliope_hub.ecs.api import EcsApi, EcsApiError
 from calliope_hub.observability.metrics import ORPHANS
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,10 @@ class Owners(Protocol):
 
 
 class OrphanApi(Protocol):
-    """The three EcsApi calls the sweeper makes (EcsApi itself, or a fake in the tests)."""
+    """The EcsApi calls the sweeper makes (EcsApi itself, or a fake in the tests)."""
 
     async def list_tasks(self, cluster: str, *, started_by: str | None = ..., desired_status: str = ...) -> list[str]: ...
-    async def describe_tasks(self, cluster: str, arns: Any) -> Any: ...
+    async def describe_all(self, cluster: str, arns: Sequence[str]) -> list[Any]: ...
     async def stop_task(self, cluster: str, arn: str, reason: str) -> dict[str, Any] | None: ...
 
 
@@ -149,9 +149,12 @@ class OrphanSweeper:
     ) -> dict[str, tuple[ServerKey, dict[str, Any]]]:
         """Unowned, live tasks tagged for this hub and not of a server that is starting."""
         found: dict[str, tuple[ServerKey, dict[str, Any]]] = {}
-        for start in range(0, len(unowned), DESCRIBE_LIMIT):
-            result = await self.api.describe_tasks(self.cluster, unowned[start : start + DESCRIBE_LIMIT])
-            for task in result.tasks:
+        answers = await self.api.describe_all(self.cluster, unowned)
+        for answer in answers:  # unknown is not orphaned: a failed chunk means this sweep acts on nothing
+            if isinstance(answer, EcsApiError):
+                raise answer
+        for result in answers:
+            for task in getattr(result, "tasks", ()):
                 tags = read_tags(task.get("tags") or ())
                 if tags.get("hub") != self.hub_id or task.get("desiredStatus") == "STOPPED":
                     continue

@@ -15,17 +15,18 @@ import asyncio
 import json
 import logging
 import os
-from datetime import datetime
 from typing import Any
 
 import aiohttp
 
-from calliope_hub.ecs.api import DESCRIBE_LIMIT, EcsApi, EcsApiError, EcsTarget
-from calliope_hub.ecsfacts import DETAIL_TYPE, SOURCE
+from calliope_hub.ecs.api import EcsApi, EcsApiError, EcsTarget
+from calliope_hub.ecsfacts import started_by, task_state_change_event
 from calliope_hub.events.wire import DEFAULT_HEADER, events_url
 
 log = logging.getLogger(__name__)
 SECRET_ENV = "CALLIOPE_EVENTS_SECRET"
+#: events per POST (the hub refuses deliveries of more than 1,000)
+PUSH_BATCH = 100
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,14 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--sweeps", type=int, default=0, help="stop after this many sweeps (0 = run until stopped)")
 
 
-def as_event(task: dict[str, Any], region: str) -> dict[str, Any]:
-    """A DescribeTasks task as EventBridge would deliver it (ISO timestamps)."""
-    detail = json.loads(json.dumps(task, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v)))
-    return {"version": "0", "source": SOURCE, "detail-type": DETAIL_TYPE, "region": region,
-            "time": detail.get("updatedAt") or detail.get("createdAt"), "resources": [task["taskArn"]],
-            "detail": detail}  # fmt: skip
-
-
 class Monitor:
     """Sweeps one cluster for one hub's tasks and pushes what changed."""
 
@@ -59,16 +52,17 @@ class Monitor:
 
     async def sweep(self) -> int:
         """One sweep; returns how many changed tasks were pushed."""
-        started_by = f"calliope-hub/{self.args.hub_id}"
+        hub_tasks = started_by(self.args.hub_id)  # the one rule: tasks carry the sanitized hub id
         arns: list[str] = []
         for status in ("RUNNING", "STOPPED"):
-            arns += await self.api.list_tasks(self.args.cluster, started_by=started_by, desired_status=status)
+            arns += await self.api.list_tasks(self.args.cluster, started_by=hub_tasks, desired_status=status)
         changed = []
-        for i in range(0, len(arns), DESCRIBE_LIMIT):
-            result = await self.api.describe_tasks(self.args.cluster, arns[i : i + DESCRIBE_LIMIT])
-            changed += [t for t in result.tasks if t.get("version", 0) > self.versions.get(t["taskArn"], -1)]
-        for i in range(0, len(changed), DESCRIBE_LIMIT):
-            await self._push([as_event(t, self.args.region) for t in changed[i : i + DESCRIBE_LIMIT]])
+        for answer in await self.api.describe_all(self.args.cluster, arns):
+            if isinstance(answer, EcsApiError):
+                raise answer
+            changed += [t for t in answer.tasks if t.get("version", 0) > self.versions.get(t["taskArn"], -1)]
+        for i in range(0, len(changed), PUSH_BATCH):
+            await self._push([task_state_change_event(t) for t in changed[i : i + PUSH_BATCH]])
         for task in changed:  # only once the hub took them: a failed push is retried next sweep
             self.versions[task["taskArn"]] = task.get("version", 0)
         self.versions = {arn: v for arn, v in self.versions.items() if arn in set(arns)}

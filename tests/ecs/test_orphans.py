@@ -284,9 +284,9 @@ class ModelHub:
         self.step(2)
         return [arn for arn, t in self.tasks.items() if t["desired"] == desired_status]
 
-    async def describe_tasks(self, cluster: str, arns: list[str]) -> DescribeResult:
+    async def describe_all(self, cluster: str, arns: list[str]) -> list[DescribeResult]:
         self.step(2)
-        return DescribeResult(tasks=[self._describe(arn) for arn in arns])
+        return [DescribeResult(tasks=[self._describe(arn) for arn in arns])]
 
     def _describe(self, arn: str) -> dict[str, Any]:
         t = self.tasks[arn]

@@ -27,20 +27,20 @@ from calliope_hub.tools.local.hubproc import HubProcess, api_token_config
 from tests.hubtest import eventually, require_proxy, server_gone, server_ready
 
 
-async def test_a_hub_without_sweeps_follows_the_monitor(local_ecs_factory: Callable[..., Any]) -> None:
+async def test_a_hub_with_a_dotted_id_and_no_sweeps_follows_the_monitor(local_ecs_factory: Callable[..., Any]) -> None:
     require_proxy()
     ecs = local_ecs_factory()
     api = await EcsApi.create(EcsTarget("us-east-1", ecs.endpoint_url))
     await prepare_cluster(api, Catalog.load(), "calliope", local=True)
     secret, token = secrets.token_urlsafe(24), secrets.token_hex(16)
     settings = HubSettings(
-        ecs_endpoint=ecs.endpoint_url, hub_id="mon", events_secret=secret, events_sweeps="off",
+        ecs_endpoint=ecs.endpoint_url, hub_id="prod.hub", events_secret=secret, events_sweeps="off",
         extra=[api_token_config(token)],
     )  # fmt: skip
     async with HubProcess(render(settings)) as hub, HubApi(hub.url, token) as hub_api:
         args = argparse.Namespace(
             hub_url=hub.url, secret=secret, header=DEFAULT_HEADER, region="us-east-1",
-            cluster="calliope", hub_id="mon", interval=0.2, sweeps=0,
+            cluster="calliope", hub_id="prod.hub", interval=0.2, sweeps=0,
         )  # fmt: skip
         async with aiohttp.ClientSession() as session:
             monitor = asyncio.create_task(Monitor(api, session, args).run())
