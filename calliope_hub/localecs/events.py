@@ -1,4 +1,7 @@
-"""Task state changes as EventBridge delivers them: the event shape and an HTTP sink.
+"""Task state changes as EventBridge delivers them: an HTTP sink for the shared event shape.
+
+The event itself is built by calliope_hub.ecsfacts.task_state_change_event (re-exported here),
+the one builder `calliope-hub monitor` uses too, so the hub sees one shape from both.
 
 The hub's event receiver must survive what EventBridge really does: deliver at least once,
 sometimes twice, sometimes out of order, and retry only 5xx and 429. The sink does the
@@ -12,62 +15,17 @@ import json
 import logging
 import random
 import re
-import uuid
 from collections import Counter
-from datetime import UTC, datetime
 
 import aiohttp
 
+from calliope_hub.ecsfacts import task_state_change_event
+
+__all__ = ["HttpEventSink", "parse_header", "task_state_change_event"]
+
 log = logging.getLogger(__name__)
 
-#: Task fields (at any depth) that DescribeTasks gives as epoch numbers and events as ISO strings.
-TIMESTAMP_FIELDS = frozenset({
-    "createdAt", "startedAt", "stoppingAt", "stoppedAt", "pullStartedAt", "pullStoppedAt", "connectivityAt",
-    "executionStoppedAt", "updatedAt", "lastStartedAt",
-})
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-def iso_timestamp(epoch: float, *, milliseconds: bool = True) -> str:
-    """EventBridge's form: 2020-01-23T17:57:34.402Z in detail, 2020-01-23T17:57:58Z for `time`."""
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.isoformat(timespec="milliseconds" if milliseconds else "seconds").replace("+00:00", "Z")
-
-
-def _with_iso_timestamps(value):  # noqa: ANN001, ANN202 - any JSON value
-    if isinstance(value, dict):
-        return {
-            key: iso_timestamp(item) if key in TIMESTAMP_FIELDS and _is_epoch(item) else _with_iso_timestamps(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_with_iso_timestamps(item) for item in value]
-    return value
-
-
-def _is_epoch(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def task_state_change_event(task: dict, *, region: str, account: str) -> dict:
-    """An "ECS Task State Change" event for a DescribeTasks-shaped task, stamped now.
-
-    As in real events, `detail.updatedAt` is the moment of the change when the task has none.
-    """
-    now = datetime.now(UTC).timestamp()
-    detail = _with_iso_timestamps(task)
-    detail.setdefault("updatedAt", iso_timestamp(now))
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "ECS Task State Change",
-        "source": "aws.ecs",
-        "account": account,
-        "time": iso_timestamp(now, milliseconds=False),
-        "region": region,
-        "resources": [task["taskArn"]],
-        "detail": detail,
-    }
 
 
 def parse_header(text: str) -> tuple[str, str]:

@@ -223,3 +223,15 @@ async def test_publish_after_close_is_dropped_not_raised(receiver):
 def test_bad_switches_are_refused():
     with pytest.raises(ValueError, match="probability"):
         HttpEventSink("http://127.0.0.1:1/", duplicate=1.5)
+
+
+def test_botocore_datetimes_and_epoch_numbers_give_the_same_event() -> None:
+    """The monitor describes through aiobotocore (datetimes), local ECS has epoch numbers: one shape."""
+    from datetime import UTC, datetime
+
+    epoch_task = described_task()
+    datetime_task = {**epoch_task, "createdAt": datetime.fromtimestamp(epoch_task["createdAt"], UTC)}
+    a = task_state_change_event(epoch_task, now=1579802300.0)
+    b = task_state_change_event(datetime_task, now=1579802300.0)
+    assert a["detail"] == b["detail"] and a["detail"]["createdAt"] == "2020-01-23T17:57:34.402Z"
+    assert (a["region"], a["account"], a["time"]) == ("us-east-1", "123456789012", "2020-01-23T17:58:20Z")
