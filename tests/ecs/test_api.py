@@ -187,6 +187,25 @@ async def test_describe_separates_missing_from_other_failures(scripted: tuple[Sc
     ]
 
 
+async def test_describe_all_is_one_call_per_hundred_and_one_answer_per_chunk(
+    scripted: tuple[ScriptedEndpoint, EcsTarget],
+) -> None:
+    endpoint, target = scripted
+    throttled = (400, {"__type": "ThrottlingException", "message": "Rate exceeded"})
+    endpoint.answers["DescribeTasks"] = [(200, {"tasks": [], "failures": []}), throttled, (200, {"tasks": []})]
+    api = await EcsApi.create(target, max_attempts=1)
+    try:
+        answers = await api.describe_all("c", [f"arn:task/{i}" for i in range(250)], concurrency=1)
+        assert await api.describe_all("c", []) == []
+        with pytest.raises(ValueError, match="concurrency"):
+            await api.describe_all("c", ["arn:task/1"], concurrency=0)
+    finally:
+        await api.close()
+    assert [len(call["tasks"]) for call in endpoint.sent("DescribeTasks")] == [100, 100, 50]
+    assert isinstance(answers[1], EcsApiError) and answers[1].throttled  # that chunk is unknown, not stopped
+    assert [type(a).__name__ for a in answers] == ["DescribeResult", "EcsApiError", "DescribeResult"]
+
+
 async def test_stopping_a_task_ecs_forgot_answers_none(scripted: tuple[ScriptedEndpoint, EcsTarget]) -> None:
     endpoint, target = scripted
     not_found = {"__type": "InvalidParameterException", "message": "The referenced task was not found."}
