@@ -26,15 +26,13 @@ from aiobotocore.session import AioSession
 from botocore import xform_name
 from botocore.exceptions import BotoCoreError, ClientError
 
-from calliope_hub.observability.metrics import ECS_API_CALLS, ECS_THROTTLES
 from calliope_hub.ecsfacts import AWS_QUOTAS, CATEGORIES, DESCRIBE_LIMIT, LIST_PAGE_LIMIT, Quota, QuotaBuckets
+from calliope_hub.observability.metrics import ECS_API_CALLS, ECS_THROTTLES
 
 log = logging.getLogger(__name__)
 
 #: Error codes that mean "slow down" (the ones botocore's standard retry mode treats so).
-THROTTLE_CODES = frozenset(
-    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
-)
+THROTTLE_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"})
 #: Bounds ListTasks paging (100 tasks a page, so 100,000 tasks) so it can never loop forever.
 MAX_LIST_PAGES = 1000
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -223,9 +221,7 @@ class EcsApi:
             raise ValueError(f"DescribeTasks takes at most {DESCRIBE_LIMIT} ARNs, not {len(arns)}")
         if not arns:
             return DescribeResult(tasks=[])
-        response = await self._call(
-            "DescribeTasks", {"cluster": cluster, "tasks": list(arns), "include": ["TAGS"]}
-        )
+        response = await self._call("DescribeTasks", {"cluster": cluster, "tasks": list(arns), "include": ["TAGS"]})
         failures = list(response.get("failures") or ())
         missing = [f["arn"] for f in failures if f.get("reason") == "MISSING" and f.get("arn")]
         return DescribeResult(tasks=list(response.get("tasks") or ()), missing=missing, failures=failures)

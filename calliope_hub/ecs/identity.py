@@ -41,8 +41,7 @@ def encode_tag_value(value: str) -> str:
     the whole, so distinct long values keep distinct tags (reading one back gives the prefix).
     """
     units = [
-        ch if (ch.isalnum() or ch in _TAG_SAFE_SYMBOLS) else "".join(f"={b:02X}" for b in ch.encode())
-        for ch in value
+        ch if (ch.isalnum() or ch in _TAG_SAFE_SYMBOLS) else "".join(f"={b:02X}" for b in ch.encode()) for ch in value
     ]
     encoded = "".join(units)
     if len(encoded) <= MAX_TAG_VALUE:
@@ -102,7 +101,7 @@ class TaskIdentity:
         values = (self.hub_id, self.user, self.server_name, self.service, self.size)
         return [
             {"key": TAG_PREFIX + field, "value": encode_tag_value(value)}
-            for field, value in zip(TAG_FIELDS, values)
+            for field, value in zip(TAG_FIELDS, values, strict=True)
         ]
 
     @property

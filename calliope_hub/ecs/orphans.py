@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from calliope_hub.ecs.identity import read_tags
 from calliope_hub.ecs.api import EcsApi, EcsApiError
+from calliope_hub.ecs.identity import read_tags
 from calliope_hub.observability.metrics import ORPHANS
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ class Owners(Protocol):
 class OrphanApi(Protocol):
     """The EcsApi calls the sweeper makes (EcsApi itself, or a fake in the tests)."""
 
-    async def list_tasks(self, cluster: str, *, started_by: str | None = ..., desired_status: str = ...) -> list[str]: ...
+    async def list_tasks(
+        self, cluster: str, *, started_by: str | None = ..., desired_status: str = ...
+    ) -> list[str]: ...
     async def describe_all(self, cluster: str, arns: Sequence[str]) -> list[Any]: ...
     async def stop_task(self, cluster: str, arn: str, reason: str) -> dict[str, Any] | None: ...
 
@@ -163,9 +165,7 @@ class OrphanSweeper:
                     found[task["taskArn"]] = (key, task)
         return found
 
-    async def _act(
-        self, due: dict[str, ServerKey], tasks: dict[str, dict[str, Any]], report: SweepReport
-    ) -> None:
+    async def _act(self, due: dict[str, ServerKey], tasks: dict[str, dict[str, Any]], report: SweepReport) -> None:
         for arn, key in due.items():
             ownership = self.owners.ownership()  # fresh, and no await before the StopTask below
             if ownership.claims(arn, key):
@@ -212,8 +212,12 @@ async def sweep_forever(
                 if report.found or report.stopped or report.adopted:
                     log.info(
                         "orphan sweep of %s: %d listed, %d unowned, %d new, %d stopped, %d re-adopted",
-                        sweeper.cluster, report.listed, report.unowned,
-                        len(report.found), len(report.stopped), len(report.adopted),
+                        sweeper.cluster,
+                        report.listed,
+                        report.unowned,
+                        len(report.found),
+                        len(report.stopped),
+                        len(report.adopted),
                     )
         except Exception:
             log.exception("orphan sweep of %s failed; the next one runs as scheduled", sweeper.cluster)

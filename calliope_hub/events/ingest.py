@@ -17,6 +17,7 @@ only after its events reached the watchers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -180,10 +181,8 @@ class EventIngest:
         worker, self._worker = self._worker, None
         if worker is not None and not worker.done():
             worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await worker
-            except asyncio.CancelledError:
-                pass
 
     def receive(self, body: bytes | str) -> Sorted:
         """`receive_delivery` for this hub's watchers."""

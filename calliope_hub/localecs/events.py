@@ -73,7 +73,9 @@ class HttpEventSink:
         self._max_attempts, self._timeout = max_attempts, aiohttp.ClientTimeout(total=timeout)
         self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
         self._rng = rng or random.Random()
-        self._lanes = [asyncio.Queue(maxsize=max(1, max_queued // concurrency)) for _ in range(concurrency)]
+        self._lanes: list[asyncio.Queue[dict]] = [
+            asyncio.Queue(maxsize=max(1, max_queued // concurrency)) for _ in range(concurrency)
+        ]
         self._workers: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -112,7 +114,10 @@ class HttpEventSink:
 
     def stats(self) -> dict[str, int]:
         """published, duplicated, delivered, retried, rejected, dropped, and pending events."""
-        counts = {name: self._counts[name] for name in ("published", "duplicated", "delivered", "retried", "rejected", "dropped")}
+        counts = {
+            name: self._counts[name]
+            for name in ("published", "duplicated", "delivered", "retried", "rejected", "dropped")
+        }
         settled = counts["delivered"] + counts["rejected"] + counts["dropped"]
         counts["pending"] = counts["published"] + counts["duplicated"] - settled
         return counts
@@ -147,6 +152,8 @@ class HttpEventSink:
         body = json.dumps(event)
         for attempt in range(1, self._max_attempts + 1):
             try:
+                if self._session is None:
+                    raise RuntimeError("HttpEventSink.start() was not called")
                 async with self._session.post(self.url, data=body, headers=self._headers) as answer:
                     status = answer.status
                     await answer.read()

@@ -14,8 +14,8 @@ from aiohttp import web
 
 from calliope_hub.ecs.api import EcsApi, EcsApiError, EcsTarget
 from calliope_hub.ecs.snapshot import TaskSnapshot
-from calliope_hub.observability.metrics import ECS_API_CALLS, ECS_THROTTLES
 from calliope_hub.ecsfacts import Quota
+from calliope_hub.observability.metrics import ECS_API_CALLS, ECS_THROTTLES
 
 REGION = "us-east-1"  # moto_target's region too
 HUB = "calliope-hub/test-hub"
@@ -163,7 +163,9 @@ async def test_list_tasks_follows_next_token(scripted: tuple[ScriptedEndpoint, E
     sent = endpoint.sent("ListTasks")
     assert [body.get("nextToken") for body in sent] == [None, "t1", "t2"]
     assert all(
-        body["maxResults"] == 100 and body["startedBy"] == HUB and body["family"] == "lab"
+        body["maxResults"] == 100
+        and body["startedBy"] == HUB
+        and body["family"] == "lab"
         and body["desiredStatus"] == "RUNNING"
         for body in sent
     )

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from calliope_hub.catalog import Catalog, Placement, TaskIdentity, run_task_request
 from calliope_hub.ecs.api import DescribeResult, EcsApi, EcsTarget
-from calliope_hub.ecs.taskdefs import prepare_cluster
 from calliope_hub.ecs.orphans import ORPHAN_STOP_REASON, OrphanSweeper, Ownership, ServerKey
+from calliope_hub.ecs.taskdefs import prepare_cluster
 from calliope_hub.observability.metrics import ORPHANS
 
 CLUSTER = "calliope"
@@ -141,9 +141,7 @@ async def test_a_task_whose_spawner_state_was_wiped_is_readopted(api: EcsApi, ru
     assert (await sweeper.sweep()).found == []  # owned again: no longer a candidate
 
 
-async def test_a_task_owned_during_the_grace_period_starts_its_grace_over(
-    api: EcsApi, run: Callable[..., Any]
-) -> None:
+async def test_a_task_owned_during_the_grace_period_starts_its_grace_over(api: EcsApi, run: Callable[..., Any]) -> None:
     owners, clock = TableOwners(), Clock()
     arn = await run("erin")
     sweeper = sweeper_for(api, owners, clock)
@@ -280,7 +278,9 @@ class ModelHub:
 
     # -- EcsApi --------------------------------------------------------------------------
 
-    async def list_tasks(self, cluster: str, *, started_by: str | None = None, desired_status: str = "RUNNING") -> list[str]:
+    async def list_tasks(
+        self, cluster: str, *, started_by: str | None = None, desired_status: str = "RUNNING"
+    ) -> list[str]:
         self.step(2)
         return [arn for arn, t in self.tasks.items() if t["desired"] == desired_status]
 

@@ -77,7 +77,9 @@ def test_other_sources_detail_types_and_clusters_are_ignored_not_refused() -> No
     other_cluster = event_for(ecs_task(arn(2)), cluster_arn="arn:aws:ecs:us-east-1:1:cluster/other")
     other_source = {**ours, "source": "aws.ec2"}
     other_type = {**ours, "detail-type": "ECS Container Instance State Change"}
-    sorted_ = sort_delivery([ours, other_cluster, other_source, other_type], lambda c: [object()] if c == CLUSTER_ARN else [])  # type: ignore[list-item]
+    sorted_ = sort_delivery(
+        [ours, other_cluster, other_source, other_type], lambda c: [object()] if c == CLUSTER_ARN else []
+    )  # type: ignore[list-item]
     assert [c.detail["taskArn"] for c in sorted_.changes] == [arn(1)] and sorted_.ignored == 3
 
 
@@ -103,7 +105,10 @@ async def test_a_full_queue_takes_nothing_of_a_delivery(watcher: Recorder) -> No
 
 
 def test_the_front_half_counts_what_it_refuses_and_what_is_not_ours() -> None:
-    ours, theirs = event_for(ecs_task(arn(1))), event_for(ecs_task(arn(2)), cluster_arn="arn:aws:ecs:us-east-1:1:cluster/x")
+    ours, theirs = (
+        event_for(ecs_task(arn(1))),
+        event_for(ecs_task(arn(2)), cluster_arn="arn:aws:ecs:us-east-1:1:cluster/x"),
+    )
     invalid, ignored = counted("invalid"), counted("ignored")
     with pytest.raises(EventFormatError):
         receive_delivery(b"{not json", lambda c: [])
@@ -129,7 +134,12 @@ async def test_the_queue_takes_changes_only_between_start_and_close(watcher: Rec
 
 @pytest.mark.parametrize(
     "outcomes, counted_as",
-    [(["stale", "applied"], "applied"), (["stale", "confirming", "hint"], "confirming"), (["stale"], "stale"), ([], "ignored")],
+    [
+        (["stale", "applied"], "applied"),
+        (["stale", "confirming", "hint"], "confirming"),
+        (["stale"], "stale"),
+        ([], "ignored"),
+    ],
 )
 def test_apply_counts_the_most_telling_outcome_of_the_clusters_watchers(outcomes: list[str], counted_as: str) -> None:
     watchers = [Recorder(o) for o in outcomes]

@@ -19,10 +19,10 @@ import pytest
 from calliope_hub.catalog import Catalog
 from calliope_hub.ecs.api import EcsApi, EcsTarget
 from calliope_hub.ecs.taskdefs import prepare_cluster
-from calliope_hub.events.wire import DEFAULT_HEADER
-from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.events.monitor import Monitor
+from calliope_hub.events.wire import DEFAULT_HEADER
 from calliope_hub.tools.hubapi import HubApi
+from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.tools.local.hubproc import HubProcess, api_token_config
 from tests.hubtest import eventually, require_proxy, server_gone, server_ready
 

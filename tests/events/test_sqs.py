@@ -69,7 +69,9 @@ async def drain(consumer: SqsEventConsumer, polls: int = 20) -> int:
     return settled
 
 
-async def test_events_on_the_queue_reach_the_watcher_and_are_deleted(queue: tuple[Any, str], client: Any, watcher: Recorder) -> None:
+async def test_events_on_the_queue_reach_the_watcher_and_are_deleted(
+    queue: tuple[Any, str], client: Any, watcher: Recorder
+) -> None:
     sqs, url = queue
     arns = [arn(i) for i in range(12)]
     for a in arns:
@@ -81,7 +83,9 @@ async def test_events_on_the_queue_reach_the_watcher_and_are_deleted(queue: tupl
     assert left_on_queue(sqs, url) == 0
 
 
-async def test_a_poison_message_does_not_block_the_queue(queue: tuple[Any, str], client: Any, watcher: Recorder) -> None:
+async def test_a_poison_message_does_not_block_the_queue(
+    queue: tuple[Any, str], client: Any, watcher: Recorder
+) -> None:
     sqs, url = queue
     good, cursed = arn(1), arn(2)
     ingest = CursedIngest(cursed, watchers_of=lambda c: [watcher])

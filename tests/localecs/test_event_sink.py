@@ -34,8 +34,16 @@ def described_task(version: int = 3, arn: str = ARN) -> dict:
         "executionStoppedAt": 1579802300.25,
         "stopCode": "UserInitiated",
         "stoppedReason": "bye",
-        "containers": [{"name": "app", "exitCode": 0, "managedAgents": [{"name": "ExecuteCommandAgent", "lastStartedAt": 1579802279.0}]}],
-        "attachments": [{"type": "ElasticNetworkInterface", "details": [{"name": "privateIPv4Address", "value": "127.0.0.9"}]}],
+        "containers": [
+            {
+                "name": "app",
+                "exitCode": 0,
+                "managedAgents": [{"name": "ExecuteCommandAgent", "lastStartedAt": 1579802279.0}],
+            }
+        ],
+        "attachments": [
+            {"type": "ElasticNetworkInterface", "details": [{"name": "privateIPv4Address", "value": "127.0.0.9"}]}
+        ],
     }
 
 
@@ -47,15 +55,30 @@ def test_event_has_the_eventbridge_shape():
     assert event["version"] == "0"
     assert re.fullmatch(r"[0-9a-f-]{36}", event["id"])
     assert (event["detail-type"], event["source"], event["account"], event["region"]) == (
-        "ECS Task State Change", "aws.ecs", "123456789012", "us-east-1",
+        "ECS Task State Change",
+        "aws.ecs",
+        "123456789012",
+        "us-east-1",
     )
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", event["time"])
     assert event["resources"] == [ARN]
     detail = event["detail"]
-    assert detail["version"] == 3 and detail["stopCode"] == "UserInitiated" and detail["attachments"] == task["attachments"]
+    assert (
+        detail["version"] == 3
+        and detail["stopCode"] == "UserInitiated"
+        and detail["attachments"] == task["attachments"]
+    )
     assert detail["createdAt"] == "2020-01-23T17:57:34.402Z"
     assert detail["stoppingAt"] == "2020-01-23T17:58:20.000Z"
-    for field in ("startedAt", "stoppedAt", "pullStartedAt", "pullStoppedAt", "connectivityAt", "executionStoppedAt", "updatedAt"):
+    for field in (
+        "startedAt",
+        "stoppedAt",
+        "pullStartedAt",
+        "pullStoppedAt",
+        "connectivityAt",
+        "executionStoppedAt",
+        "updatedAt",
+    ):
         assert ISO_MS.match(detail[field]), field
     assert ISO_MS.match(detail["containers"][0]["managedAgents"][0]["lastStartedAt"])
     assert detail["containers"][0]["exitCode"] == 0, "numbers that are not timestamps stay numbers"
@@ -116,7 +139,9 @@ async def receiver():
 
 def events(count: int, tasks: int = 1) -> list[dict]:
     return [
-        task_state_change_event(described_task(version=i // tasks + 1, arn=f"{ARN[:-4]}{i % tasks:04d}"), region="r", account="a")
+        task_state_change_event(
+            described_task(version=i // tasks + 1, arn=f"{ARN[:-4]}{i % tasks:04d}"), region="r", account="a"
+        )
         for i in range(count)
     ]
 
@@ -140,7 +165,15 @@ async def test_delivers_in_order_with_the_header(receiver):
     assert serving.received == published, "one task's events keep their order without reorder"
     assert all(headers["Authorization"] == "Bearer s3cret" for headers in serving.headers)
     assert all(headers["Content-Type"] == "application/json" for headers in serving.headers)
-    assert stats == {"published": 10, "duplicated": 0, "delivered": 10, "retried": 0, "rejected": 0, "dropped": 0, "pending": 0}
+    assert stats == {
+        "published": 10,
+        "duplicated": 0,
+        "delivered": 10,
+        "retried": 0,
+        "rejected": 0,
+        "dropped": 0,
+        "pending": 0,
+    }
 
 
 async def test_retries_5xx_and_429_until_delivered(receiver):
