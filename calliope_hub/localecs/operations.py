@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from calliope_hub.ecsfacts import STARTED_BY_PATTERN
 from calliope_hub.localecs.efsvolumes import check_volumes
 from calliope_hub.localecs.model import (
     Container,
@@ -33,7 +34,6 @@ from calliope_hub.localecs.state import ControlPlane
 
 Params = dict[str, Any]
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
-_STARTED_BY = re.compile(r"^[A-Za-z0-9_/-]{1,128}$")
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
 
 
@@ -323,7 +323,7 @@ def run_task(plane: ControlPlane, params: Params) -> dict:
     if token is not None and not 1 <= len(token) <= 64:
         raise invalid("clientToken must be 1-64 characters.")
     started_by = _get(params, "startedBy", str)
-    if started_by is not None and not _STARTED_BY.match(started_by):
+    if started_by is not None and not STARTED_BY_PATTERN.match(started_by):
         raise invalid("startedBy must be up to 128 letters, numbers, hyphens, underscores and slashes.")
     tags = validate_tags(params.get("tags"))
     launch_type, provider, fargate = _placement(definition, params)
