@@ -1,0 +1,159 @@
+"""Task definitions keyed by content: registered once, found again after a restart, never twice.
+
+Against local ECS (its /_localecs/stats counts every call by operation) and moto's ECS
+through the real aiobotocore client; the pure parts (hash, family, parameter names) directly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import boto3
+import pytest
+
+from calliope_hub.catalog import Catalog
+from calliope_hub.ecs.api import EcsApi, EcsTarget
+from calliope_hub.ecs.secrets import ServerSecrets, escape_name_part, server_prefix, split_environment
+from calliope_hub.ecs.taskdefs import (
+    HASH_TAG,
+    ServerLabels,
+    TaskDefinitions,
+    prepare_cluster,
+    server_definition,
+    server_family,
+    spec_hash,
+)
+
+CATALOG = Catalog.load()
+
+
+def lab_definition(family: str, **changes: Any) -> dict[str, Any]:
+    secrets = ServerSecrets.plan("/calliope/t/ada/_", {"JUPYTERHUB_API_TOKEN": "x", "JPY_API_TOKEN": "x"})
+    base = {**CATALOG.task_definition("lab", local=True), **changes}
+    return server_definition(base, family, secrets.references, labels=ServerLabels("t", "ada", ""))
+
+
+@pytest.fixture
+def family() -> str:
+    """A family of the test's own: moto's server lives for the whole session."""
+    return f"calliope-lab-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def api(ecs_endpoint: str) -> AsyncIterator[EcsApi]:
+    client = await EcsApi.create(EcsTarget("us-east-1", ecs_endpoint))
+    yield client
+    await client.close()
+
+
+def registrations(api: EcsApi) -> int:
+    return api.calls[("RegisterTaskDefinition", "ok")]
+
+
+async def test_unchanged_content_registers_once_and_a_change_exactly_once_more(api: EcsApi, family: str) -> None:
+    definitions = TaskDefinitions(api)
+    first = await definitions.ensure(lab_definition(family))
+    assert await definitions.ensure(lab_definition(family)) == first
+    assert registrations(api) == 1
+    changed = await definitions.ensure(lab_definition(family, memory="4096"))
+    assert changed != first and changed.endswith(":2")
+    assert await definitions.ensure(lab_definition(family, memory="4096")) == changed
+    assert registrations(api) == 2
+    assert definitions.outcomes == {"cached": 2, "found": 0, "registered": 2}
+
+
+async def test_a_restarted_hub_finds_its_revisions_by_the_hash_tag(api: EcsApi, family: str) -> None:
+    before = await TaskDefinitions(api).ensure(lab_definition(family))
+    await TaskDefinitions(api).ensure(lab_definition(family, memory="4096"))  # a newer revision on top
+    restarted = TaskDefinitions(api)
+    assert await restarted.ensure(lab_definition(family)) == before, "the older revision with the same hash"
+    assert registrations(api) == 2
+    assert restarted.outcomes["found"] == 1
+    _, tags = await api.describe_task_definition(before)
+    assert tags[HASH_TAG] == spec_hash(lab_definition(family))
+    assert tags["calliope:user"] == "ada"
+
+
+async def test_concurrent_first_spawns_of_one_server_register_one_revision(api: EcsApi, family: str) -> None:
+    import asyncio
+
+    definitions = TaskDefinitions(api)
+    arns = await asyncio.gather(*(definitions.ensure(lab_definition(family)) for _ in range(10)))
+    assert len(set(arns)) == 1
+    assert registrations(api) == 1
+
+
+async def test_prepare_cluster_is_idempotent_and_counted_by_local_ecs(local_ecs: Any) -> None:
+    api = await EcsApi.create(EcsTarget("us-east-1", local_ecs.endpoint_url))
+    try:
+        first = await prepare_cluster(api, CATALOG, "calliope", local=True)
+        again = await prepare_cluster(api, CATALOG, "calliope", local=True)
+    finally:
+        await api.close()
+    assert first == again and set(first) == set(CATALOG.services)
+    calls = local_ecs.stats()["calls"]
+    assert calls["RegisterTaskDefinition"]["ok"] == len(CATALOG.services)
+    assert calls["DescribeTaskDefinition"]["ok"] == len(CATALOG.services), "found by tag, not registered again"
+
+
+async def test_registration_waits_for_the_client_quota_instead_of_being_throttled(local_ecs_factory: Any) -> None:
+    local_ecs = local_ecs_factory(throttle="aws")
+    api = await EcsApi.create(EcsTarget("us-east-1", local_ecs.endpoint_url))
+    definitions = TaskDefinitions(api)
+    try:
+        for n in range(22):  # 20 burst + 2 at 1/s
+            await definitions.ensure(lab_definition(f"calliope-lab-q{n}"))
+    finally:
+        await api.close()
+    assert api.limited["RegisterTaskDefinition"] >= 2
+    calls = local_ecs.stats()["calls"]["RegisterTaskDefinition"]
+    # The client bucket runs at exactly ECS's rate, so a token may be a hair early (botocore retries it).
+    assert calls["ok"] == 22 and calls["error"] == 0 and calls["throttled"] <= 2
+
+
+def test_the_hash_covers_content_not_tags() -> None:
+    plain = lab_definition("calliope-lab-t")
+    assert spec_hash(plain) == spec_hash({**plain, "tags": [{"key": "k", "value": "v"}]})
+    for change in ({"cpu": "2048"}, {"executionRoleArn": "arn:aws:iam::1:role/x"}, {"volumes": [{"name": "h"}]}):
+        assert spec_hash({**plain, **change}) != spec_hash(plain)
+    other_secret = server_definition(CATALOG.task_definition("lab", local=True), plain["family"], [])
+    assert spec_hash(other_secret) != spec_hash(plain)
+
+
+def test_server_families_are_ecs_names_and_never_shared() -> None:
+    pairs = [("ada", ""), ("ada", "x"), ("a.da", ""), ("a_da", ""), ("ädä", ""), ("x" * 300, "y" * 300)]
+    families = {server_family("calliope-lab", "hub", user, server) for user, server in pairs}
+    assert len(families) == 6
+    for family in families:
+        assert len(family) <= 255
+        assert all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in family)
+
+
+def test_parameter_names_are_ssm_names_and_injective() -> None:
+    pairs = [("ada", ""), ("ada", "_"), ("a@b", ""), ("a_40b", ""), ("ädä", "x/y")]
+    names = {server_prefix("/calliope", "hub", user, server) for user, server in pairs}
+    assert len(names) == 5
+    assert escape_name_part("") == "_" and escape_name_part("a/b") == "a_2Fb"
+    assert all(name.count("/") == 4 for name in names)
+
+
+def test_the_token_leaves_the_environment_and_is_written_once() -> None:
+    env = {"JUPYTERHUB_API_TOKEN": "t0k", "JPY_API_TOKEN": "t0k", "JUPYTERHUB_USER": "ada"}
+    plain, secret = split_environment(env, ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN"))
+    assert plain == {"JUPYTERHUB_USER": "ada"}
+    planned = ServerSecrets.plan("/c/h/ada/_", secret)
+    assert planned.values == {"/c/h/ada/_/JPY_API_TOKEN": "t0k"}
+    assert {ref["name"] for ref in planned.references} == {"JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN"}
+    assert {ref["valueFrom"] for ref in planned.references} == {"/c/h/ada/_/JPY_API_TOKEN"}
+
+
+@pytest.mark.local_ecs_only(reason="ECS and moto take familyPrefix as the whole family; local ECS as a prefix")
+async def test_definitions_of_other_families_with_a_shared_prefix_are_not_taken(
+    api: EcsApi, ecs_endpoint: str, family: str
+) -> None:
+    longer = await TaskDefinitions(api).ensure(lab_definition(f"{family}-longer"))
+    ecs = boto3.client("ecs", endpoint_url=ecs_endpoint, region_name="us-east-1")
+    assert ecs.list_task_definitions(familyPrefix=family)["taskDefinitionArns"] == [longer], "local ECS: a prefix"
+    assert await TaskDefinitions(api).find(family, spec_hash(lab_definition(family))) is None
