@@ -66,6 +66,8 @@ INSTANCE_SETTINGS = {
         *("pid_file", "extra_log_file", "log_level", "config_file"),
     },
 }
+# the command line's -f lands under the app's own class name
+INSTANCE_SETTINGS["HAJupyterHub"] = INSTANCE_SETTINGS["JupyterHub"]
 _INSTANCE_KEYS = {(section, key) for section, keys in INSTANCE_SETTINGS.items() for key in keys}
 #: where the lock session's application_name carries the config fingerprint: calliope-hub/<fp>/<instance>
 SESSION_PREFIX = "calliope-hub/"
@@ -178,6 +180,11 @@ class HAJupyterHub(JupyterHub):
     #: standby -> taking-over -> leader
     ha_state = "standby"
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: background ends of the spawns a dead leader left in flight (referenced until done)
+        self._ending: set[asyncio.Future[None]] = set()
+
     @default("classes")
     def _ha_classes(self) -> list[type]:
         return [*self._load_classes(), CalliopeHA]
@@ -210,6 +217,10 @@ class HAJupyterHub(JupyterHub):
                 f"c.JupyterHub.db_url is a {backend} database ({self.db_url!r}); an HA pair shares one PostgreSQL "
                 "(SQLite is one file that one process owns)"
             )
+        try:
+            make_url(self.db_url).get_dialect().import_dbapi()
+        except ImportError as e:
+            self._refuse(f"c.JupyterHub.db_url {make_url(self.db_url)!r} needs a driver that is not installed ({e})")
         if self.cleanup_servers:
             self._refuse("c.JupyterHub.cleanup_servers must be False: the standby takes over the running servers")
         if self.ha.fence_timeout <= self.ha.fence_check_interval:
@@ -259,13 +270,14 @@ class HAJupyterHub(JupyterHub):
                     self._refuse(
                         f"this hub's config (fingerprint {fingerprint}) differs from the leader's ({holder}); "
                         "both hubs of a pair must load the same config (only c.CalliopeHA and the hub's own "
-                        f"address may differ: {sorted(k for _, k in _INSTANCE_KEYS)})"
+                        f"address may differ: {sorted(INSTANCE_SETTINGS['JupyterHub'])})"
                     )
             first = False
             await asyncio.sleep(self.ha.standby_poll_interval)
 
     def _serve_health(self) -> None:
-        application = web.Application([("/leader", LeaderHandler, {"app": self})])
+        # no access log: a balancer asks several times a second
+        application = web.Application([("/leader", LeaderHandler, {"app": self})], log_function=lambda _: None)
         server = HTTPServer(application)
         server.listen(self.ha.health_port, address=self.ha.health_ip)
         self.log.info("Calliope HA: leader health at http://%s:%d/leader", self.ha.health_ip, self.ha.health_port)
@@ -273,38 +285,48 @@ class HAJupyterHub(JupyterHub):
     # ---- takeover --------------------------------------------------------------------------
 
     async def init_spawners(self) -> int:
-        """JupyterHub's check of running servers, then the spawns the old leader left half-done."""
+        """The spawns the old leader left half-done are taken out first, then JupyterHub's own check."""
+        self._end_interrupted_spawns()
         checked: int = await super().init_spawners()
-        await self._end_interrupted_spawns()
         return checked
 
-    async def _end_interrupted_spawns(self) -> None:
-        """A server with a task in its state but no server record was starting (or stopping) when the
-        old leader died. Its browser lost that leader's progress stream, and only that process could
-        finish JupyterHub's spawn (the route, the server record, the OAuth handshake), so the spawn is
-        failed cleanly: `User.stop` stops the task (ECS says STOPPING before it returns), drops the
-        spawn's API token and clears the state. The user sees a stopped server and starts it again;
-        the orphan sweep stops anything this misses once its grace period has passed.
+    def _end_interrupted_spawns(self) -> None:
+        """Fail, cleanly, every spawn that was in flight when the old leader died.
+
+        Such a server has a task in its state but no address: JupyterHub writes the server
+        record before `Spawner.start` and its address only after start returns, so left alone
+        `init_spawners` would wait `http_timeout` for a server at no address. Only the dead
+        process could finish JupyterHub's spawn (its progress stream, its pending-state
+        bookkeeping), so the record is dropped now, before JupyterHub's check sees it, and
+        `User.stop` runs in the background: it stops the task (StopTask, then the watcher's
+        STOPPED), clears the state and the OAuth client. A task left in the middle of a stop is
+        ended the same way. The user sees a stopped server and starts it again; should
+        anything slip through, the orphan sweep stops the task after its grace period.
         """
         interrupted = [
-            (orm_spawner.user, orm_spawner.name)
-            for orm_spawner in self.db.query(orm.Spawner).filter(orm.Spawner.server_id.is_(None))
-            if (orm_spawner.state or {}).get("task_arn")
+            orm_spawner
+            for orm_spawner in self.db.query(orm.Spawner)
+            if (orm_spawner.state or {}).get("task_arn") and (orm_spawner.server is None or not orm_spawner.server.ip)
         ]
         if not interrupted:
             return
-        self.log.warning("Calliope HA: ending %d spawns the old leader left pending", len(interrupted))
+        self.log.warning("Calliope HA: failing %d spawns the old leader left in flight", len(interrupted))
         gate = asyncio.Semaphore(ENDING_CONCURRENCY)
+        for orm_spawner in interrupted:
+            user = self.users[orm_spawner.user]
+            user.spawners[orm_spawner.name].server = None  # deletes the address-less server record
+            ending = asyncio.ensure_future(self._end_one(gate, user, orm_spawner.name))
+            self._ending.add(ending)
+            ending.add_done_callback(self._ending.discard)
+        self.db.commit()
 
-        async def end(orm_user: orm.User, name: str) -> None:
-            user = self.users[orm_user]
-            async with gate:
-                try:
-                    await user.stop(name)
-                except Exception:
-                    self.log.exception("Calliope HA: could not end %s's pending spawn %r", user.name, name)
-
-        await asyncio.gather(*(end(orm_user, name) for orm_user, name in interrupted))
+    async def _end_one(self, gate: asyncio.Semaphore, user: Any, name: str) -> None:
+        async with gate:
+            try:
+                await user.stop(name)
+                self.log.info("Calliope HA: %s's spawn %r failed over: task stopped, state cleared", user.name, name)
+            except Exception:
+                self.log.exception("Calliope HA: could not end %s's in-flight spawn %r", user.name, name)
 
 
 main = HAJupyterHub.launch_instance
