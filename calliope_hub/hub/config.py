@@ -177,31 +177,6 @@ class CloudWatchEmf(Configurable):
         return value
 
 
-class CalliopeHA(Configurable):
-    """`c.CalliopeHA.*`: an active/standby hub pair (calliope_hub.hub.ha); read only by that app."""
-
-    instance = Unicode(
-        "", help="Names this hub in the health answer and the lock's session ('' = host name and pid)."
-    ).tag(config=True)
-    health_ip = Unicode("0.0.0.0", help="Address of the leader health endpoint (GET /leader).").tag(config=True)
-    health_port = Integer(
-        8090, min=1, max=65535, help="Port of GET /leader: 200 on the serving hub, 503 on a standby."
-    ).tag(config=True)
-    standby_poll_interval = Float(
-        0.5, min=0.05, max=60.0, help="Seconds between a standby's asks for the leader lock."
-    ).tag(config=True)
-    fence_check_interval = Float(
-        1.0, min=0.1, max=60.0, help="Seconds between the leader's proofs that its lock session is alive."
-    ).tag(config=True)
-    fence_timeout = Float(
-        5.0,
-        min=0.5,
-        max=300.0,
-        help="The leader exits when it could not prove its lock for this long; a new leader waits as long "
-        "before it serves, so two hubs never serve at once. Larger than fence_check_interval.",
-    ).tag(config=True)
-
-
 @dataclass(frozen=True)
 class EventSettings:
     enabled: bool
