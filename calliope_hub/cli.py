@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-detect": ("calliope_hub.tools.bench_detect", "time until the hub notices a killed task, events vs polling"),
     "monitor": ("calliope_hub.events.monitor", "sweep ECS and push task state changes to the hub's events endpoint"),
     "plan": ("calliope_hub.tools.plan", "size a deployment from a model fitted to bench runs"),
+    "ecs": ("calliope_hub.tools.ecs_setup", "ecs setup: register the catalog's task definitions, create the cluster"),
 }
 
 

@@ -299,6 +299,11 @@ class EcsApi:
         tags = {str(tag["key"]): str(tag.get("value", "")) for tag in response.get("tags") or ()}
         return dict(response["taskDefinition"]), tags
 
+    async def cluster_is_active(self, name: str) -> bool:
+        """Whether the cluster `name` exists and is ACTIVE (DescribeClusters, a read)."""
+        response = await self._call("DescribeClusters", {"clusters": [name]})
+        return any(cluster.get("status") == "ACTIVE" for cluster in response.get("clusters") or ())
+
     async def ensure_cluster(self, name: str) -> str:
         """The ARN of the ACTIVE cluster `name`, created when it does not exist."""
         response = await self._call("DescribeClusters", {"clusters": [name]})

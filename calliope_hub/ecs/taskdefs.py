@@ -29,6 +29,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..catalog import Catalog, encode_tag_value
 from .api import EcsApi
@@ -41,6 +42,13 @@ MAX_FAMILY = 255
 #: Revisions of a family searched for a hash after a restart; older ones are registered again.
 SEARCH_DEPTH = 5
 _NOT_FAMILY = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def uses_local_commands(task_commands: str, endpoint_url: str) -> bool:
+    """`c.ECSSpawner.task_commands`: 'auto' means a loopback endpoint is local ECS, which runs the local command."""
+    if task_commands != "auto":
+        return task_commands == "local"
+    return urlsplit(endpoint_url).hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def spec_hash(request: Mapping[str, Any]) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from botocore.session import Session as BotocoreSession
 from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
@@ -21,6 +20,7 @@ from traitlets.config import Config, Configurable
 from calliope_hub.ecs.api import EcsTarget
 from calliope_hub.ecs.orphans import ACTIONS
 from calliope_hub.ecs.secrets import JUPYTERHUB_SECRET_ENV
+from calliope_hub.ecs.taskdefs import uses_local_commands
 from calliope_hub.events.wire import DEFAULT_HEADER
 
 #: a commercial, GovCloud or China Region name (us-east-1, us-gov-west-1, cn-north-1, ap-southeast-2...)
@@ -177,6 +177,31 @@ class CloudWatchEmf(Configurable):
         return value
 
 
+class CalliopeHA(Configurable):
+    """`c.CalliopeHA.*`: an active/standby hub pair (calliope_hub.hub.ha); read only by that app."""
+
+    instance = Unicode(
+        "", help="Names this hub in the health answer and the lock's session ('' = host name and pid)."
+    ).tag(config=True)
+    health_ip = Unicode("0.0.0.0", help="Address of the leader health endpoint (GET /leader).").tag(config=True)
+    health_port = Integer(
+        8090, min=1, max=65535, help="Port of GET /leader: 200 on the serving hub, 503 on a standby."
+    ).tag(config=True)
+    standby_poll_interval = Float(
+        0.5, min=0.05, max=60.0, help="Seconds between a standby's asks for the leader lock."
+    ).tag(config=True)
+    fence_check_interval = Float(
+        1.0, min=0.1, max=60.0, help="Seconds between the leader's proofs that its lock session is alive."
+    ).tag(config=True)
+    fence_timeout = Float(
+        5.0,
+        min=0.5,
+        max=300.0,
+        help="The leader exits when it could not prove its lock for this long; a new leader waits as long "
+        "before it serves, so two hubs never serve at once. Larger than fence_check_interval.",
+    ).tag(config=True)
+
+
 @dataclass(frozen=True)
 class EventSettings:
     enabled: bool
@@ -259,7 +284,7 @@ class RuntimeSettings:
             secret_root=spawner.secret_parameter_root,
             secret_environment=tuple(dict.fromkeys([*JUPYTERHUB_SECRET_ENV, *spawner.secret_environment])),
             kms_key_id=spawner.ssm_kms_key_id,
-            local_commands=_local_commands(spawner.task_commands, spawner.endpoint_url),
+            local_commands=uses_local_commands(spawner.task_commands, spawner.endpoint_url),
             execution_role_arn=spawner.execution_role_arn,
             task_role_arn=spawner.task_role_arn,
         )
@@ -276,13 +301,6 @@ class RuntimeSettings:
             "sweeping": self.events.sweeping,
             "confirm_window": self.events.confirm_window,
         }
-
-
-def _local_commands(task_commands: str, endpoint_url: str) -> bool:
-    """'auto': a loopback endpoint is local ECS (or moto), which runs the catalog's local command."""
-    if task_commands != "auto":
-        return task_commands == "local"
-    return urlsplit(endpoint_url).hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def _check_endpoint(name: str, url: str) -> None:

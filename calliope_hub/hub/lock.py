@@ -6,6 +6,11 @@ session-level `pg_try_advisory_lock` on a dedicated connection is held for as lo
 connection lives, so a hub that dies (or loses its connection) frees it without any
 timeout bookkeeping of ours, and the next hub to ask takes over. SQLite is one file on one
 machine that JupyterHub opens from one process, so there the hub is alone by construction.
+
+The same lock elects the serving hub of an active/standby pair (calliope_hub.hub.ha): the
+leader holds it for its whole life and the sweep runs there, so "who sweeps" and "who
+serves" can never disagree. The session's `application_name` says who holds it and with
+which config, which is how a standby checks it was given the leader's config.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from typing import Any, Protocol
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
+
+#: where a hub's tornado settings hold the SweepLock the HubRuntime must use instead of its own (HA mode)
+SWEEP_LOCK_SETTING = "calliope_sweep_lock"
 
 
 class SweepLock(Protocol):
@@ -45,26 +53,33 @@ def lock_key(name: str) -> int:
 class AdvisoryLock:
     """`pg_try_advisory_lock(key)` held on a connection of its own; psycopg2 runs in a thread."""
 
-    def __init__(self, connect_args: dict[str, Any], key: int):
+    def __init__(self, connect_args: dict[str, Any], key: int, application_name: str = "calliope-orphan-sweeper"):
         self._connect_args = connect_args
         self.key = key
+        self.application_name = application_name
         self._conn: Any = None
         self.held = False
 
     async def try_acquire(self) -> bool:
-        return await asyncio.to_thread(self._try_acquire)
+        return await asyncio.to_thread(self.try_acquire_blocking)
+
+    @property
+    def connected(self) -> bool:
+        """The session is open (after a False try_acquire: someone else holds the lock, the database answered)."""
+        return self._conn is not None and not self._conn.closed
 
     async def release(self) -> None:
         await asyncio.to_thread(self._close)
 
-    def _try_acquire(self) -> bool:
+    def try_acquire_blocking(self) -> bool:
+        """try_acquire for a thread of its own (the HA fence proves the lock even when the loop is stuck)."""
         import psycopg2  # optional dependency: only PostgreSQL hubs need it
 
         try:
             if self._conn is None or self._conn.closed:
                 self.held = False
                 self._conn = psycopg2.connect(
-                    connect_timeout=5, application_name="calliope-orphan-sweeper", **self._connect_args
+                    connect_timeout=5, application_name=self.application_name, **self._connect_args
                 )
                 self._conn.autocommit = True
             # When held, SELECT 1 proves the session (and so the lock) is still ours.
@@ -79,6 +94,21 @@ class AdvisoryLock:
             return False
         self.held = self.held or bool(answer)
         return self.held
+
+    def holder(self) -> str | None:
+        """The application_name of the session holding the lock now (None: free), read over our connection."""
+        if self._conn is None or self._conn.closed:
+            return None
+        classid, objid = (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF
+        with self._conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s"
+                " AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                (classid, objid),
+            )
+            row = cursor.fetchone()
+        return str(row[0]) if row else None
 
     def _close(self) -> None:
         """Unlock first: closing alone frees the lock only once the server has ended the session."""
@@ -103,12 +133,18 @@ def sweep_lock(db_url: str, name: str) -> SweepLock:
     Raises ValueError for a backend where we cannot coordinate hubs: sweeping there could
     let two hubs stop tasks at once, so the caller must not sweep.
     """
+    if make_url(db_url).get_backend_name() == "sqlite":
+        return SoleHub()
+    return hub_lock(db_url, name)
+
+
+def hub_lock(db_url: str, name: str, application_name: str = "calliope-orphan-sweeper") -> AdvisoryLock:
+    """The hub `name`'s advisory lock on PostgreSQL; ValueError for any other database (no SQLite here)."""
     url = make_url(db_url)
     backend = url.get_backend_name()
-    if backend == "sqlite":
-        return SoleHub()
-    if backend == "postgresql":
-        args = url.translate_connect_args(username="user", database="dbname")
-        connect_args = {k: v for k, v in args.items() if v}
-        return AdvisoryLock({**connect_args, **dict(url.query)}, lock_key(f"calliope-orphan-sweeper/{name}"))
-    raise ValueError(f"no orphan-sweep lock for a {backend} hub database; only SQLite and PostgreSQL")
+    if backend != "postgresql":
+        raise ValueError(f"no hub lock for a {backend} hub database; only SQLite and PostgreSQL (HA: PostgreSQL)")
+    args = url.translate_connect_args(username="user", database="dbname")
+    connect_args = {k: v for k, v in args.items() if v}
+    key = lock_key(f"calliope-orphan-sweeper/{name}")
+    return AdvisoryLock({**connect_args, **dict(url.query)}, key, application_name)

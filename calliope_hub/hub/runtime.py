@@ -49,7 +49,7 @@ from calliope_hub.ecsfacts import started_by
 from calliope_hub.events.ingest import EventIngest
 from calliope_hub.events.sqs import SqsEventConsumer, sqs_client
 from calliope_hub.hub.config import RuntimeSettings
-from calliope_hub.hub.lock import SweepLock, sweep_lock
+from calliope_hub.hub.lock import SWEEP_LOCK_SETTING, SweepLock, sweep_lock
 from calliope_hub.hub.owners import JupyterHubOwners
 from calliope_hub.observability import emf
 
@@ -188,7 +188,10 @@ class HubRuntime:
         if users is None or db is None or s.orphan_action == "off" or self.api is None:
             return
         try:
-            self._lock = sweep_lock(str(db.get_bind().url.render_as_string(hide_password=False)), s.hub_id)
+            # An HA leader hands its own lock (calliope_hub.hub.ha): the hub that serves is the one that sweeps.
+            self._lock = self._app_settings.get(SWEEP_LOCK_SETTING) or sweep_lock(
+                str(db.get_bind().url.render_as_string(hide_password=False)), s.hub_id
+            )
         except ValueError as e:
             self.log.error("orphan sweeping is off: %s", e)
             return

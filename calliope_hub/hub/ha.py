@@ -1,0 +1,338 @@
+"""An active/standby JupyterHub: several hub processes, one config, one PostgreSQL; exactly one serves.
+
+Run `python -m calliope_hub.hub.ha -f jupyterhub_config.py` on every hub host instead of `jupyterhub`.
+
+Why a JupyterHub subclass and where it waits. JupyterHub owns its database: every `init_*`
+after `init_db` writes to it (roles, users, tokens, OAuth clients) and `init_spawners` polls,
+stops and re-routes servers, so a standby must not run any of them until it leads. JupyterHub
+6.1.1 has no hook before `init_db`, and all the steps up to its first `await` are synchronous,
+so this app runs its own prelude at the top of `initialize()`: it parses the command line and
+the config file (JupyterHub parses them again, which is idempotent), refuses configs that
+cannot run as a pair, and then waits, on the event loop, for the hub's advisory lock (the one
+the orphan sweep always used, calliope_hub.hub.lock). A standby is warm in the sense that
+matters: Python, JupyterHub, the spawner and its AWS libraries are imported and the database
+answered; what is left at takeover is JupyterHub's own start (init_spawners), which a restart
+pays too, minus the process and import time.
+
+Why two hubs can never serve at once (a lease argument, with monotonic clocks):
+- the leader proves its lock session alive every `fence_check_interval` from a thread of its
+  own (so a stuck event loop cannot hide a lost lock), and a watchdog thread exits the process
+  (`os._exit`, no cleanup: a fenced hub must not write anything more) when the last proof is
+  older than `fence_timeout`, or at once when the session is gone;
+- the server frees the lock only after the leader's session ended, so every proof the old
+  leader ever made started before the new leader acquired, and the old leader is gone
+  `fence_timeout` after it;
+- the new leader waits `fence_timeout` after acquiring before it runs any `init_*`.
+
+The health endpoint (GET /leader on `c.CalliopeHA.health_port`) answers 200 only on the hub
+that has finished starting while it holds the lock, and 503 everywhere else; an ALB target
+group or HAProxy routes the hub's pages and API only to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from jupyterhub import orm
+from jupyterhub.app import JupyterHub
+from sqlalchemy.engine import make_url
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Any as AnyTrait
+from traitlets import default
+from traitlets.config import Config
+
+from calliope_hub.hub.config import CalliopeHA, ECSSpawnerConfig
+from calliope_hub.hub.lock import SWEEP_LOCK_SETTING, AdvisoryLock, hub_lock
+
+log = logging.getLogger(__name__)
+
+#: the exit status of a hub that fenced itself (it lost, or could not prove, the leader lock)
+FENCED_EXIT = 75
+#: per-instance settings two hubs of one pair may (must) differ in; everything else must match
+INSTANCE_SETTINGS = {
+    "JupyterHub": {
+        *("hub_ip", "hub_port", "hub_bind_url", "hub_connect_ip", "hub_connect_url"),
+        *("pid_file", "extra_log_file", "log_level", "config_file"),
+    },
+}
+# the command line's -f lands under the app's own class name
+INSTANCE_SETTINGS["HAJupyterHub"] = INSTANCE_SETTINGS["JupyterHub"]
+_INSTANCE_KEYS = {(section, key) for section, keys in INSTANCE_SETTINGS.items() for key in keys}
+#: where the lock session's application_name carries the config fingerprint: calliope-hub/<fp>/<instance>
+SESSION_PREFIX = "calliope-hub/"
+#: concurrent clean-ups of spawns a dead leader left pending
+ENDING_CONCURRENCY = 20
+
+
+def config_fingerprint(config: Config) -> str:
+    """A hash of everything in `config` but the per-instance settings: equal on both hubs of a pair."""
+
+    def plain(value: Any) -> Any:
+        if callable(value):  # a class or function: by name, not by its address in this process
+            return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
+        return repr(value)
+
+    shared = {
+        section: {k: v for k, v in values.items() if (section, k) not in _INSTANCE_KEYS}
+        for section, values in config.items()
+        if section != "CalliopeHA" and isinstance(values, dict)
+    }
+    text = json.dumps(shared, sort_keys=True, default=plain)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class LeaderFence:
+    """Keeps proving the leader lock from threads, and ends the process the moment it cannot."""
+
+    def __init__(
+        self,
+        lock: AdvisoryLock,
+        *,
+        interval: float,
+        timeout: float,
+        on_fenced: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._lock = lock
+        self._interval = interval
+        self._timeout = timeout
+        self._on_fenced = on_fenced
+        self._clock = clock
+        self._stopping = threading.Event()
+        self.proven_at = clock()  # the caller just acquired the lock
+
+    def start(self) -> None:
+        for target, name in ((self._prove, "calliope-fence-prover"), (self._watch, "calliope-fence-watchdog")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def holding(self) -> bool:
+        """The lock was proven within the fence timeout (what the orphan sweep asks before each sweep)."""
+        return self._clock() - self.proven_at <= self._timeout
+
+    def _prove(self) -> None:
+        while not self._stopping.wait(self._interval):
+            began = self._clock()
+            if self._lock.try_acquire_blocking():
+                self.proven_at = began
+            elif not self._stopping.is_set():
+                self._on_fenced("the leader lock's database session ended")
+                return
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(min(self._interval, self._timeout) / 4):
+            if not self.holding:
+                self._on_fenced(f"could not prove the leader lock for {self._timeout:.1f}s")
+                return
+
+
+def exit_fenced(reason: str) -> None:
+    """No cleanup, no flush of JupyterHub's state: a hub that may have lost the lock must not write."""
+    log.critical("Calliope HA: fenced (%s); exiting so the standby can serve", reason)
+    logging.shutdown()
+    os._exit(FENCED_EXIT)
+
+
+class FencedSweepLock:
+    """The HubRuntime's sweep lock in HA mode: the leader's own lock, never released by the runtime."""
+
+    def __init__(self, fence: LeaderFence):
+        self._fence = fence
+
+    async def try_acquire(self) -> bool:
+        return self._fence.holding
+
+    async def release(self) -> None:
+        return None  # the leader lock lives as long as the process
+
+
+class LeaderHandler(web.RequestHandler):
+    """GET /leader: 200 on the serving leader, 503 on a standby or a hub still taking over."""
+
+    def initialize(self, app: HAJupyterHub) -> None:  # tornado's per-request hook, not JupyterHub's
+        self.hub_app = app
+
+    def get(self) -> None:
+        state = self.hub_app.ha_state
+        self.set_status(200 if state == "leader" else 503)
+        self.set_header("Cache-Control", "no-store")
+        self.finish({"leader": state == "leader", "state": state, "instance": self.hub_app.ha.instance})
+
+
+class HAJupyterHub(JupyterHub):
+    """JupyterHub that stands by until it holds the hub's lock, and serves only while it does."""
+
+    ha = AnyTrait(None, allow_none=True, help="The CalliopeHA settings (built in the prelude).")
+    #: standby -> taking-over -> leader
+    ha_state = "standby"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: background ends of the spawns a dead leader left in flight (referenced until done)
+        self._ending: set[asyncio.Future[None]] = set()
+
+    @default("classes")
+    def _ha_classes(self) -> list[type]:
+        return [*self._load_classes(), CalliopeHA]
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> None:
+        argv = args[0] if args else kwargs.get("argv")
+        self.parse_command_line(argv)
+        if not (self.generate_config or self.generate_certs or self.subapp):
+            self.load_config_file(self.config_file)
+            await self._stand_by()
+        await super().initialize(*args, **kwargs)
+
+    async def start(self) -> None:
+        await super().start()
+        if self.ha is not None:
+            self.ha_state = "leader"
+            self.log.info("Calliope HA: %s is the leader and serving", self.ha.instance)
+
+    # ---- the prelude -----------------------------------------------------------------------
+
+    def _refuse(self, why: str) -> None:
+        self.log.critical("Calliope HA: refusing to start: %s", why)
+        self.exit(2)
+
+    def _check_pair_config(self) -> None:
+        """What cannot run as a pair stops here, before any wait, with the setting's name."""
+        backend = make_url(self.db_url).get_backend_name()
+        if backend != "postgresql":
+            self._refuse(
+                f"c.JupyterHub.db_url is a {backend} database ({self.db_url!r}); an HA pair shares one PostgreSQL "
+                "(SQLite is one file that one process owns)"
+            )
+        try:
+            make_url(self.db_url).get_dialect().import_dbapi()
+        except ImportError as e:
+            self._refuse(f"c.JupyterHub.db_url {make_url(self.db_url)!r} needs a driver that is not installed ({e})")
+        if self.cleanup_servers:
+            self._refuse("c.JupyterHub.cleanup_servers must be False: the standby takes over the running servers")
+        if self.ha.fence_timeout <= self.ha.fence_check_interval:
+            self._refuse("c.CalliopeHA.fence_timeout must be larger than c.CalliopeHA.fence_check_interval")
+        proxy = self.proxy_class(parent=self, app=self, log=self.log)
+        if proxy.should_start:
+            self._refuse(
+                f"{self.proxy_class.__name__}.should_start must be False: the proxies outlive any one hub "
+                "(use c.JupyterHub.proxy_class = 'calliope-chp-replicas')"
+            )
+
+    @default("cleanup_servers")
+    def _ha_cleanup_servers(self) -> bool:
+        return False  # a hub that stops hands its servers to the standby
+
+    async def _stand_by(self) -> None:
+        self.ha = CalliopeHA(parent=self)
+        if not self.ha.instance:
+            self.ha.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self._check_pair_config()
+        fingerprint = config_fingerprint(self.config)
+        hub_id = self.config.ECSSpawner.get("hub_id", ECSSpawnerConfig.class_traits()["hub_id"].default_value)
+        session = f"{SESSION_PREFIX}{fingerprint}/{self.ha.instance}"[:63]
+        lock = hub_lock(self.db_url, hub_id, application_name=session)
+        self._serve_health()
+        self.log.info("Calliope HA: %s stands by for hub %r (config %s)", self.ha.instance, hub_id, fingerprint)
+        await self._wait_for_lock(lock, fingerprint)
+        self.ha_state = "taking-over"
+        fence = LeaderFence(
+            lock, interval=self.ha.fence_check_interval, timeout=self.ha.fence_timeout, on_fenced=exit_fenced
+        )
+        fence.start()
+        self.tornado_settings[SWEEP_LOCK_SETTING] = FencedSweepLock(fence)
+        self.log.info("Calliope HA: took the lock; serving in %.1fs (the old leader's fence)", self.ha.fence_timeout)
+        await asyncio.sleep(self.ha.fence_timeout)
+
+    async def _wait_for_lock(self, lock: AdvisoryLock, fingerprint: str) -> None:
+        first = True
+        while not await lock.try_acquire():
+            if not lock.connected:
+                if first:
+                    self._refuse(f"cannot reach the hub database {make_url(self.db_url)!r}")
+                self.log.warning("Calliope HA: the hub database does not answer; still standing by")
+            else:
+                holder = await asyncio.to_thread(lock.holder)
+                if holder and holder.startswith(SESSION_PREFIX) and holder.split("/")[1] != fingerprint:
+                    self._refuse(
+                        f"this hub's config (fingerprint {fingerprint}) differs from the leader's ({holder}); "
+                        "both hubs of a pair must load the same config (only c.CalliopeHA and the hub's own "
+                        f"address may differ: {sorted(INSTANCE_SETTINGS['JupyterHub'])})"
+                    )
+            first = False
+            await asyncio.sleep(self.ha.standby_poll_interval)
+
+    def _serve_health(self) -> None:
+        # no access log: a balancer asks several times a second
+        application = web.Application([("/leader", LeaderHandler, {"app": self})], log_function=lambda _: None)
+        server = HTTPServer(application)
+        server.listen(self.ha.health_port, address=self.ha.health_ip)
+        self.log.info("Calliope HA: leader health at http://%s:%d/leader", self.ha.health_ip, self.ha.health_port)
+
+    # ---- takeover --------------------------------------------------------------------------
+
+    async def init_spawners(self) -> int:
+        """The spawns the old leader left half-done are taken out first, then JupyterHub's own check."""
+        self._end_interrupted_spawns()
+        checked: int = await super().init_spawners()
+        return checked
+
+    def _end_interrupted_spawns(self) -> None:
+        """Fail, cleanly, every spawn that was in flight when the old leader died.
+
+        Such a server has a task in its state but no address: JupyterHub writes the server
+        record before `Spawner.start` and its address only after start returns, so left alone
+        `init_spawners` would wait `http_timeout` for a server at no address. Only the dead
+        process could finish JupyterHub's spawn (its progress stream, its pending-state
+        bookkeeping), so the record is dropped now, before JupyterHub's check sees it, and
+        `User.stop` runs in the background: it stops the task (StopTask, then the watcher's
+        STOPPED), clears the state and the OAuth client. A task left in the middle of a stop is
+        ended the same way. The user sees a stopped server and starts it again; should
+        anything slip through, the orphan sweep stops the task after its grace period.
+        """
+        interrupted = [
+            orm_spawner
+            for orm_spawner in self.db.query(orm.Spawner)
+            if (orm_spawner.state or {}).get("task_arn") and (orm_spawner.server is None or not orm_spawner.server.ip)
+        ]
+        if not interrupted:
+            return
+        self.log.warning("Calliope HA: failing %d spawns the old leader left in flight", len(interrupted))
+        gate = asyncio.Semaphore(ENDING_CONCURRENCY)
+        for orm_spawner in interrupted:
+            user = self.users[orm_spawner.user]
+            user.spawners[orm_spawner.name].server = None  # deletes the address-less server record
+            ending = asyncio.ensure_future(self._end_one(gate, user, orm_spawner.name))
+            self._ending.add(ending)
+            ending.add_done_callback(self._ending.discard)
+        self.db.commit()
+
+    async def _end_one(self, gate: asyncio.Semaphore, user: Any, name: str) -> None:
+        async with gate:
+            try:
+                await user.stop(name)
+                self.log.info("Calliope HA: %s's spawn %r failed over: task stopped, state cleared", user.name, name)
+            except Exception:
+                self.log.exception("Calliope HA: could not end %s's in-flight spawn %r", user.name, name)
+
+
+main = HAJupyterHub.launch_instance
+
+if __name__ == "__main__":
+    # As jupyterhub does: `python -m` would make a second HAJupyterHub class in __main__.
+    from calliope_hub.hub import ha
+
+    sys.exit(ha.main())

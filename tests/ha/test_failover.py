@@ -1,0 +1,141 @@
+"""Failover of a real HA pair: kill -9 of the leader with servers running and spawns in flight, and
+a partition of the leader from PostgreSQL (its lock session terminated server-side).
+
+Scaled down from the issue's 200 running / 20 in flight to 20 / 5 so the test stays near 30 s
+inside `make test`; the bench (`docs/ha.md`) is where the large figures come from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+import psycopg2
+
+from calliope_hub.hub.ha import FENCED_EXIT
+from calliope_hub.tools.local.ha import HaStack
+from tests.ha.conftest import PG_SERVER, LeaderProbe, running_task_arns
+from tests.hubtest import eventually
+
+RUNNING = 20
+IN_FLIGHT = 5
+
+
+async def spawn(stack: HaStack, name: str) -> None:
+    assert stack.api is not None
+    created = await stack.api.request("POST", f"/users/{name}")
+    assert created.status in (201, 409), created.text
+    answer = await stack.api.request("POST", f"/users/{name}/server", {"user_options": {}})
+    assert answer.status in (201, 202), answer.text
+
+
+async def servers(stack: HaStack, names: list[str]) -> dict[str, dict]:
+    """Each user's default server as the hub reports it ({} when it has none)."""
+    assert stack.api is not None
+    found = {}
+    for name in names:
+        answer = await stack.api.request("GET", f"/users/{name}")
+        assert answer.status == 200, answer.text
+        found[name] = answer.json()["servers"].get("", {})
+    return found
+
+
+async def answers_through_balancer(stack: HaStack, name: str) -> bool:
+    """The user's server itself (local ECS's sim stub) answers at /user/<name>/ through HAProxy."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+        session.get(f"{stack.url}/user/{name}/api/status", allow_redirects=False) as answer,
+    ):
+        if answer.status != 200 or answer.content_type != "application/json":
+            return False
+        return (await answer.json()).get("localecs") == "sim"
+
+
+async def test_leader_kill_standby_serves_nothing_lost_nothing_unowned(ha_stack: HaStack) -> None:
+    stack = ha_stack
+    old = await stack.wait_for_leader()
+    standby = next(hub for hub in stack.hubs if hub is not old)
+    running = [f"run{i}" for i in range(RUNNING)]
+    await asyncio.gather(*(spawn(stack, name) for name in running))
+
+    async def all_ready() -> bool:
+        return all(s.get("ready") for s in (await servers(stack, running)).values())
+
+    await eventually(all_ready, 60, "every running server ready")
+
+    flying = [f"fly{i}" for i in range(IN_FLIGHT)]
+    await asyncio.gather(*(spawn(stack, name) for name in flying))
+    # Each in-flight spawn has its task (and so its ARN in the spawner's state) before the kill.
+    await eventually(lambda: _count_at_least(stack, RUNNING + IN_FLIGHT), 20, "every in-flight task submitted")
+    assert not any(s.get("ready") for s in (await servers(stack, flying)).values()), "not in flight any more"
+
+    with LeaderProbe(stack) as probe:
+        killed_at = time.monotonic()
+        old.kill()
+        new = await stack.wait_for_leader(60)
+        assert new is standby
+        api_at = await eventually(lambda: _api_answers(stack), 30, "the API through the balancer")
+        ended = await eventually(lambda: _in_flight_ended(stack, flying), 60, "every in-flight spawn ended")
+    print(f"failover: leader {probe.first_led_by(new.name) - killed_at:.1f}s, API {api_at - killed_at:.1f}s")
+    assert probe.most_at_once == 1, probe.rounds
+
+    # 0 running servers lost: the hub still has each one, and each answers through the balancer.
+    assert all(s.get("ready") for s in (await servers(stack, running)).values())
+    for name in running:
+        assert await eventually(lambda name=name: answers_through_balancer(stack, name), 20, f"{name}'s route")
+
+    # Every in-flight spawn ended ready or failed, and no task runs without a server that owns it.
+    ready = sorted(name for name, s in ended.items() if s.get("ready"))
+    owned = RUNNING + len(ready)
+    assert await eventually(lambda: _count_exactly(stack, owned), 30, f"{owned} running tasks"), ended
+
+
+async def _count_at_least(stack: HaStack, n: int) -> bool:
+    return len(await asyncio.to_thread(running_task_arns, stack)) >= n
+
+
+async def _count_exactly(stack: HaStack, n: int) -> bool:
+    return len(await asyncio.to_thread(running_task_arns, stack)) == n
+
+
+async def _api_answers(stack: HaStack) -> float:
+    assert stack.api is not None
+    answer = await stack.api.request("GET", "/users?limit=1")
+    return time.monotonic() if answer.status == 200 else 0.0
+
+
+async def _in_flight_ended(stack: HaStack, names: list[str]) -> dict[str, dict] | None:
+    """Every in-flight server is ready, or gone with nothing pending; None while one is still moving."""
+    found = await servers(stack, names)
+    done = all(s.get("ready") or not s for s in found.values())
+    return found if done else None
+
+
+async def test_partition_leader_fences_itself_and_the_standby_takes_over(ha_stack: HaStack) -> None:
+    stack = ha_stack
+    old = await stack.wait_for_leader()
+    standby = next(hub for hub in stack.hubs if hub is not old)
+    database = stack.spec.db_url.rsplit("/", 1)[1]
+    with LeaderProbe(stack) as probe:
+        dsn = f"{PG_SERVER.replace('+psycopg2', '')}/{database}"
+        with contextlib.closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+                (f"calliope-hub/%/{old.name}",),
+            )
+            assert cursor.fetchall() == [(True,)], "the leader's one lock session"
+        cut_at = time.monotonic()
+        exited = await eventually(lambda: _exit_code(old), stack.spec.fence_timeout + 5, "the fenced leader's exit")
+        fenced_after = time.monotonic() - cut_at
+        new = await stack.wait_for_leader(60)
+    assert exited == FENCED_EXIT, old.log_tail()
+    assert fenced_after <= stack.spec.fence_timeout, fenced_after
+    assert new is standby
+    assert probe.most_at_once == 1, probe.rounds
+    assert "fenced (the leader lock's database session ended)" in old.log_tail(200)
+
+
+async def _exit_code(hub) -> int | None:  # type: ignore[no-untyped-def]
+    return hub.exit_code()
