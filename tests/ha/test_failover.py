@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import psycopg2
 
 from calliope_hub.hub.ha import FENCED_EXIT
 from calliope_hub.tools.local.ha import HaStack
+from calliope_hub.tools.local.procs import free_port
 from tests.ha.conftest import PG_SERVER, LeaderProbe, running_task_arns
 from tests.hubtest import eventually
 
@@ -113,10 +118,11 @@ async def _in_flight_ended(stack: HaStack, names: list[str]) -> dict[str, dict] 
     return found if done else None
 
 
-async def test_partition_leader_fences_itself_and_the_standby_takes_over(ha_stack: HaStack) -> None:
+async def test_partition_leader_fences_itself_and_the_standby_takes_over(ha_stack: HaStack, tmp_path: Path) -> None:
     stack = ha_stack
     old = await stack.wait_for_leader()
     standby = next(hub for hub in stack.hubs if hub is not old)
+    await _a_third_hub_with_another_config_refuses(stack, tmp_path)
     database = stack.spec.db_url.rsplit("/", 1)[1]
     with LeaderProbe(stack) as probe:
         dsn = f"{PG_SERVER.replace('+psycopg2', '')}/{database}"
@@ -139,3 +145,22 @@ async def test_partition_leader_fences_itself_and_the_standby_takes_over(ha_stac
 
 async def _exit_code(hub) -> int | None:  # type: ignore[no-untyped-def]
     return hub.exit_code()
+
+
+async def _a_third_hub_with_another_config_refuses(stack: HaStack, tmp_path: Path) -> None:
+    """One changed setting (not an instance's own) and the hub will not stand by for this leader."""
+    shared = stack.workdir / "jupyterhub_config.py"
+    config = tmp_path / "other_config.py"
+    other = stack.instance_config("hub-c", shared, hub_port=free_port(), health=free_port())
+    config.write_text(other + "c.Spawner.start_timeout = 99\n")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "calliope_hub.hub.ha", "-f", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": stack.proxy_token},
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "differs from the leader's" in output, output
