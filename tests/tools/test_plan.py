@@ -26,7 +26,7 @@ RULES = ROOT / "docs" / "alerts" / "calliope-hub-rules.yml"
 
 #: the coefficients the synthetic runs are made from.
 TRUE = {
-    "cpu_pct": {"const": 0.8, "sweep_tasks_per_s": 0.07, "requests_per_s": 1.3},
+    "cpu_pct": {"const": 0.8, "servers": 0.001, "sweep_tasks_per_s": 0.07, "requests_per_s": 1.3},
     "rss_mib": {"const": 150.0, "servers": 0.03},
     "restart_s": {"const": 2.0, "servers": 0.012},
     "sweep_s": {"const": 0.1, "servers": 0.0008},
@@ -66,7 +66,7 @@ def write_bench(path: Path, runs: list[dict[str, Any]]) -> Path:
 def bench_files(tmp_path: Path) -> list[Path]:
     naive = {**synthetic_run(2000, 30, 400, 200), "mode": "naive", "steady": {"hub_cpu_pct": 99.0}}
     return [
-        write_bench(tmp_path / "a.json", [synthetic_run(1000, 30, 200, 210), naive]),
+        write_bench(tmp_path / "a.json", [synthetic_run(1000, 30, 200, 210), naive, synthetic_run(3000, 60, 600, 170)]),
         write_bench(tmp_path / "b.json", [synthetic_run(2000, 10, 400, 190), synthetic_run(5000, 30, 1000, 160)]),
     ]
 
@@ -78,7 +78,7 @@ def test_fitting_synthetic_runs_recovers_the_coefficients(bench_files: list[Path
         for name, value in coefficients.items():
             assert fitted[target][name] == pytest.approx(value, rel=1e-6, abs=1e-9), (target, name)
         assert all(abs(o["residual"]) < 1e-6 for o in document["targets"][target]["observations"])
-    assert len(document["targets"]["cpu_pct"]["observations"]) == 6, "idle and loaded of the 3 batched runs only"
+    assert len(document["targets"]["cpu_pct"]["observations"]) == 8, "idle and loaded of the 4 batched runs only"
 
 
 def test_noisy_runs_fit_close_and_show_their_residuals(tmp_path: Path) -> None:
@@ -157,6 +157,12 @@ def test_a_malformed_calibration_file_exits_2(content: str, tmp_path: Path, caps
     assert main(["plan", "--calibrate", str(bad), "--output", str(tmp_path / "c.json")]) == 2
     assert "is not bench JSON" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
+
+
+def test_too_few_runs_to_fit_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = write_bench(tmp_path / "one.json", [synthetic_run(1000, 30, 200, 200)])
+    assert main(["plan", "--calibrate", str(one), "--output", str(tmp_path / "c.json")]) == 2
+    assert "add bench runs" in capsys.readouterr().err and not (tmp_path / "c.json").exists()
 
 
 def test_a_malformed_coefficients_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,7 +1,8 @@
 """Fit the planner's coefficients to bench JSON, and read and write the coefficients file.
 
 Each target is a linear model over features bench records for every run: hub CPU over
-tasks swept per second and hub REST requests per second (per-server and per-post costs),
+servers, tasks swept per second and hub REST requests per second (per-server, per-sweep and
+per-post costs; runs at two poll intervals tell the first two apart),
 RSS, restart, sweep and per-spawn time over the number of servers. Only batched runs count:
 that is the product; naive runs measure the stock pattern it replaces. The fit is ordinary
 least squares (weighted by window length) on a handful of runs, so it is solved here in plain Python (no numpy in the
@@ -11,19 +12,21 @@ hub's dependencies), and every observation is kept with its residual so a reader
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from calliope_hub.ecsfacts import DESCRIBE_LIMIT
 from calliope_hub.tools.bench.report import pick
 from calliope_hub.tools.plan.inputs import PlanError
 
 #: target -> (features, unit, what it predicts). "const" is the intercept.
 TARGETS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "cpu_pct": (
-        ("const", "sweep_tasks_per_s", "requests_per_s"),
+        ("const", "servers", "sweep_tasks_per_s", "requests_per_s"),
         "% of one core",
         "hub CPU: idle window (status tracking) and loaded window (+ activity posts and API requests)",
     ),
@@ -77,16 +80,16 @@ def _run_observations(name: str, run: dict[str, Any], idle_window: float) -> lis
     tasks = float(pick(steady, ("tasks", "RUNNING")) or servers)
     window = float(steady["window_s"])
     requests = (float(steady.get("activity_posts") or 0) + float(pick(steady, ("api_ms", "count")) or 0)) / window
-    sweep_rate = tasks / float(run["poll_interval_s"])
+    sweep_rate = _swept_per_s(steady, tasks, float(run["poll_interval_s"]))
     source = f"{name} N={int(servers)}"
     restarted = float(pick(run, ("restart", "expected")) or servers)
     # (target, window label, features, figure, weight): a window's mean weighs by its length, because
     # JupyterHub's and the orphan sweep's 300 s tasks fall into a short window or miss it.
     found: list[tuple[str, str, dict[str, float], Any, float]] = [
-        ("cpu_pct", "idle", {"sweep_tasks_per_s": sweep_rate, "requests_per_s": 0.0}, steady.get("hub_cpu_idle_pct"),
-         idle_window),
-        ("cpu_pct", "loaded", {"sweep_tasks_per_s": sweep_rate, "requests_per_s": requests}, steady.get("hub_cpu_pct"),
-         window),
+        ("cpu_pct", "idle", {"servers": tasks, "sweep_tasks_per_s": sweep_rate, "requests_per_s": 0.0},
+         steady.get("hub_cpu_idle_pct"), idle_window),
+        ("cpu_pct", "loaded", {"servers": tasks, "sweep_tasks_per_s": sweep_rate, "requests_per_s": requests},
+         steady.get("hub_cpu_pct"), window),
         ("rss_mib", "", {"servers": tasks}, steady.get("hub_rss_mib"), 1.0),
         ("restart_s", "", {"servers": restarted}, pick(run, ("restart", "seconds")), 1.0),
         ("sweep_s", "", {"servers": tasks}, steady.get("sweep_s_mean"), window),
@@ -98,6 +101,15 @@ def _run_observations(name: str, run: dict[str, Any], idle_window: float) -> lis
         for target, label, x, y, weight in found
         if isinstance(y, (int, float))
     ]
+
+
+def _swept_per_s(steady: dict[str, Any], tasks: float, poll_interval: float) -> float:
+    """Tasks described per second: as local ECS counted the DescribeTasks (a sweep overruns a short poll),
+    else N / poll interval."""
+    calls = pick(steady, ("ecs_calls_per_min", "DescribeTasks"))
+    if isinstance(calls, (int, float)) and calls > 0:
+        return float(calls) / 60 / math.ceil(tasks / DESCRIBE_LIMIT) * tasks
+    return tasks / poll_interval
 
 
 def _inverse(value: Any) -> float | None:
