@@ -36,7 +36,7 @@ from ...ecs.taskdefs import prepare_cluster
 from ..hubapi import HubApi
 from .hubconfig import HubSettings, render
 from .hubproc import api_token_config, private_dir, proxy_command, write_private
-from .localecs_proc import LocalEcsProcess
+from .localecs_proc import LocalEcsProcess, event_args, event_env
 from .procs import LOOPBACK, OwnedProcess, StartError, child_env, free_port
 
 DEFAULT_DB_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/calliope_ha"
@@ -212,6 +212,8 @@ class HaSpec:
     #: extra hub config lines (both hubs)
     extra: list[str] = field(default_factory=list)
     user_password: str = ""
+    #: local ECS posts every task state change to the hubs' events endpoint, through the balancer
+    events: bool = False
 
 
 class HaStack:
@@ -225,6 +227,7 @@ class HaStack:
         self.ecs_url = f"http://{LOOPBACK}:{spec.ecs_port or free_port()}"
         self.token = secrets.token_hex(16)
         self.proxy_token = secrets.token_hex(16)
+        self.events_secret = secrets.token_urlsafe(24) if spec.events else ""
         self.ecs: LocalEcsProcess | None = None
         self.proxies: list[ChpReplica] = []
         self.hubs: list[HaHub] = []
@@ -254,7 +257,14 @@ class HaStack:
     async def _start_ecs(self) -> None:
         port = int(self.ecs_url.rsplit(":", 1)[1])
         tasks = private_dir(self.workdir / "tasks")
-        self.ecs = LocalEcsProcess(self.spec.ecs_args, port=port, log_path=self.workdir / "local-ecs.log", cwd=tasks)
+        events = self.events_secret
+        self.ecs = LocalEcsProcess(
+            self.spec.ecs_args + (event_args(self.url) if events else []),
+            port=port,
+            log_path=self.workdir / "local-ecs.log",
+            cwd=tasks,
+            env=event_env(events) if events else None,
+        )
         await self.ecs.start()
         api = await EcsApi.create(EcsTarget(REGION, self.ecs_url))
         try:
@@ -285,6 +295,7 @@ class HaStack:
             db_url=s.db_url,
             cleanup_servers=False,
             user_password=s.user_password,
+            events_secret=self.events_secret,
             extra=[
                 "c.JupyterHub.proxy_class = 'calliope_hub.hub.proxy_replicas.CHPReplicas'",
                 f"c.CHPReplicas.api_urls = {[p.api_url for p in self.proxies]!r}",
