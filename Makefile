@@ -9,16 +9,17 @@ TEST_STAMP  := $(VENV)/.installed-test
 CHP         := node_modules/.bin/configurable-http-proxy
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: up test lint install install-test browser clean
+.PHONY: up test lint install install-test browser haproxy clean
 
 up: install
 	$(VENV)/bin/calliope-hub up $(ARGS)
 
-test: install-test browser
+# Every test, then lint and type checks: CI runs exactly this.
+test: install-test browser haproxy
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory lint
 
-# Configured in pyproject.toml. Not part of `make test` until the tree has had its formatting pass.
-# All three run, so one report shows everything; the target fails if any of them did.
+# Configured in pyproject.toml. All three run, so one report shows everything; the target fails if any of them did.
 lint: install-test
 	@status=0; \
 	$(VENV)/bin/ruff check || status=1; \
@@ -53,6 +54,10 @@ $(CHP): package.json
 # The browser test drives Debian's Chromium; playwright never downloads a browser of its own here.
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# The HA stack's load balancer (`up --ha`, tests/ha): Debian's HAProxy, never a hand-written balancer.
+haproxy:
+	@command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }
 
 clean:
 	rm -rf $(VENV) node_modules

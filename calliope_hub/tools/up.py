@@ -24,6 +24,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
+from ..localecs.callers import ACCESS_KEY_ENV
+from .local import ha_up
 from .local.hubconfig import HubSettings
 from .local.hubproc import private_dir, write_private
 from .local.procs import BusyPort
@@ -34,6 +36,7 @@ ADMIN_SERVICE = "calliope-admin"
 #: JupyterHub refuses to start with a shorter service token.
 MIN_TOKEN_LENGTH = 8
 PASSWORD_FILE = "password"
+ACCESS_KEY_FILE = "local-ecs-access-key"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the hub's database, logs and the generated password (made 0700)")  # fmt: skip
     add("--no-events", dest="events", action="store_false",
         help="no task state events from local ECS: the hub learns every change by polling")  # fmt: skip
+    ha_up.add_arguments(parser)
 
 
 def login_password(data_dir: Path) -> str:
@@ -116,8 +120,24 @@ def _spec(args: argparse.Namespace, ports: StackPorts, data: Path, token: str) -
     )
 
 
+def close_local_ecs_to_tasks(data_dir: Path) -> None:
+    """Let only the hub call local ECS: every task (every user's JupyterLab) can reach its port.
+
+    Local ECS refuses any call not signed with this key ID (docs/local-ecs.md), so code in Alice's server
+    cannot register a task definition naming Bob's secret and run it. The key is kept 0600 in the data
+    dir and travels by environment, never argv: this process's ECS client, the hub's (a child) and local
+    ECS (a child) inherit it, while local ECS builds each task's environment clean.
+    """
+    path = data_dir / ACCESS_KEY_FILE
+    if not path.exists():
+        write_private(path, f"CALLIOPE{secrets.token_hex(8).upper()}\n")
+    key = path.read_text().strip()
+    os.environ.update({ACCESS_KEY_ENV: key, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": "calliope-local"})
+
+
 async def _serve(args: argparse.Namespace, ports: StackPorts, token: str, console: Console) -> None:
     data = private_dir(args.data_dir.resolve())
+    close_local_ecs_to_tasks(data)
     stack = LocalStack(_spec(args, ports, data, token))
     try:
         with console.status("starting local ECS, then JupyterHub (the first start takes a few seconds)"):
@@ -159,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         console.print(f"[red]calliope-hub up:[/] {problem}")
         return 2
+    if args.ha or args.kill:
+        return ha_up.run(args, login_password(private_dir(args.data_dir.resolve())))
     ports = StackPorts.pick(public=args.port, ecs=args.ecs_port)
     busy = ports.busy()
     if busy:
