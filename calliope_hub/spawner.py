@@ -11,15 +11,18 @@ which builds them once per hub and closes them at shutdown.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import ClassVar
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import ClassVar, TypeVar
 
 from jupyterhub.spawner import Spawner
+from jupyterhub.utils import make_ssl_context, url_path_join, wait_for_http_server
+from sqlalchemy import inspect as orm_session_of
 from tornado import web
 from traitlets import Any, Bool, Unicode, default
 
 from .catalog import Catalog, CatalogError, Choice, Placement, TaskIdentity, run_task_request
-from .ecs.api import EcsApi, EcsApiError
+from .ecs.api import THROTTLE_CODES, EcsApi, EcsApiError
 from .ecs.secrets import SecretStoreError, ServerSecrets, server_prefix, split_environment
 from .ecs.snapshot import TaskSnapshot
 from .ecs.status import TaskWatcher
@@ -30,14 +33,22 @@ from .hub.runtime import HubRuntime
 from .observability import emf, metrics
 
 STOP_REASON = "Stopped by Calliope Hub"
+#: seconds between retries of a StopTask or RunTask that ECS did not take: doubled from 1 up to this, jittered
+RETRY_CAP = 30.0
+#: ECS's own server-side failure codes; any other "...Exception" code is the request's fault and is not retried
+_SERVER_SIDE_CODES = frozenset({"ServerException", "ServiceUnavailableException", "InternalFailure"})
+
+T = TypeVar("T")
 
 #: lastStatus -> (progress %, what the user is told while the task is in it)
 LIFECYCLE_PROGRESS: dict[str, tuple[int, str]] = {
     "PROVISIONING": (20, "Provisioning capacity and a network interface"),
     "PENDING": (40, "Pulling the image"),
     "ACTIVATING": (60, "Attaching the network interface"),
-    "RUNNING": (80, "Task running; waiting for the server to answer"),
+    "RUNNING": (80, "Task running; the server is starting"),
 }
+#: seconds between "still starting" progress messages while a RUNNING task's server has not answered
+PROGRESS_TICK = 5.0
 
 
 def exit_status(snapshot: TaskSnapshot | None) -> int | None:
@@ -45,6 +56,39 @@ def exit_status(snapshot: TaskSnapshot | None) -> int | None:
     if snapshot is None or not snapshot.stopped:
         return None
     return snapshot.exit_code if snapshot.exit_code is not None else 0
+
+
+def stopped_message(snapshot: TaskSnapshot) -> str:
+    """ECS's own account of a stop, as the user reads it in the progress stream and on the page."""
+    exit_code = "no exit code" if snapshot.exit_code is None else f"exit code {snapshot.exit_code}"
+    return (
+        f"The ECS task stopped ({snapshot.stop_code or 'no stop code'}, {exit_code}): "
+        f"{snapshot.stopped_reason or 'no reason given'}"
+    )
+
+
+def task_stopped_error(snapshot: TaskSnapshot) -> web.HTTPError:
+    """A failed spawn that JupyterHub logs without a traceback and shows with ECS's reason."""
+    message = stopped_message(snapshot)
+    error = web.HTTPError(500, message, reason="Server task stopped")
+    error.jupyterhub_message = message  # type: ignore[attr-defined]  # what JupyterHub's progress stream shows
+    return error
+
+
+def transient(error: EcsApiError | SecretStoreError) -> bool:
+    """A throttle, an AWS server-side failure or a broken connection: worth the same request again."""
+    if isinstance(error, EcsApiError):
+        code, throttled = error.code, error.throttled
+    else:  # SecretStoreError's documented form: "Operation: Code: message"
+        parts = str(error).split(": ")
+        code = parts[1] if len(parts) > 2 else ""
+        throttled = code in THROTTLE_CODES
+    return throttled or code in _SERVER_SIDE_CODES or not code.endswith("Exception")
+
+
+def next_delay(delay: float) -> float:
+    """Exponential backoff with jitter in its upper half, so retrying hubs do not march in step."""
+    return min(RETRY_CAP, delay * 2) * random.uniform(0.5, 1.0)
 
 
 class ECSSpawner(ECSSpawnerConfig, Spawner):
@@ -162,7 +206,9 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         """Commit the task ARN now, so a hub that dies mid-start can still find the task."""
         if self.orm_spawner is not None:
             self.orm_spawner.state = self.get_state()
-            self.db.commit()
+            # The session that holds the row (what JupyterHub's own Spawner.server setter uses), not the
+            # deprecated Spawner.db, which warns once per spawner.
+            orm_session_of(self.orm_spawner).session.commit()
 
     # -- start ---------------------------------------------------------------------------
 
@@ -183,7 +229,7 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         settings = self.runtime.settings
         return server_prefix(settings.secret_root, self.hub_id, self.user.name, self.name)
 
-    async def _server_definition(self, choice: Choice, secrets: ServerSecrets) -> str:
+    async def _server_definition(self, choice: Choice, secrets: ServerSecrets, deadline: float) -> str:
         """This server's task definition (its own family: its secrets' names), registered only when new."""
         settings, definitions = self.runtime.settings, self.runtime.task_definitions
         assert definitions is not None
@@ -199,21 +245,18 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         )
         if self.task_definition and self.spec_hash:
             definitions.remember(self.spec_hash, self.task_definition)
-        try:
-            self.task_definition = await definitions.ensure(request)
-        except EcsApiError as e:
-            raise web.HTTPError(503, f"ECS did not register the server's task definition: {e}") from None
+        self.task_definition = await self._until_taken(
+            "RegisterTaskDefinition", lambda: definitions.ensure(request), deadline
+        )
         self.spec_hash = content_hash(request)
         return self.task_definition
 
-    async def _store_secrets(self, secret_env: dict[str, str]) -> ServerSecrets:
+    async def _store_secrets(self, secret_env: dict[str, str], deadline: float) -> ServerSecrets:
         """Write this start's token to the server's parameters, before anything names them."""
         secrets = ServerSecrets.plan(self._secret_prefix(), secret_env)
-        assert self.runtime.secrets is not None
-        try:
-            await self.runtime.secrets.put(secrets)
-        except SecretStoreError as e:
-            raise web.HTTPError(503, f"The server's token could not be stored: {e}") from None
+        store = self.runtime.secrets
+        assert store is not None
+        await self._until_taken("PutParameter", lambda: store.put(secrets), deadline)
         return secrets
 
     async def _forget_secrets(self) -> None:
@@ -227,22 +270,39 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
 
     async def _run_task(self, choice: Choice) -> str:
         api = await self._ecs()
+        # Throttles and outages are waited out while start_timeout leaves room for the task itself.
+        deadline = asyncio.get_running_loop().time() + self.start_timeout * 0.8
         plain_env, secret_env = split_environment(self.get_env(), self.runtime.settings.secret_environment)
-        secrets = await self._store_secrets(secret_env)
-        definition = await self._server_definition(choice, secrets)
+        secrets = await self._store_secrets(secret_env, deadline)
+        definition = await self._server_definition(choice, secrets, deadline)
         local = self.runtime.settings.local_commands
         request = run_task_request(
             choice, self._identity(choice), self._placement(), plain_env, self.get_args(), local=local
         )
         request["taskDefinition"] = definition  # the server's own revision, not the catalog family's
-        try:
-            answer = await api.run_task(request)
-        except EcsApiError as e:
-            raise web.HTTPError(503, f"ECS did not start the task: {e}") from None
+        # The same request, so the same clientToken: a retry whose first try did start a task gets that task.
+        answer = await self._until_taken("RunTask", lambda: api.run_task(request), deadline)
         if not answer.get("tasks"):
             reasons = "; ".join(f.get("reason", "?") for f in answer.get("failures", []))
             raise web.HTTPError(503, f"ECS did not start the task: {reasons or 'no task returned'}")
         return str(answer["tasks"][0]["taskArn"])
+
+    async def _until_taken(self, what: str, call: Callable[[], Awaitable[T]], deadline: float) -> T:
+        """`call` again after throttles and ECS outages, with backoff, until `deadline` (the loop's clock).
+
+        A user must never see ECS's quota as a failed spawn; a request ECS refuses for its own
+        content (a bad subnet, no capacity) fails at once with ECS's message.
+        """
+        loop, delay = asyncio.get_running_loop(), 1.0
+        while True:
+            try:
+                return await call()
+            except (EcsApiError, SecretStoreError) as e:
+                if not transient(e) or loop.time() + delay > deadline:
+                    raise web.HTTPError(503, f"AWS did not take {what}: {e}", reason="AWS unavailable") from None
+                self.log.warning("%s: %s not taken (%s); again in %.1fs", self._log_name, what, e, delay)
+            await asyncio.sleep(delay)
+            delay = next_delay(delay)
 
     async def start(self) -> str:
         choice = self.choose(self.user_options)
@@ -257,8 +317,11 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
             self._submitted.set()
             self.log.info("%s: task %s submitted", self._log_name, self.task_arn)
             snapshot = await self._wait_until_running()
+            url = f"http://{snapshot.ip}:{self.port}"
+            if self.server is not None:  # None only outside a hub, where nobody routes to the server
+                await self._wait_until_answering(url)
             outcome = "ok"
-            return f"http://{snapshot.ip}:{self.port}"
+            return url
         finally:
             elapsed = loop.time() - began
             metrics.SPAWN_DURATION.labels(choice.service.name, choice.size_name, outcome).observe(elapsed)
@@ -270,9 +333,35 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         watcher.watch(self.task_arn)
         snapshot = await watcher.wait_for(self.task_arn, lambda s: s.running, self.start_timeout)
         if snapshot.stopped:
-            reason = snapshot.stopped_reason or snapshot.stop_code or "no reason given"
-            raise web.HTTPError(500, f"The ECS task stopped while starting: {reason}")
+            raise task_stopped_error(snapshot)
         return snapshot
+
+    async def _wait_until_answering(self, url: str) -> None:
+        """The server's first HTTP answer, raced against its task stopping.
+
+        JupyterHub's own wait (User._wait_up) knows only the clock, so a task that dies after
+        RUNNING would hold the spawn for http_timeout and end in a generic timeout. Waiting here,
+        on the URL JupyterHub then checks, ends the spawn within a sweep of the stop, with ECS's
+        reason; JupyterHub's check afterwards answers at once.
+        """
+        assert self.server is not None
+        settings = self.user.settings
+        context = make_ssl_context(
+            settings.get("internal_ssl_key"), settings.get("internal_ssl_cert"), cafile=settings.get("internal_ssl_ca")
+        )
+        target = url + url_path_join(self.server.base_url, "api")
+        watcher = await self._status()
+        answering = asyncio.ensure_future(wait_for_http_server(target, timeout=self.http_timeout, ssl_context=context))
+        stopping = asyncio.ensure_future(watcher.wait_for(self.task_arn, lambda s: s.stopped, self.http_timeout + 1))
+        try:
+            await asyncio.wait({answering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (answering, stopping):
+                waiter.cancel()
+            await asyncio.gather(answering, stopping, return_exceptions=True)
+        if stopping.done() and not stopping.cancelled() and stopping.exception() is None:
+            raise task_stopped_error(stopping.result())
+        answering.result()  # JupyterHub's TimeoutError when the server never answered
 
     async def progress(self) -> AsyncIterator[dict]:
         await self._submitted.wait()
@@ -283,12 +372,61 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
             snapshot = await watcher.wait_for(self.task_arn, _status_other_than(seen), self.start_timeout)
             seen = snapshot.last_status
             if snapshot.stopped:
+                yield {"progress": 100, "message": stopped_message(snapshot)}
                 return
             if seen in LIFECYCLE_PROGRESS:
                 percent, message = LIFECYCLE_PROGRESS[seen]
                 yield {"progress": percent, "message": f"{seen}: {message}"}
             if seen == "RUNNING":
-                return
+                break
+        async for event in self._server_starting(watcher):
+            yield event
+
+    async def _server_starting(self, watcher: TaskWatcher) -> AsyncIterator[dict]:
+        """While the task runs and its server has not answered: say so, and say why when it stops.
+
+        JupyterHub stops reading progress when the spawn ends, so this loop ends with it.
+        """
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while True:
+            try:
+                snapshot = await watcher.wait_for(self.task_arn, lambda s: s.stopped, PROGRESS_TICK)
+            except TimeoutError:
+                waited = loop.time() - began
+                yield {"progress": 90, "message": f"RUNNING: waiting for the server to answer ({waited:.0f}s)"}
+                continue
+            yield {"progress": 100, "message": stopped_message(snapshot)}
+            return
+
+    # -- re-attach after a hub restart ---------------------------------------------------------
+
+    async def get_url(self) -> str:
+        """Where the server answers; JupyterHub's init_spawners asks before it checks a restored server.
+
+        A spawn in flight when the hub died has its task ARN in state (committed as soon as
+        RunTask answered) but no address in the database. Waiting here for ECS's RUNNING and the
+        server's answer completes that spawn instead of failing JupyterHub's check at a stale URL.
+        A task that stops meanwhile keeps the stored URL, which the check then fails, and
+        User.stop finds the task STOPPED.
+        """
+        stored = str(await super().get_url())
+        service = self.catalog.services.get(self.choice_service)
+        if not self.task_arn or service is None:
+            return stored
+        self.port = service.port
+        try:
+            snapshot = await self._wait_until_running()
+            host = f"http://{snapshot.ip}:{self.port}"
+            if stored.startswith(host + "/"):
+                return stored  # a server that was up: JupyterHub's own check follows
+            await self._wait_until_answering(host)
+        except (web.HTTPError, TimeoutError) as e:
+            self.log.warning("%s: task %s did not come back: %s", self._log_name, self.task_arn, e)
+            return stored
+        assert self.server is not None
+        self.log.info("%s: in-flight start of task %s completed after a hub restart", self._log_name, self.task_arn)
+        return host + self.server.base_url
 
     # -- poll ----------------------------------------------------------------------------
 
@@ -339,44 +477,58 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
     # -- stop ----------------------------------------------------------------------------
 
     async def stop(self, now: bool = False) -> None:
+        """Return only once ECS said the task is STOPPED (or no longer knows it).
+
+        JupyterHub revokes the server's API token and forgets the server right after this returns,
+        and forgets it too when this raises (User.stop's `finally`). So nothing ECS did not confirm
+        is reported: a StopTask that is throttled or meets an outage is sent again with backoff,
+        and the wait for STOPPED outlasts ECS trouble, while the hub keeps the server's record and
+        its API answers 202 (stop pending). `now` is accepted and changes nothing: a token must
+        not be revoked while its task still runs.
+        """
         if not self.task_arn:
             await self._ecs()
             await self._forget_secrets()  # a start that failed before RunTask answered
             return
         watcher = await self._status()
-        known = watcher.get(self.task_arn)
-        if known is not None and known.stopped:
-            self.log.info("%s: task %s already STOPPED; no StopTask", self._log_name, self.task_arn)
-        elif await self._stop_task() and not now:
-            await self._wait_until_stopped(watcher)
+        watcher.watch(self.task_arn)
+        while True:
+            known = watcher.get(self.task_arn)
+            if known is not None and known.stopped:
+                self.log.info("%s: task %s is STOPPED", self._log_name, self.task_arn)
+                break
+            if not await self._stop_task() or await self._stopped_within(watcher):
+                break
         watcher.unwatch(self.task_arn)
         await self._forget_secrets()
 
     async def _stop_task(self) -> bool:
-        """StopTask; False when ECS no longer knows the task."""
+        """StopTask until ECS takes it; False when ECS no longer knows the task (it is gone)."""
         api = await self._ecs()
-        try:
-            stopping = await api.stop_task(self.cluster, self.task_arn, STOP_REASON)
-        except EcsApiError as e:
-            if not e.task_gone:
-                raise
-            stopping = None
-        if stopping is None:
-            self.log.info("%s: task %s was already gone", self._log_name, self.task_arn)
-            return False
-        return True
+        delay = 1.0
+        while True:
+            try:
+                return await api.stop_task(self.cluster, self.task_arn, STOP_REASON) is not None
+            except EcsApiError as e:
+                # Giving up would make JupyterHub forget a running task: every error is retried.
+                log = self.log.warning if transient(e) else self.log.error
+                log("%s: StopTask of %s not taken (%s); again in %.1fs", self._log_name, self.task_arn, e, delay)
+            await asyncio.sleep(delay)
+            delay = next_delay(delay)
 
-    async def _wait_until_stopped(self, watcher: TaskWatcher) -> None:
-        watcher.watch(self.task_arn)
+    async def _stopped_within(self, watcher: TaskWatcher) -> bool:
+        """Whether ECS reported STOPPED within stop_wait_timeout (past it, StopTask is sent again)."""
         try:
             await watcher.wait_for(self.task_arn, lambda s: s.stopped, self.stop_wait_timeout)
         except TimeoutError:
             self.log.warning(
-                "%s: task %s not STOPPED after %.0fs; ECS will finish stopping it",
+                "%s: task %s not STOPPED after %.0fs; asking ECS again",
                 self._log_name,
                 self.task_arn,
                 self.stop_wait_timeout,
             )
+            return False
+        return True
 
 
 def _status_other_than(seen: str) -> Callable[[TaskSnapshot], bool]:

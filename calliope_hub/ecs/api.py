@@ -114,6 +114,7 @@ class EcsApi:
         #: operation -> calls the client-side limiter held back to stay under the quota.
         self.limited: collections.Counter[str] = collections.Counter()
         client.meta.events.register("response-received.ecs", self._on_response_received)
+        client.meta.events.register("before-send.ecs", self._charge_retry)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -344,6 +345,15 @@ class EcsApi:
         async with lock:
             while not self._limiter.try_take(operation):
                 await self._sleep(max(self._limiter.delay_for(operation), 0.001))
+
+    async def _charge_retry(self, *, event_name: str, request: Any = None, **_: Any) -> None:
+        """botocore's own retries spend the same quota: each attempt after the first waits for its tokens too.
+
+        aiobotocore awaits this before every HTTP attempt; the first attempt's tokens were taken by `_call`.
+        """
+        retries = (getattr(request, "context", None) or {}).get("retries") or {}
+        if int(retries.get("attempt", 1)) > 1:
+            await self._take_tokens(event_name.rsplit(".", 1)[-1])
 
     def _count(self, operation: str, outcome: str) -> None:
         self.calls[(operation, outcome)] += 1

@@ -64,7 +64,10 @@ class ECSSpawnerConfig(Configurable):
         "calliope", help="Names this hub in task tags and startedBy, so a restarted hub finds its tasks."
     ).tag(config=True)
     stop_wait_timeout = Float(
-        60.0, min=0.0, help="Seconds stop() waits for STOPPED before giving up on confirmation."
+        60.0,
+        min=1.0,
+        help="Seconds stop() waits for STOPPED before it sends StopTask again. A stop ends only when ECS "
+        "says STOPPED (or no longer knows the task): until then the hub keeps the server and its token.",
     ).tag(config=True)
     restore_timeout = Float(
         8.0,

@@ -45,7 +45,7 @@ from calliope_hub.ecs.orphans import OrphanSweeper, sweep_forever
 from calliope_hub.ecs.secrets import SecretStore, ssm_client
 from calliope_hub.ecs.status import TaskWatcher
 from calliope_hub.ecs.taskdefs import TaskDefinitions
-from calliope_hub.ecsfacts import started_by
+from calliope_hub.ecsfacts import AWS_QUOTAS, Quota, started_by
 from calliope_hub.events.ingest import EventIngest
 from calliope_hub.events.sqs import SqsEventConsumer, sqs_client
 from calliope_hub.hub.config import RuntimeSettings
@@ -59,6 +59,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SETTINGS_KEY = "calliope_runtime"
+#: The share of each ECS quota the hub's client allows itself. A bucket at exactly the quota is throttled
+#: by the least timing skew, and the account's other callers (the console, CI, a second hub) share it.
+CLIENT_QUOTA_SHARE = 0.8
+
+
+def client_quotas(share: float = CLIENT_QUOTA_SHARE) -> dict[str, Quota]:
+    """AWS's ECS quotas scaled to the hub's share: what its client-side buckets hold."""
+    return {name: Quota(burst=quota.burst * share, rate=quota.rate * share) for name, quota in AWS_QUOTAS.items()}
 
 
 class RuntimeNotStarted(RuntimeError):
@@ -141,7 +149,7 @@ class HubRuntime:
         s = self.settings
         # The stock-pattern baseline has no client-side limiter: it meets ECS's quota head on.
         if s.client_quotas:
-            self.api = await EcsApi.create(s.target)
+            self.api = await EcsApi.create(s.target, client_quotas=client_quotas())
         else:
             self.api = await EcsApi.create(s.target, client_quotas=None)
         self._exit_stack.push_async_callback(self.api.close)

@@ -17,7 +17,9 @@ from typing import Any
 
 import boto3
 import pytest
+from jupyterhub import orm
 from jupyterhub.objects import Hub
+from sqlalchemy import event
 
 from calliope_hub.catalog import Catalog
 from calliope_hub.ecs.api import EcsApi, EcsTarget
@@ -26,14 +28,23 @@ from calliope_hub.hub.runtime import SETTINGS_KEY, HubRuntime
 from calliope_hub.spawner import ECSSpawner
 
 
-class FakeDb:
-    """The spawner commits its task ARN as soon as RunTask answers; count the commits."""
+class HubDatabase:
+    """JupyterHub's own tables in SQLite: the spawner commits its task ARN through the row's session."""
 
     def __init__(self) -> None:
+        self.session = orm.new_session_factory("sqlite://")()
         self.commits = 0
+        event.listen(self.session, "after_commit", self._count)
 
-    def commit(self) -> None:
+    def _count(self, _session: Any) -> None:
         self.commits += 1
+
+    def spawner_row(self, user: str) -> orm.Spawner:
+        orm_user = self.session.query(orm.User).filter_by(name=user).one_or_none() or orm.User(name=user)
+        row = orm.Spawner(name="", user=orm_user, started=datetime.datetime.now(datetime.UTC))
+        self.session.add(row)
+        self.session.flush()
+        return row
 
 
 def moto_default_network(endpoint_url: str) -> dict[str, list[str]]:
@@ -65,6 +76,7 @@ class SpawnerMaker:
         self.spawner_class = spawner_class
         self.network = network
         self.hub_settings: dict[str, Any] = {}
+        self.database = HubDatabase()
 
     @property
     def runtime(self) -> HubRuntime | None:
@@ -78,13 +90,11 @@ class SpawnerMaker:
 
     def __call__(self, name: str = "alice", **config: Any) -> ECSSpawner:
         user = SimpleNamespace(name=name, escaped_name=name, url=f"/user/{name}/", settings=self.hub_settings)
-        orm_spawner = SimpleNamespace(name="", state=None, server=None, started=datetime.datetime.now(datetime.UTC))
         config.setdefault("poll_interval", 1)
         return self.spawner_class(
             user=user,
             hub=Hub(),
-            db=FakeDb(),
-            orm_spawner=orm_spawner,
+            orm_spawner=self.database.spawner_row(name),
             endpoint_url=self.endpoint_url,
             start_timeout=30,
             stop_wait_timeout=30,

@@ -22,7 +22,7 @@ async def test_start_poll_stop(spawner_factory, ecs_endpoint):
 
     assert url.startswith("http://") and url.endswith(":8888")
     assert spawner.task_arn.startswith("arn:aws:ecs:")
-    assert spawner.db.commits >= 1, "the task ARN must be committed as soon as RunTask answers"
+    assert spawner_factory.database.commits >= 1, "the task ARN must be committed as soon as RunTask answers"
     assert spawner.orm_spawner.state["task_arn"] == spawner.task_arn
     assert await spawner.poll() is None
 
@@ -104,9 +104,11 @@ async def test_task_that_fails_to_start_names_the_reason(local_ecs_factory, spaw
     with pytest.raises(web.HTTPError) as caught:
         await spawner.start()
     # The user reads ECS's own stoppedReason, not a generic timeout.
-    assert caught.value.log_message == (
-        "The ECS task stopped while starting: CannotPullContainerError: simulated failure to start"
+    message = (
+        "The ECS task stopped (TaskFailedToStart, no exit code): CannotPullContainerError: simulated failure to start"
     )
+    assert caught.value.log_message == message
+    assert caught.value.jupyterhub_message == message, "what JupyterHub's progress stream shows"
     assert spawner.task_arn, "the ARN stays in state so the hub can clean up"
 
 
@@ -118,8 +120,11 @@ async def test_progress_follows_the_lifecycle(local_ecs_factory, spawners_on):
     events = []
 
     async def follow() -> None:
+        # A hub reads progress until the spawn ends; past RUNNING it says the server is starting.
         async for event in spawner.progress():
             events.append(event)
+            if event["message"].startswith("RUNNING"):
+                return
 
     follower = asyncio.create_task(follow())
     await spawner.start()
