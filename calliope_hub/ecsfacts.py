@@ -10,6 +10,8 @@ tests stop meaning anything; hence one module of plain data and pure functions, 
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import time
 import uuid
@@ -17,6 +19,69 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+# ---------------------------------------------------------------- JSON a stranger may send
+
+#: the deepest nesting of arrays and objects taken (no ECS request or event needs more than 8,
+#: and Python's decoder would otherwise recurse until it fails).
+MAX_JSON_DEPTH = 32
+#: integers longer than this are not JSON that AWS takes (its numbers are at most 64-bit).
+MAX_JSON_INT_DIGITS = 19
+
+
+class JsonBoundsError(ValueError):
+    """Not JSON, or JSON beyond the bounds above; the message says which, for a 400."""
+
+
+def _no_constant(name: str) -> Any:
+    raise JsonBoundsError(f"{name} is not a JSON number.")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise JsonBoundsError(f"the number {text[:40]} is out of range.")
+    return number
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise JsonBoundsError(f"the integer {text[:40]}... has more than {MAX_JSON_INT_DIGITS} digits.")
+    return int(text)
+
+
+def bounded_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON with no NaN/Infinity, no integer past 19 digits and no nesting past `max_depth`.
+
+    Both local ECS's intake and the hub's events endpoint take strangers' bodies through
+    this, so neither can be made to recurse, overflow a float or hold a non-finite number.
+    """
+    try:
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except RecursionError:
+        raise JsonBoundsError(f"nested deeper than {max_depth} levels.") from None
+    except JsonBoundsError:
+        raise
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise JsonBoundsError(str(error)) from None
+    opened = raw.count(b"[") + raw.count(b"{") if isinstance(raw, bytes) else raw.count("[") + raw.count("{")
+    if opened > max_depth and _depth_exceeds(value, max_depth):
+        raise JsonBoundsError(f"nested deeper than {max_depth} levels.")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
 
 # ---------------------------------------------------------------- tasks and API limits
 

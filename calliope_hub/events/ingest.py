@@ -18,21 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from calliope_hub.ecs.snapshot import _epoch
-from calliope_hub.ecsfacts import DETAIL_TYPE, LIFECYCLE, SOURCE
-from calliope_hub.observability.metrics import EVENT_LAG, EVENTS
+from calliope_hub.ecs.snapshot import TaskSnapshot, _epoch
+from calliope_hub.ecsfacts import DETAIL_TYPE, LIFECYCLE, SOURCE, JsonBoundsError, bounded_json
+from calliope_hub.observability.metrics import EVENT_LAG, EVENTS, observe_finite
 
 log = logging.getLogger(__name__)
 
-#: a delivery larger than this is refused (EventBridge events are at most 256 KiB each)
+#: a delivery of more events than this is refused
 MAX_BATCH = 1000
+#: a body larger than this is refused before it is parsed (an EventBridge event is at most
+#: 256 KiB, an SQS message too; a list of small events from the monitor stays well under)
+MAX_BODY_BYTES = 1024 * 1024
+#: a lag longer than EventBridge keeps retrying (24 h) is a clock or a forger, not a lag
+MAX_LAG_SECONDS = 24 * 3600.0
 #: What the watchers said of one change, most telling first: the one counted when several watch a cluster.
 _OUTCOMES = ("confirming", "applied", "hint", "implausible", "stale")
 #: Outcomes where the change was taken up, so its lag is observed.
@@ -76,11 +80,17 @@ class Sorted:
 
 
 def parse_delivery(body: bytes | str) -> list[Any]:
-    """One event or a JSON list of events, as a list; EventFormatError for anything else."""
+    """One event or a JSON list of events, as a list; EventFormatError for anything else.
+
+    The body is bounded in size, nesting and numbers (ecsfacts.bounded_json) before anything
+    reads it, so a stranger's body can earn a 400 but never a 500, which EventBridge retries.
+    """
+    if len(body) > MAX_BODY_BYTES:
+        raise EventFormatError(f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        decoded = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise EventFormatError(f"the body is not JSON: {e}") from None
+        decoded = bounded_json(body)
+    except JsonBoundsError as e:
+        raise EventFormatError(f"the body is not JSON an event can be: {e}") from None
     events = decoded if isinstance(decoded, list) else [decoded]
     if not events:
         raise EventFormatError("an empty list holds no events")
@@ -117,7 +127,11 @@ def task_state_change(event: Any, index: int = 0) -> TaskStateChange | None:
         raise EventFormatError(f"event {index}: detail.lastStatus {detail['lastStatus']!r} is not an ECS status")
     if _require(detail, "version", int, index) < 0:
         raise EventFormatError(f"event {index}: detail.version must be >= 0")
-    changed_at = _epoch(detail.get("updatedAt")) or _epoch(event.get("time"))
+    try:  # everything the watcher will read of it, read once now so a bad field is a 400, not a crash later
+        TaskSnapshot.from_ecs(detail, 0.0)
+        changed_at = _epoch(detail.get("updatedAt")) or _epoch(event.get("time"))
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as e:
+        raise EventFormatError(f"event {index}: detail is not an ECS task ({type(e).__name__}: {e})") from None
     return TaskStateChange(cluster_arn, detail, changed_at)
 
 
@@ -208,7 +222,9 @@ class EventIngest:
         outcome = next((o for o in _OUTCOMES if o in outcomes), "ignored")
         count(outcome)
         if outcome in _TAKEN and change.changed_at is not None:
-            EVENT_LAG.observe(max(0.0, self._wall_clock() - change.changed_at))
+            lag = max(0.0, self._wall_clock() - change.changed_at)
+            if lag <= MAX_LAG_SECONDS:  # a timestamp from 1970 (or a forger) must not skew the sum for good
+                observe_finite(EVENT_LAG, lag)
         return outcome
 
     async def _run(self) -> None:

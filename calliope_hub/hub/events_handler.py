@@ -10,6 +10,12 @@ Auth is either the shared secret an EventBridge connection sends as an API-key h
 compared in constant time, or a JupyterHub token holding the `custom:calliope:ecs-events`
 scope (for `calliope-hub monitor` or other in-house senders).
 
+The body is streamed: the sender is authorized and a declared Content-Length over
+`MAX_BODY_BYTES` refused (413) before one byte of it is read, and a chunked body stops being
+kept once it passes that size. What is kept then goes through ingestion's front half, which
+bounds nesting and numbers, so every malformed delivery is a 4xx with its reason and never a
+500 (EventBridge retries 5xx).
+
 The handler validates and queues into the HubRuntime's ingestion queue, then answers; the
 queue's worker applies. Before any spawner has built the runtime there is nothing to watch,
 so a valid delivery is acknowledged and counted as ignored.
@@ -23,7 +29,7 @@ from jupyterhub.apihandlers.base import APIHandler
 from tornado import web
 
 from calliope_hub.ecs.status import TaskWatcher
-from calliope_hub.events.ingest import EventFormatError, QueueFull, count, receive_delivery
+from calliope_hub.events.ingest import MAX_BODY_BYTES, EventFormatError, QueueFull, count, receive_delivery
 from calliope_hub.events.wire import DEFAULT_HEADER, ROUTE, SCOPE
 from calliope_hub.hub.config import CalliopeEvents
 from calliope_hub.hub.runtime import HubRuntime
@@ -44,8 +50,12 @@ def events_config_lines(secret: str, header_name: str = DEFAULT_HEADER, sweeps: 
     ]
 
 
+@web.stream_request_body
 class EcsEventsHandler(APIHandler):
     """Validate, queue, answer: the runtime's ingestion worker applies the events after the answer."""
+
+    _body: bytearray
+    _too_large: bool
 
     @property
     def events_config(self) -> CalliopeEvents:
@@ -69,12 +79,35 @@ class EcsEventsHandler(APIHandler):
         count("unauthorized")
         raise web.HTTPError(401, f"a valid {config.header_name} header or a token with {SCOPE} is required")
 
-    async def post(self) -> None:
+    async def prepare(self) -> None:
+        """Runs once the headers are in: who is sending, and how much, before the body is read."""
+        self._body, self._too_large = bytearray(), False
+        await super().prepare()
+        if self.request.method != "POST":
+            return
         self._authorize()
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            self._refuse_size()
+
+    def data_received(self, chunk: bytes) -> None:
+        if not self._too_large:
+            self._body += chunk
+            self._too_large = len(self._body) > MAX_BODY_BYTES
+            if self._too_large:
+                self._body = bytearray()
+
+    def _refuse_size(self) -> None:
+        count("invalid")
+        raise web.HTTPError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+
+    async def post(self) -> None:
+        if self._too_large:
+            self._refuse_size()
         runtime = HubRuntime.of_handler(self.settings)
         ingest = runtime.ingest if runtime is not None else None
         try:
-            delivery = receive_delivery(self.request.body, ingest.watchers_of if ingest is not None else _no_watchers)
+            delivery = receive_delivery(bytes(self._body), ingest.watchers_of if ingest is not None else _no_watchers)
         except EventFormatError as e:
             raise web.HTTPError(400, str(e)) from None
         if delivery.changes and ingest is not None:

@@ -13,20 +13,18 @@ Every ECS request passes here first, so a stranger's body can only earn a 4xx:
 from __future__ import annotations
 
 import functools
-import json
-import math
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from calliope_hub.ecsfacts import MAX_JSON_DEPTH, JsonBoundsError, bounded_json
 from calliope_hub.localecs.model import EcsError
 
 #: the largest request body taken; larger ones get 413 without being read.
 MAX_BODY_BYTES = 1024 * 1024
 #: the deepest nesting of arrays and objects taken.
-MAX_DEPTH = 32
-_MAX_INT_DIGITS = 19
+MAX_DEPTH = MAX_JSON_DEPTH
 _INT_RANGE = {"integer": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 #: members where local ECS takes fractions of a second, which ECS does not (docs/local-ecs.md, health checks).
 _FRACTIONS = {("HealthCheck", "interval"), ("HealthCheck", "timeout"), ("HealthCheck", "startPeriod")}
@@ -55,49 +53,12 @@ def _malformed(detail: str) -> EcsError:
     return EcsError("SerializationException", f"Malformed JSON request body: {detail}")
 
 
-def _no_constant(name: str) -> Any:
-    raise _malformed(f"{name} is not a JSON number.")
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise _malformed(f"the number {text[:40]} is out of range.")
-    return number
-
-
-def _bounded_int(text: str) -> int:
-    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
-        raise _malformed(f"the integer {text[:40]}... has more than {_MAX_INT_DIGITS} digits.")
-    return int(text)
-
-
 def decode(raw: bytes) -> Any:
-    """Bytes to JSON within the bounds above; anything else is a SerializationException."""
+    """Bytes to JSON within ecsfacts' bounds; anything else is a SerializationException."""
     try:
-        value = json.loads(
-            raw, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int
-        )
-    except RecursionError:
-        raise _malformed(f"nested deeper than {MAX_DEPTH} levels.") from None
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return bounded_json(raw, MAX_DEPTH)
+    except JsonBoundsError as error:
         raise _malformed(str(error)) from None
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth_exceeds(value, MAX_DEPTH):
-        raise _malformed(f"nested deeper than {MAX_DEPTH} levels.")
-    return value
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 def decode_object(raw: bytes) -> dict:
@@ -112,6 +73,7 @@ def decode_object(raw: bytes) -> dict:
 
 # ---------------------------------------------------------------- types from botocore's ECS model
 
+
 class _Mismatch(Exception):
     """A value of the wrong type; `path` is filled innermost first as it travels up."""
 
@@ -122,8 +84,15 @@ class _Mismatch(Exception):
 
 
 Check = Callable[[Any], None]
-_JSON_KIND = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
-              float: "a number", type(None): "null"}
+_JSON_KIND = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
 
 
 def _scalar(kind: str) -> Check:
@@ -138,12 +107,14 @@ def _scalar(kind: str) -> Check:
         def check_int(value: Any) -> None:
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise _Mismatch(expected, value)
+
         return check_int
     accepted: tuple[type, ...] = (int, float, str) if kind == "timestamp" else (int, float)
 
     def check_number(value: Any) -> None:
         if not isinstance(value, accepted) or isinstance(value, bool):
             raise _Mismatch("a number", value)
+
     return check_number
 
 
@@ -151,6 +122,7 @@ def _typed(kind: type, expected: str) -> Check:
     def check(value: Any) -> None:
         if not isinstance(value, kind):
             raise _Mismatch(expected, value)
+
     return check
 
 
@@ -162,10 +134,12 @@ def _compile(shape: Any, cache: dict[str, Check]) -> Check:
     if kind == "structure":
         members: dict[str, Check] = {}
         cache[shape.name] = check = _structure(members)
-        members.update({
-            name: _scalar("double") if (shape.name, name) in _FRACTIONS else _compile(member, cache)
-            for name, member in shape.members.items()
-        })
+        members.update(
+            {
+                name: _scalar("double") if (shape.name, name) in _FRACTIONS else _compile(member, cache)
+                for name, member in shape.members.items()
+            }
+        )
     elif kind == "list":
         cache[shape.name] = check = _container(list, "an array", enumerate, _compile(shape.member, cache))
     elif kind == "map":
@@ -187,6 +161,7 @@ def _structure(members: dict[str, Check]) -> Check:
                 except _Mismatch as mismatch:
                     mismatch.path.append(f".{key}")
                     raise
+
     return check
 
 
@@ -200,6 +175,7 @@ def _container(kind: type, expected: str, items: Callable[[Any], Any], each: Che
             except _Mismatch as mismatch:
                 mismatch.path.append(f"[{key}]" if kind is list else f".{key}")
                 raise
+
     return check
 
 

@@ -7,7 +7,19 @@ Each metric has one owner that updates it; the owner is named in its help text's
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import Counter, Gauge, Histogram
+
+
+def observe_finite(histogram: Histogram, value: float) -> bool:
+    """Observe `value` only when it is a finite number: one NaN or infinity in a histogram's
+    sum stays there for the life of the process and makes every average from it useless."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    histogram.observe(value)
+    return True
+
 
 # calliope_hub.ecs.api
 ECS_API_CALLS = Counter(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -164,3 +165,53 @@ async def test_one_failing_change_does_not_stop_the_worker() -> None:
     await asyncio.wait_for(ingest.join(), 5)
     await ingest.close()
     assert broken.seen == [arn(2)]
+
+
+# ---- hostile bodies: each refused with its reason, none ever raises anything but EventFormatError ----
+
+
+def _hostile(detail_change: dict[str, Any] | None = None, raw: bytes | None = None) -> bytes:
+    if raw is not None:
+        return raw
+    event = event_for(ecs_task(arn(1)))
+    event["detail"].update(detail_change or {})
+    return json.dumps(event).encode()
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 32"),
+        (b'{"a":' * 40 + b"1" + b"}" * 40, "nested deeper than 32"),
+        (_hostile(raw=b'{"detail": {"updatedAt": ' + b"9" * 400 + b"}}"), "more than 19 digits"),
+        (_hostile(raw=b'{"detail": {"updatedAt": -Infinity}}'), "-Infinity is not a JSON number"),
+        (_hostile(raw=b'{"detail": {"updatedAt": NaN}}'), "NaN is not a JSON number"),
+        (_hostile(raw=b'{"detail": {"updatedAt": 1e400}}'), "out of range"),
+        (b" " * (2 * 1024 * 1024) + b"{}", "larger than"),
+        (_hostile({"containers": "not a list"}), "detail is not an ECS task"),
+        (_hostile({"attachments": [5]}), "detail is not an ECS task"),
+        (_hostile({"containers": [{"exitCode": "x"}]}), "detail is not an ECS task"),
+        (_hostile({"tags": 7}), "detail is not an ECS task"),
+    ],
+)
+def test_hostile_bodies_are_refused_with_a_reason(body: bytes, message: str) -> None:
+    with pytest.raises(EventFormatError, match=message):
+        receive_delivery(body, lambda arn: [Recorder()])
+
+
+@pytest.mark.parametrize("updated_at", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", 0, -1e300, 1e300, "soon"])
+def test_the_lag_histogram_stays_finite_whatever_the_event_claims(updated_at: Any) -> None:
+    from calliope_hub.observability.metrics import EVENT_LAG
+
+    event = event_for(ecs_task(arn(1)))
+    event["detail"]["updatedAt"] = updated_at
+    ingest = EventIngest(watchers_of=lambda c: [Recorder("hint")], wall_clock=lambda: 2_000_000_000.0)
+    (change,) = receive_delivery(json.dumps(event), ingest.watchers_of).changes
+    before = _lag_sum(EVENT_LAG)
+    assert ingest.apply(change) == "hint"
+    after = _lag_sum(EVENT_LAG)
+    assert math.isfinite(after) and 0 <= after - before <= 24 * 3600
+
+
+def _lag_sum(histogram: Any) -> float:
+    return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_sum"))

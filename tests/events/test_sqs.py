@@ -122,3 +122,33 @@ async def test_started_it_polls_in_the_background_and_close_ends_the_loop(
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="wait_seconds"):
         SqsEventConsumer(None, "url", EventIngest(watchers_of=lambda c: []), wait_seconds=21)
+
+
+async def test_hostile_messages_are_dropped_as_poison_and_the_consumer_lives_on(
+    queue: tuple[Any, str], client: Any, watcher: Recorder
+) -> None:
+    sqs, url = queue
+    good = arn(5)
+    wrong_types = event_for(ecs_task(arn(6)))
+    wrong_types["detail"]["containers"] = "not a list"
+    hostile = [
+        "[" * 50_000 + "]" * 50_000,
+        '{"detail": {"updatedAt": ' + "9" * 400 + "}}",
+        '{"detail": {"updatedAt": -Infinity}}',
+        json.dumps(wrong_types),
+    ]
+    ingest = EventIngest(watchers_of=lambda c: [watcher])
+    consumer = SqsEventConsumer(client, url, ingest, wait_seconds=1, retry_delay=0)
+    await consumer.start()
+    poison_before = EVENTS.labels("poison")._value.get()
+    for body in hostile:
+        sqs.send_message(QueueUrl=url, MessageBody=body)
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event_for(ecs_task(good, "RUNNING", version=4))))
+    for _ in range(500):
+        if watcher.seen and left_on_queue(sqs, url) == 0:
+            break
+        await asyncio.sleep(0.01)
+    alive = consumer._task is not None and not consumer._task.done()
+    await consumer.close()
+    assert alive and watcher.seen == [good] and left_on_queue(sqs, url) == 0
+    assert EVENTS.labels("poison")._value.get() == poison_before + len(hostile)  # each at once: retrying cannot fix it
