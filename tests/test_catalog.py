@@ -30,7 +30,6 @@ from calliope_hub.catalog import (
     read_tags,
     run_task_request,
 )
-from calliope_hub.ecs.api import EcsApi, EcsTarget
 from tests.spawner.conftest import spawners_on  # noqa: F401  (a fixture: spawners on a local ECS of the test's own)
 
 REGION = "us-east-1"
@@ -594,9 +593,10 @@ async def test_seed_request_body_spawns_a_medium_lab(local_ecs, spawners_on) -> 
     await spawner._run_apply_user_options(spawner.user_options)
     await spawner.start()
     try:
-        api = await EcsApi.shared(EcsTarget("us-east-1", local_ecs.endpoint_url))
+        api = await spawner._ecs()
         task = (await api.describe_tasks("calliope", [spawner.task_arn])).tasks[0]
-        assert task["taskDefinitionArn"].split("/")[-1].startswith("calliope-lab:")
+        # each server runs its own revision of the service's family (its secrets' names: ecs/taskdefs.py)
+        assert task["taskDefinitionArn"].split("/")[-1].startswith("calliope-lab-")
         assert (task["overrides"]["cpu"], task["overrides"]["memory"]) == ("2048", "8192")
         assert read_tags(task["tags"])["service"] == "lab" and read_tags(task["tags"])["size"] == "medium"
         state = spawner.get_state()
@@ -609,12 +609,11 @@ async def test_seed_names_that_disagree_are_a_400_and_start_nothing(local_ecs, s
     make = await spawners_on(local_ecs.endpoint_url)
     options = {"service": "chat", **SEED_BODY}
     spawner = make(user_options=options)
-    api = await EcsApi.shared(EcsTarget("us-east-1", local_ecs.endpoint_url))
     with pytest.raises(web.HTTPError) as caught:
         await spawner._run_apply_user_options(options)
     assert caught.value.status_code == 400
     assert "options 'service' and 'instance_type' name the same choice but differ" in caught.value.log_message
     with pytest.raises(web.HTTPError):
         await spawner.start()
-    assert not [call for call in api.calls if call[0] == "RunTask"]
+    assert "RunTask" not in local_ecs.stats()["calls"]
     assert spawner.task_arn == ""
