@@ -10,11 +10,11 @@ Auth is either the shared secret an EventBridge connection sends as an API-key h
 compared in constant time, or a JupyterHub token holding the `custom:calliope:ecs-events`
 scope (for `calliope-hub monitor` or other in-house senders).
 
-The body is streamed: the sender is authorized and a declared Content-Length over
-`MAX_BODY_BYTES` refused (413) before one byte of it is read, and a chunked body stops being
-kept once it passes that size. What is kept then goes through ingestion's front half, which
-bounds nesting and numbers, so every malformed delivery is a 4xx with its reason and never a
-500 (EventBridge retries 5xx).
+The body is streamed and stops being kept once it passes `MAX_BODY_BYTES`: the rest is read
+and dropped (up to tornado's own limit), then answered 413. Refusing before the body is read
+would close the connection under configurable-http-proxy, which then answers 503, and
+EventBridge retries 5xx. What is kept goes through ingestion's front half, which bounds
+nesting and numbers, so every malformed delivery is a 4xx with its reason, never a 500.
 
 The handler validates and queues into the HubRuntime's ingestion queue, then answers; the
 queue's worker applies. Before any spawner has built the runtime there is nothing to watch,
@@ -80,15 +80,8 @@ class EcsEventsHandler(APIHandler):
         raise web.HTTPError(401, f"a valid {config.header_name} header or a token with {SCOPE} is required")
 
     async def prepare(self) -> None:
-        """Runs once the headers are in: who is sending, and how much, before the body is read."""
         self._body, self._too_large = bytearray(), False
         await super().prepare()
-        if self.request.method != "POST":
-            return
-        self._authorize()
-        declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            self._refuse_size()
 
     def data_received(self, chunk: bytes) -> None:
         if not self._too_large:
@@ -102,6 +95,7 @@ class EcsEventsHandler(APIHandler):
         raise web.HTTPError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
 
     async def post(self) -> None:
+        self._authorize()
         if self._too_large:
             self._refuse_size()
         runtime = HubRuntime.of_handler(self.settings)

@@ -8,7 +8,10 @@ apart, so only events (and their confirm) can tell it that a task died.
 from __future__ import annotations
 
 import json
+import math
 import secrets
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +19,8 @@ from typing import Any
 import aiohttp
 import boto3
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from calliope_hub.events.wire import DEFAULT_HEADER, SCOPE
 from calliope_hub.localecs.events import task_state_change_event
@@ -149,3 +154,97 @@ async def _grew(stack: EventsStack, outcome: str, before: float) -> bool:
 
 async def _not(check: Any) -> bool:
     return not await check
+
+
+# ---- bad input on a real hub: every malformed body is a 4xx with its reason, never a 500 ----------
+
+
+def post_blocking(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    """One POST from this thread (the hub is another process, so blocking here stalls nothing of it)."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+
+
+_numbers = st.one_of(
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["-Infinity", "Infinity", "NaN", "9" * 400, "1e400", "-1e400"]),
+)
+_json = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.text(max_size=20), _numbers),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=20,
+)
+_DETAIL_KEYS = ["taskArn", "clusterArn", "lastStatus", "desiredStatus", "version", "updatedAt", "attachments",
+                "containers", "tags", "stoppedReason", "stopCode", "startedAt"]  # fmt: skip
+
+
+def _dump(value: Any) -> str:
+    """JSON text; sampled strings of numbers and non-finite floats go out as bare tokens, as a stranger may send."""
+    if isinstance(value, str) and value in ("-Infinity", "Infinity", "NaN", "9" * 400, "1e400", "-1e400"):
+        return value
+    if isinstance(value, list):
+        return "[" + ",".join(_dump(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{_dump(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)  # NaN and ±Infinity floats come out bare too
+
+
+@st.composite
+def hostile_bodies(draw: st.DrawFn, genuine: dict[str, Any]) -> bytes:
+    kind = draw(st.sampled_from(["field", "nesting", "any", "batch"]))
+    if kind == "nesting":
+        depth = draw(st.integers(min_value=1, max_value=200_000))
+        return (draw(st.sampled_from(["[", '{"a":['])) * depth).encode()
+    if kind == "any":
+        return _dump(draw(_json)).encode()
+    event = json.loads(json.dumps(genuine))
+    for key in draw(st.lists(st.sampled_from(_DETAIL_KEYS), min_size=1, max_size=3, unique=True)):
+        event["detail"][key] = draw(_json)
+    return _dump([event] * draw(st.integers(1, 3)) if kind == "batch" else event).encode()
+
+
+async def test_fuzzed_bodies_never_get_a_500_and_change_nothing(stack: EventsStack) -> None:
+    await spawn(stack, "fay")
+    task = stack.task_of_running_server()
+    genuine = task_state_change_event(task, region="us-east-1", account="000000000000")
+    seen: dict[int, int] = {}
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(hostile_bodies(genuine))
+    def fuzz(body: bytes) -> None:
+        status, text = post_blocking(stack.url, body, stack.signed())
+        seen[status] = seen.get(status, 0) + 1
+        assert status < 500, (status, text[:300], body[:300])
+        if status >= 400:
+            assert "message" in json.loads(text), text[:300]
+
+    fuzz()
+    assert seen.get(400, 0) > 50, seen  # most of what a stranger sends is refused, with a reason
+
+    cases = {
+        b"[" * 100_000: "nested deeper than 32",
+        json.dumps({**genuine, "detail": {**genuine["detail"], "updatedAt": 0}})
+        .encode()
+        .replace(b'"updatedAt": 0', b'"updatedAt": ' + b"9" * 400): "more than 19 digits",
+        json.dumps(genuine).encode().replace(b'"version": ', b'"version": -Infinity, "v": '): "-Infinity",
+        json.dumps({**genuine, "detail": {**genuine["detail"], "version": 10**30}}).encode(): "19 digits",
+        json.dumps({**genuine, "detail": {**genuine["detail"], "containers": {"a": 1}}}).encode(): "not an ECS task",
+    }
+    for body, reason in cases.items():
+        status, text = post_blocking(stack.url, body, stack.signed())
+        assert status == 400 and reason in json.loads(text)["message"], (status, text[:300])
+    big = b"[" + b" " * (2 * 1024 * 1024) + b"]"
+    status, text = post_blocking(stack.url, big, stack.signed())
+    assert status == 413 and "larger than" in json.loads(text)["message"]
+    status, _ = post_blocking(stack.url, big, {"Content-Type": "application/json"})
+    assert status == 401  # no secret: refused before the body is read
+
+    assert await stack.server_running("fay")  # none of it ended or moved the server
+    text = (await stack.admin.request("GET", "/../metrics")).text
+    lag_sum = next(r for r in text.splitlines() if r.startswith("calliope_ecs_event_lag_seconds_sum"))
+    assert math.isfinite(float(lag_sum.split()[-1]))
