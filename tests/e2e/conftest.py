@@ -6,6 +6,7 @@ JupyterLab on its own loopback address.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -34,17 +35,21 @@ def scripts_on_path() -> Iterator[None]:
     os.environ["PATH"] = saved
 
 
-def singleuser_processes() -> list[psutil.Process]:
+def singleuser_processes(markers: tuple[str, ...] = ("jupyterhub-singleuser",)) -> list[psutil.Process]:
     """This test's servers: local ECS runs in this process, so its tasks are our children
     (other people's hubs on this machine are not ours to count or kill)."""
     found = []
     for process in psutil.Process().children(recursive=True):
         try:
-            if any("jupyterhub-singleuser" in part for part in process.cmdline()):
+            if any(marker in part for part in process.cmdline() for marker in markers):
                 found.append(process)
         except psutil.Error:
             continue
     return found
+
+
+#: Every task process local ECS may start here: JupyterLab, and the Chat/WAIIDE stand-ins.
+TASK_MARKERS = ("jupyterhub-singleuser", "calliope_hub.standins")
 
 
 @dataclass
@@ -59,10 +64,10 @@ class Stack:
         return singleuser_processes()
 
 
-@pytest.fixture
-async def stack(local_ecs_factory, tmp_path: Path) -> AsyncIterator[Stack]:
+@contextlib.asynccontextmanager
+async def running_stack(local_ecs_factory, tmp_path: Path, extra: list[str]) -> AsyncIterator[Stack]:
     """The shared LocalStack on a local ECS run in this process, so tests can reach its
-    control plane directly (stats, kill)."""
+    control plane directly (stats, kill); `extra` config lines are appended last."""
     require_proxy()
     ecs = local_ecs_factory(mode="process", stop_timeout_s=5)
     settings = HubSettings(
@@ -70,7 +75,7 @@ async def stack(local_ecs_factory, tmp_path: Path) -> AsyncIterator[Stack]:
         poll_interval=2,
         cleanup_servers=False,  # a restart must find its servers still running
         # Always 202, so every spawn's progress stream is followed to the end.
-        extra=["c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}"],
+        extra=["c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}", *extra],
     )
     spec = StackSpec(
         hub=settings, ecs=RunningEcs(ecs.endpoint_url), workdir=tmp_path, api_token=TOKEN, api_service="e2e"
@@ -83,7 +88,20 @@ async def stack(local_ecs_factory, tmp_path: Path) -> AsyncIterator[Stack]:
     finally:
         await local.close()
         ecs.stop()
-        leftovers = singleuser_processes()
+        leftovers = singleuser_processes(TASK_MARKERS)
         for process in leftovers:
             process.kill()
         assert not leftovers, f"servers outlived the stack: {leftovers}"
+
+
+@pytest.fixture
+async def stack(local_ecs_factory, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with running_stack(local_ecs_factory, tmp_path, []) as running:
+        yield running
+
+
+@pytest.fixture
+async def named_stack(local_ecs_factory, tmp_path: Path) -> AsyncIterator[Stack]:
+    """The same stack with named servers on, so one user runs Lab, Chat and WAIIDE side by side."""
+    async with running_stack(local_ecs_factory, tmp_path, ["c.JupyterHub.allow_named_servers = True"]) as running:
+        yield running
