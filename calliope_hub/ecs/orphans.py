@@ -11,7 +11,9 @@ Safety comes first, because stopping a live server is worse than paying for an i
 - a task whose tags name a server that is starting is never a candidate;
 - ownership is read again right before acting, with no await between that read and the
   StopTask call, so a spawn that took the task in the meantime keeps it;
-- a task tagged for another hub (two hub ids can share a startedBy) is never touched.
+- a task tagged for another hub (two hub ids can share a startedBy) is never touched;
+  a task with this hub's startedBy and no calliope:hub tag at all (started by hand, or by a
+  tool that left the tags off) is this hub's by its startedBy, and swept like any other.
 
 The core is plain code with an injectable clock; what "owned" means comes from an `Owners`
 (the JupyterHub binding is calliope_hub.hub.owners, a fake in the tests).
@@ -158,7 +160,7 @@ class OrphanSweeper:
         for result in answers:
             for task in getattr(result, "tasks", ()):
                 tags = read_tags(task.get("tags") or ())
-                if tags.get("hub") != self.hub_id or task.get("desiredStatus") == "STOPPED":
+                if tags.get("hub", self.hub_id) != self.hub_id or task.get("desiredStatus") == "STOPPED":
                     continue
                 key = (tags.get("user", ""), tags.get("server", ""))
                 if not ownership.claims(task["taskArn"], key):

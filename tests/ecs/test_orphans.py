@@ -359,3 +359,32 @@ async def test_no_interleaving_stops_an_owned_or_starting_task(
     await sweeper.sweep()
     assert hub.violations == []
     assert hub.unclaimed_live_tasks() == set()
+
+
+async def test_untagged_tasks_with_our_started_by_are_swept_as_the_docs_say(
+    api: EcsApi, run: Callable[..., Any]
+) -> None:
+    """Started by hand with the hub's startedBy and no calliope:* tags (docs/metrics.md): still this hub's."""
+    owners, clock = TableOwners(), Clock()
+    template = await described(api, [await run("tagged")])
+    owners.table.arns.update(template)  # the tagged one is owned: it only lends its request shape
+    started_by = TaskIdentity(HUB, "", "", "", "", 0).started_by
+    (task,) = template.values()
+    base = {"cluster": CLUSTER, "taskDefinition": task["taskDefinitionArn"], "launchType": "FARGATE",
+            "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-local"]}}}  # fmt: skip
+    bare = (await api.run_task({**base, "startedBy": started_by}))["tasks"][0]["taskArn"]
+    foreign_tags = [{"key": "team", "value": "data"}]
+    other_tags = (await api.run_task({**base, "startedBy": started_by, "tags": foreign_tags}))["tasks"][0]["taskArn"]
+    not_ours = (await api.run_task({**base, "startedBy": "someone-else"}))["tasks"][0]["taskArn"]
+    sweeper = sweeper_for(api, owners, clock)
+
+    first = await sweeper.sweep()
+    assert sorted(first.found) == sorted([bare, other_tags])
+    clock.now += GRACE
+    second = await sweeper.sweep()
+
+    assert sorted(second.stopped) == sorted([bare, other_tags])
+    tasks = await described(api, [bare, other_tags, not_ours, *template])
+    assert [tasks[a]["stoppedReason"] for a in (bare, other_tags)] == [ORPHAN_STOP_REASON] * 2
+    assert tasks[not_ours]["desiredStatus"] == "RUNNING"
+    assert all(tasks[a]["desiredStatus"] == "RUNNING" for a in template)
