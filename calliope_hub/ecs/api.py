@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -86,11 +86,9 @@ _WRAPPED_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, asyncio.Time
 class EcsApi:
     """One aiobotocore ECS client with client-side quota buckets and call counters.
 
-    Use `EcsApi.shared(target)` in the hub; `EcsApi.create` gives an unshared instance
-    (benchmarks, tests) whose clock and sleep can be injected.
+    `EcsApi.create` makes one; the HubRuntime holds the hub's only instance and closes it. Tests
+    and benchmarks inject the clock and sleep.
     """
-
-    _shared: ClassVar[dict[tuple[EcsTarget, str, bool], asyncio.Task[EcsApi]]] = {}
 
     def __init__(
         self,
@@ -158,54 +156,7 @@ class EcsApi:
         limiter = QuotaBuckets(client_quotas, clock) if client_quotas is not None else None
         return cls(client, limiter=limiter, sleep=sleep, exit_stack=stack)
 
-    @classmethod
-    async def shared(
-        cls,
-        target: EcsTarget,
-        *,
-        retry_mode: str = "standard",
-        max_attempts: int = 5,
-        client_quotas: dict[str, Quota] | None = AWS_QUOTAS,
-        connect_timeout: float = 5,
-        read_timeout: float = 15,
-    ) -> EcsApi:
-        """The process's client for (target, retry mode, limiter on/off); options apply once.
-
-        Concurrent first callers share one creation. A client made in another (finished)
-        event loop, as happens between tests, is dropped and a new one made in this loop.
-        """
-        loop = asyncio.get_running_loop()
-        key = (target, retry_mode, client_quotas is not None)
-        creating = cls._shared.get(key)
-        if creating is None or creating.get_loop() is not loop or _failed(creating):
-            creating = loop.create_task(
-                cls.create(
-                    target,
-                    retry_mode=retry_mode,
-                    max_attempts=max_attempts,
-                    client_quotas=client_quotas,
-                    connect_timeout=connect_timeout,
-                    read_timeout=read_timeout,
-                )
-            )
-            cls._shared[key] = creating
-        return await asyncio.shield(creating)
-
-    @classmethod
-    async def close_all(cls) -> None:
-        """Close every shared client of the running loop (at hub shutdown)."""
-        loop = asyncio.get_running_loop()
-        entries, cls._shared = cls._shared, {}
-        for creating in entries.values():
-            if creating.get_loop() is not loop:
-                continue
-            with contextlib.suppress(Exception):
-                await (await creating).close()
-
     async def close(self) -> None:
-        for key, creating in list(self._shared.items()):
-            if creating.done() and not _failed(creating) and creating.result() is self:
-                del self._shared[key]
         if self._exit_stack is not None:
             stack, self._exit_stack = self._exit_stack, None
             await stack.aclose()
@@ -367,10 +318,6 @@ class EcsApi:
         if code in THROTTLE_CODES:
             self.throttles[operation] += 1
             ECS_THROTTLES.labels(operation).inc()
-
-
-def _failed(task: asyncio.Task[Any]) -> bool:
-    return task.done() and (task.cancelled() or task.exception() is not None)
 
 
 def _local_credentials(target: EcsTarget) -> dict[str, str]:

@@ -294,19 +294,20 @@ async def test_without_quotas_nothing_is_held_back(scripted: tuple[ScriptedEndpo
     assert time.sleeps == [] and api.calls == {("DescribeTasks", "ok"): 150}
 
 
-async def test_shared_is_one_client_per_target_and_limiter(moto_target: EcsTarget, cluster_name: str) -> None:
-    apis = await asyncio.gather(*(EcsApi.shared(moto_target) for _ in range(5)))
-    naive = await EcsApi.shared(moto_target, client_quotas=None)
+async def test_botocore_retries_wait_for_their_own_tokens(scripted: tuple[ScriptedEndpoint, EcsTarget]) -> None:
+    """Each HTTP attempt, retries included, takes a quota token: 2 throttles + 1 answer cost 3, not 1."""
+    endpoint, target = scripted
+    endpoint.answers["DescribeTasks"] = [THROTTLED, THROTTLED, EMPTY_DESCRIBE]
+    time = FakeTime()
+    quota = {"cluster-read": Quota(burst=1, rate=10)}
+    api = await EcsApi.create(target, client_quotas=quota, clock=time.clock, sleep=time.sleep)
     try:
-        assert all(api is apis[0] for api in apis) and naive is not apis[0]
-        assert await EcsApi.shared(moto_target, max_attempts=1) is apis[0]  # options apply once
-        await apis[0].ensure_cluster(cluster_name)
-        assert await apis[0].list_tasks(cluster_name) == []
+        await api.describe_tasks("c", ["arn:task/1"])
     finally:
-        await EcsApi.close_all()
-    renewed = await EcsApi.shared(moto_target)
-    await EcsApi.close_all()
-    assert renewed is not apis[0]
+        await api.close()
+    assert api.attempts["DescribeTasks"] == 3
+    # The first attempt had the burst's one token; each retry waited a tenth of a second for its own.
+    assert api.limited == {"DescribeTasks": 2} and sum(time.sleeps) == pytest.approx(0.2)
 
 
 async def test_bad_retry_mode_is_refused(moto_target: EcsTarget) -> None:
