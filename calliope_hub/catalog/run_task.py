@@ -1,6 +1,6 @@
 """RunTask requests built from a Choice: the only path from a user's pick to what ECS runs.
 
-Everything idempotency and re-adoption need rides on the request (DESIGN.md invariant 4): a
+Everything idempotency and re-adoption need rides on the request (starts are idempotent and leave no trace lost): a
 clientToken derived from hub, user, server and attempt, the calliope:* tags and startedBy.
 What the tags and startedBy say, and how, is calliope_hub.ecs.identity's.
 """

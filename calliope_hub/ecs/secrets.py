@@ -2,7 +2,7 @@
 
 RunTask overrides come back verbatim in every DescribeTasks answer, and a task definition's
 `environment` in every DescribeTaskDefinition, so anyone with those read permissions would
-hold every server's JupyterHub API token (DESIGN invariant 8). Instead, before RunTask, the
+hold every server's JupyterHub API token (docs/security.md). Instead, before RunTask, the
 hub writes each secret value to a SecureString parameter under a name that is stable per
 (hub, user, server); the server's own task definition names it in the container's
 `secrets`; ECS (the task execution role) resolves it as the task starts. The value is

@@ -1,4 +1,4 @@
-"""Optional CloudWatch Embedded Metric Format lines: the seed's SpawnDuration and PollDuration/TaskCount.
+"""Optional CloudWatch Embedded Metric Format lines: the seeds' SpawnDuration and PollDuration/TaskCount.
 
 Prometheus at /hub/metrics is the primary interface. A hub on ECS/Fargate often ships its
 logs to CloudWatch Logs anyway, and EMF turns chosen log lines into CloudWatch metrics

@@ -1,6 +1,6 @@
 """`plan --check BENCH_JSON`: a plan's predictions against a bench run at the same N.
 
-This is issue 14's acceptance test: calibrate without one N, predict it, run bench there, and
+This is the planner's acceptance test (docs/capacity.md): calibrate without one N, predict it, run bench there, and
 every figure below must land within TOLERANCE of its prediction.
 """
 

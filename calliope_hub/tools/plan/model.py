@@ -182,7 +182,7 @@ def config_lines(inputs: PlanInputs, db: dict[str, Any]) -> list[str]:
 
 
 def plan(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: Prices) -> dict[str, Any]:
-    """The whole plan, in the JSON shape issue 14 documents (plus a few extra keys).
+    """The whole plan, in the JSON shape docs/capacity.md documents (plus a few extra keys).
 
     With several hubs (users sharded), the hub figures are one hub's, at its share of the servers.
     """
