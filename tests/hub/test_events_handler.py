@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 import urllib.error
 import urllib.request
@@ -248,3 +249,14 @@ async def test_fuzzed_bodies_never_get_a_500_and_change_nothing(stack: EventsSta
     text = (await stack.admin.request("GET", "/../metrics")).text
     lag_sum = next(r for r in text.splitlines() if r.startswith("calliope_ecs_event_lag_seconds_sum"))
     assert math.isfinite(float(lag_sum.split()[-1]))
+
+
+async def test_our_log_lines_use_jupyterhub_format(stack: EventsStack) -> None:
+    """calliope_hub.* INFO lines reach the hub's log with JupyterHub's level letter and timestamp (one logger)."""
+    await spawn(stack, "gus")
+    ours = re.compile(
+        r"^\[I \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} "
+        r"calliope_hub\.ecs\.taskdefs taskdefs:\d+\] registered task definition"
+    )
+    log_text = (stack.hub.workdir / "jupyterhub.log").read_text()
+    assert any(ours.match(line) for line in log_text.splitlines()), log_text[-3000:]
