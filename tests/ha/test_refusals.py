@@ -13,7 +13,7 @@ from calliope_hub.tools.local.procs import free_port
 from tests.ha.conftest import PG_SERVER, require_services
 
 REPLICAS = [
-    "c.JupyterHub.proxy_class = 'calliope_hub.hub.proxy_replicas.CHPReplicas'",
+    "c.JupyterHub.proxy_class = 'calliope-chp-replicas'",
     "c.CHPReplicas.api_urls = ['http://127.0.0.1:9']",
     "c.CHPReplicas.auth_token = 'refusal-test-token'",
 ]

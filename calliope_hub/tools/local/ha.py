@@ -297,7 +297,7 @@ class HaStack:
             user_password=s.user_password,
             events_secret=self.events_secret,
             extra=[
-                "c.JupyterHub.proxy_class = 'calliope_hub.hub.proxy_replicas.CHPReplicas'",
+                "c.JupyterHub.proxy_class = 'calliope-chp-replicas'",
                 f"c.CHPReplicas.api_urls = {[p.api_url for p in self.proxies]!r}",
                 f"c.CHPReplicas.check_interval = {s.proxy_check_interval!r}",
                 "c.CHPReplicas.replica_timeout = 2.0",
