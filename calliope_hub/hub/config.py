@@ -8,6 +8,7 @@ a Configurable.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ _REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
 #: CloudWatch: namespaces of 1-255 of these characters.
 #: SSM parameter hierarchy: '/' then levels of letters, digits, '.', '-', '_'.
 _PARAMETER_ROOT = re.compile(r"(/[A-Za-z0-9._-]+){1,8}")
+#: ECSSpawner.subnets' default: the one subnet local ECS invents, never a real VPC's
+LOCAL_SUBNET = "subnet-local"
 _NAMESPACE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_/#: ")
 
 
@@ -47,7 +50,9 @@ class ECSSpawnerConfig(Configurable):
         "http://127.0.0.1:9400", help="ECS endpoint. The default is local ECS; set '' to use AWS's own endpoint."
     ).tag(config=True)
     aws_profile = Unicode("", help="AWS profile for credentials ('' = the default chain).").tag(config=True)
-    subnets = List(Unicode(), default_value=["subnet-local"], help="awsvpc subnets.").tag(config=True)
+    subnets = List(
+        Unicode(), default_value=[LOCAL_SUBNET], help="awsvpc subnets; the default works only with local ECS."
+    ).tag(config=True)
     security_groups = List(Unicode(), help="awsvpc security groups.").tag(config=True)
     assign_public_ip = Bool(False, help="Give tasks a public IP (Fargate in public subnets).").tag(config=True)
     launch_type = Enum(
@@ -248,10 +253,15 @@ class RuntimeSettings:
     def from_config(cls, spawner: ECSSpawner, *, client_quotas: bool = True) -> RuntimeSettings:
         """Read every c.* class; a bad value raises ValueError/TraitError naming the setting."""
         config: Config = spawner.config
-        if not _REGION.fullmatch(spawner.region):
-            raise ValueError(f"ECSSpawner.region must be an AWS Region such as us-east-1, not {spawner.region!r}")
+        _check_trait_names(spawner)
+        _check_region(spawner.region)
         events, orphans, emf = CalliopeEvents(config=config), OrphanSweep(config=config), CloudWatchEmf(config=config)
         _check_endpoint("ECSSpawner.endpoint_url", spawner.endpoint_url)
+        if not uses_local_commands("auto", spawner.endpoint_url) and list(spawner.subnets) == [LOCAL_SUBNET]:
+            raise ValueError(
+                f"ECSSpawner.subnets is still the local default {[LOCAL_SUBNET]} but endpoint_url "
+                f"{spawner.endpoint_url or '(AWS)'!r} is not local ECS: set the VPC subnets the tasks run in"
+            )
         _check_endpoint("CalliopeEvents.sqs_endpoint_url", events.sqs_endpoint_url)
         ssm_endpoint = spawner.endpoint_url if spawner.ssm_endpoint_url is None else spawner.ssm_endpoint_url
         _check_endpoint("ECSSpawner.ssm_endpoint_url", ssm_endpoint)
@@ -310,3 +320,37 @@ def _check_endpoint(name: str, url: str) -> None:
     """'' (AWS's own endpoint) or a URL botocore accepts, checked before any client is made."""
     if url and not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
         raise ValueError(f"{name} must be an http(s) URL such as http://127.0.0.1:9400, or '', not {url!r}")
+
+
+def _known_regions() -> frozenset[str]:
+    """Every Region botocore's endpoint data lists for ECS, in every partition (commercial, China, GovCloud...)."""
+    session = BotocoreSession()
+    return frozenset(
+        region
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions("ecs", partition_name=partition)
+    )
+
+
+def _check_region(region: str) -> None:
+    """Format first (a name like "EU (Ireland)" is a label, not a Region), then botocore's list."""
+    if _REGION.fullmatch(region) and region in _known_regions():
+        return
+    near = difflib.get_close_matches(region, _known_regions(), n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    raise ValueError(f"ECSSpawner.region must be an AWS Region ECS runs in, such as us-east-1, not {region!r}{hint}")
+
+
+def _check_trait_names(spawner: ECSSpawner) -> None:
+    """traitlets only warns about an unknown name; a typo would silently leave a default (subnets!) in force."""
+    name = type(spawner).__name__
+    known = set(spawner.trait_names(config=True))
+    unknown = sorted(key for key in spawner.config.get(name) or {} if key not in known)
+    if unknown:
+        hints = [_with_hint(key, known) for key in unknown]
+        raise ValueError(f"c.{name} has no setting {', '.join(hints)}")
+
+
+def _with_hint(key: str, known: set[str]) -> str:
+    near = difflib.get_close_matches(key, known, n=1)
+    return f"{key!r} (did you mean {near[0]!r}?)" if near else repr(key)

@@ -151,6 +151,11 @@ async def _truthy(values: list[Any]) -> bool:
     "config, error, words",
     [
         ({"ECSSpawner": {"region": "mars-1"}}, ValueError, "ECSSpawner.region"),
+        ({"ECSSpawner": {"region": "EU (Ireland)"}}, ValueError, "must be an AWS Region ECS runs in"),
+        ({"ECSSpawner": {"region": "us-east1"}}, ValueError, "did you mean 'us-east-1'"),
+        ({"ECSSpawner": {"subnet": ["subnet-0abc"]}}, ValueError, "no setting 'subnet' .did you mean 'subnets'"),
+        ({"ECSSpawner": {"endpoint_url": ""}}, ValueError, "subnets is still the local default"),
+        ({"ECSSpawner": {"endpoint_url": "https://ecs.us-east-1.amazonaws.com"}}, ValueError, "set the VPC subnets"),
         ({"ECSSpawner": {"launch_type": "SPOT"}}, TraitError, "launch_type"),
         ({"CalliopeEvents": {"queue_size": 0}}, TraitError, "queue_size"),
         ({"CalliopeEvents": {"sweeps": "sometimes"}}, TraitError, "sweeps"),
