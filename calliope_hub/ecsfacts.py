@@ -154,6 +154,10 @@ AWS_QUOTAS: dict[str, Quota] = {
     "fargate-run-task": Quota(burst=20, rate=20),
     # RegisterTaskDefinition: 20 burst, 1/s sustained (the ECS API reference's "Request throttling" page).
     "task-definition-modify": Quota(burst=20, rate=1),
+    # CreateAccessPoint: EFS publishes no per-action rate (its quotas page lists resources; create-access-point.html
+    # and the API reference only say calls "in quick succession" near the 10,000-per-file-system limit are
+    # throttled). An assumed client bucket, not an AWS figure: keeps first spawns from bursting into that.
+    "efs-access-point-create": Quota(burst=10, rate=5),
 }
 
 #: operation -> the categories one call draws a token from.
@@ -163,6 +167,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "RunTask": ("cluster-modify", "fargate-run-task"),
     "StopTask": ("cluster-modify",),
     "RegisterTaskDefinition": ("task-definition-modify",),
+    "CreateAccessPoint": ("efs-access-point-create",),
 }
 
 

@@ -26,7 +26,8 @@ from .ecs.api import THROTTLE_CODES, EcsApi, EcsApiError
 from .ecs.secrets import SecretStoreError, ServerSecrets, server_prefix, split_environment
 from .ecs.snapshot import TaskSnapshot
 from .ecs.status import TaskWatcher
-from .ecs.taskdefs import ServerLabels, server_definition, server_family
+from .ecs.storage import StorageError
+from .ecs.taskdefs import ServerLabels, server_definition, server_family, with_home
 from .ecs.taskdefs import spec_hash as content_hash
 from .hub.config import ECSSpawnerConfig
 from .hub.runtime import HubRuntime
@@ -107,6 +108,9 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
     #: the server's own task-definition revision and its content hash (calliope_hub.ecs.taskdefs)
     task_definition = Unicode("")
     spec_hash = Unicode("")
+    #: the user's EFS home (calliope_hub.ecs.storage): kept across stops, so every start reuses it
+    home_access_point = Unicode("")
+    home_file_system = Unicode("")
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
@@ -180,6 +184,8 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         state = super().get_state()
         if self.task_definition:
             state.update(task_definition=self.task_definition, spec_hash=self.spec_hash)
+        if self.home_access_point:
+            state.update(home_access_point=self.home_access_point, home_file_system=self.home_file_system)
         if self.task_arn:
             state.update(
                 task_arn=self.task_arn,
@@ -197,6 +203,8 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         self.choice_size = state.get("size", "")
         self.task_definition = state.get("task_definition", "")
         self.spec_hash = state.get("spec_hash", "")
+        self.home_access_point = state.get("home_access_point", "")
+        self.home_file_system = state.get("home_file_system", "")
 
     def clear_state(self) -> None:
         super().clear_state()
@@ -243,6 +251,16 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
             task_role_arn=settings.task_role_arn,
             labels=ServerLabels(self.hub_id, self.user.name, self.name),
         )
+        storage, homes = choice.service.storage, self.runtime.homes
+        if storage is not None and homes is not None:
+            if not self.home_access_point or self.home_file_system not in (*storage.file_system_ids, "auto"):
+                try:  # idempotent by ClientToken: a retry or another server of this user gets the same one
+                    home = await homes.ensure(storage, self.user.name)
+                except StorageError as e:
+                    raise web.HTTPError(503, f"Your home directory could not be prepared: {e}") from None
+                self.home_access_point, self.home_file_system = home.access_point_id, home.file_system_id
+                self._persist_state()  # recorded before anything else can fail
+            request = with_home(request, storage.mount_path, self.home_file_system, self.home_access_point)
         if self.task_definition and self.spec_hash:
             definitions.remember(self.spec_hash, self.task_definition)
         self.task_definition = await self._until_taken(

@@ -7,7 +7,9 @@ spawn that would fail for every user into one clear error for the operator, nami
 from __future__ import annotations
 
 import re
+import string
 from itertools import pairwise
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -107,6 +109,57 @@ class LocalRun(_Strict):
     stand_in: bool
 
 
+#: EFS file system IDs; `auto` is the file system the hub finds or creates by creation token (docs/catalog.md).
+FILE_SYSTEM_PATTERN = r"^(auto|fs-[0-9a-f]{8,40})$"
+#: EFS: an access point's root directory is at most 100 characters (the template is checked with a long name).
+MAX_ROOT_PATH = 100
+
+
+class Storage(_Strict):
+    """A per-user EFS home: one access point per user, named in that user's task-definition revision."""
+
+    type: Literal["efs"]
+    #: one ID, or several: users are spread over them by a stable hash of their name (10,000 access points each)
+    file_system_id: str | list[str]
+    uid: int = Field(ge=0, le=4294967295)
+    gid: int = Field(ge=0, le=4294967295)
+    root_path: str = "/home/{username}"
+    mount_path: str = Field(default="/home/jovyan/work", pattern=r"^/[^\s]*$")
+    permissions: str = Field(default="0750", pattern=r"^0?[0-7]{3,4}$")
+    delete_on_user_delete: bool = False
+
+    @field_validator("file_system_id")
+    @classmethod
+    def _file_system_ids(cls, value: str | list[str]) -> str | list[str]:
+        ids = [value] if isinstance(value, str) else value
+        if not ids:
+            raise ValueError("needs at least one file system ID")
+        for ident in ids:
+            if not re.fullmatch(FILE_SYSTEM_PATTERN, ident):
+                raise ValueError(f"{ident!r} is not an EFS file system ID (fs- and 8 to 40 hex digits) or 'auto'")
+        if "auto" in ids and len(ids) > 1:
+            raise ValueError("'auto' cannot be mixed with other file system IDs")
+        return value
+
+    @field_validator("root_path")
+    @classmethod
+    def _root_template(cls, template: str) -> str:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        if fields != {"username"}:
+            raise ValueError(f"must contain {{username}} and no other field (found {sorted(fields) or 'none'})")
+        if not template.startswith("/") or "//" in template or template.endswith("/"):
+            raise ValueError("must be an absolute path like /home/{username}, without empty parts or a trailing /")
+        if template.count("/") > 4:
+            raise ValueError("EFS allows at most 4 directories in an access point's root path")
+        if len(template.replace("{username}", "x" * 64)) > MAX_ROOT_PATH:
+            raise ValueError(f"too long: EFS allows {MAX_ROOT_PATH} characters with a user's (escaped) name in it")
+        return template
+
+    @property
+    def file_system_ids(self) -> tuple[str, ...]:
+        return (self.file_system_id,) if isinstance(self.file_system_id, str) else tuple(self.file_system_id)
+
+
 class Service(_Strict):
     """One kind of user server (Lab, Chat, WAIIDE) and the sizes it comes in."""
 
@@ -123,6 +176,8 @@ class Service(_Strict):
     sizes: dict[str, Size] = Field(min_length=1)
     default_size: str
     local: LocalRun
+    #: a per-user home on EFS (None: a server's files live and die with its task)
+    storage: Storage | None = None
 
     @field_validator("sizes")
     @classmethod

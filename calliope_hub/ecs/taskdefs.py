@@ -106,6 +106,29 @@ def server_definition(
     return request
 
 
+#: the volume name a user's home has in their task definition
+HOME_VOLUME = "home"
+
+
+def with_home(request: Mapping[str, Any], mount_path: str, file_system_id: str, access_point_id: str) -> dict[str, Any]:
+    """A server definition with the user's EFS access point mounted (and the working directory) at `mount_path`.
+
+    Transit encryption and IAM authorization are on, so only the task role may mount it, over TLS.
+    """
+    containers = [dict(container) for container in request["containerDefinitions"]]
+    containers[0]["mountPoints"] = [{"sourceVolume": HOME_VOLUME, "containerPath": mount_path, "readOnly": False}]
+    containers[0]["workingDirectory"] = mount_path
+    volume = {
+        "name": HOME_VOLUME,
+        "efsVolumeConfiguration": {
+            "fileSystemId": file_system_id,
+            "transitEncryption": "ENABLED",
+            "authorizationConfig": {"accessPointId": access_point_id, "iam": "ENABLED"},
+        },
+    }
+    return {**request, "containerDefinitions": containers, "volumes": [volume]}
+
+
 def with_roles(base: Mapping[str, Any], execution_role_arn: str, task_role_arn: str) -> dict[str, Any]:
     """A catalog definition with the hub's roles, as `ecs setup` registers it."""
     request = dict(base)

@@ -44,6 +44,7 @@ from calliope_hub.ecs.api import EcsApi
 from calliope_hub.ecs.orphans import OrphanSweeper, sweep_forever
 from calliope_hub.ecs.secrets import SecretStore, ssm_client
 from calliope_hub.ecs.status import TaskWatcher
+from calliope_hub.ecs.storage import Homes, efs_client
 from calliope_hub.ecs.taskdefs import TaskDefinitions
 from calliope_hub.ecsfacts import AWS_QUOTAS, Quota, started_by
 from calliope_hub.events.ingest import EventIngest
@@ -94,6 +95,7 @@ class HubRuntime:
         #: the server definitions registered (by content hash) and the secret store; built by start()
         self.task_definitions: TaskDefinitions | None = None
         self.secrets: SecretStore | None = None
+        self.homes: Homes | None = None
         self.ingest: EventIngest | None = None
         self.sqs: SqsEventConsumer | None = None
         self._watchers: dict[str, TaskWatcher] = {}
@@ -156,6 +158,7 @@ class HubRuntime:
         self.task_definitions = TaskDefinitions(self.api)
         ssm = await self._exit_stack.enter_async_context(ssm_client(s.ssm_target))
         self.secrets = SecretStore(ssm, kms_key_id=s.kms_key_id)
+        self.homes = Homes(await self._exit_stack.enter_async_context(efs_client(s.target)), s.hub_id)
         if s.events.enabled:
             # One queue, sized by c.CalliopeEvents.queue_size, for the HTTP endpoint and SQS alike.
             self.ingest = EventIngest(s.events.queue_size, watchers_of=self.watchers_of)
