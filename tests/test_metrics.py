@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from calliope_hub.catalog import Catalog, Placement, TaskIdentity, run_task_request
 from calliope_hub.ecs.api import EcsApi, EcsTarget
-from calliope_hub.ecs.taskdefs import prepare_cluster
 from calliope_hub.ecs.orphans import ORPHAN_STOP_REASON
+from calliope_hub.ecs.taskdefs import prepare_cluster
 from calliope_hub.events.wire import DEFAULT_HEADER, ROUTE
 from calliope_hub.observability import metrics
 from calliope_hub.tools.hubapi import HubApi
@@ -142,3 +142,16 @@ async def test_every_calliope_metric_moves_through_a_spawn_and_a_stop(stack: tup
 
 async def _not_ready(admin: HubApi, user: str) -> bool:
     return not await server_ready(admin, user)
+
+
+def test_histograms_ignore_non_finite_values() -> None:
+    """One NaN or infinity in a histogram's sum stays there for the life of the process: never observed."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    histogram = Histogram("calliope_test_finite_seconds", "test", registry=CollectorRegistry())
+    for value in (float("inf"), float("-inf"), float("nan")):
+        assert metrics.observe_finite(histogram, value) is False
+    assert metrics.observe_finite(histogram, 1.5) is True
+    samples = {s.name: s.value for family in histogram.collect() for s in family.samples}
+    assert samples["calliope_test_finite_seconds_sum"] == 1.5
+    assert samples["calliope_test_finite_seconds_count"] == 1

@@ -173,9 +173,14 @@ class HAProxy(OwnedProcess):
 
 
 def haproxy_config(public: int, hubs: list[HaHub], proxies: list[ChpReplica], check_ms: int = 500) -> str:
-    """/hub/* to the hub whose /leader says 200; everything else to any live proxy replica."""
+    """/hub/* to the hub whose /leader says 200; everything else to any live proxy replica.
+
+    A hub is taken out after 3 failed checks, not 1: a leader busy with a burst of spawns may
+    answer a check late, and a single late answer must not empty the backend (the fence, not
+    the balancer, is what guarantees one leader).
+    """
     hub_lines = [
-        f"    server {hub.name} {LOOPBACK}:{hub.hub_port} check port {hub.port} inter {check_ms} fall 1 rise 1"
+        f"    server {hub.name} {LOOPBACK}:{hub.hub_port} check port {hub.port} inter {check_ms} fall 3 rise 1"
         for hub in hubs
     ]
     proxy_lines = [
@@ -186,7 +191,8 @@ def haproxy_config(public: int, hubs: list[HaHub], proxies: list[ChpReplica], ch
         [
             "global", "    maxconn 8000", "",
             "defaults", "    mode http", "    timeout connect 2s", "    timeout client 120s",
-            "    timeout server 120s", "    timeout tunnel 1h", "    retries 2", "    option redispatch", "",
+            "    timeout server 120s", "    timeout tunnel 1h", "    timeout check 2s",
+            "    retries 2", "    option redispatch", "",
             "frontend calliope", f"    bind {LOOPBACK}:{public}", "    monitor-uri /_haproxy/alive",
             "    acl hub path_beg /hub/", "    use_backend hubs if hub", "    default_backend proxies", "",
             "backend hubs", "    option httpchk GET /leader", "    http-check expect status 200", *hub_lines, "",
