@@ -253,7 +253,8 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         )
         storage, homes = choice.service.storage, self.runtime.homes
         if storage is not None and homes is not None:
-            if not self.home_access_point or self.home_file_system not in (*storage.file_system_ids, "auto"):
+            placed = storage.file_system_ids == ("auto",) or self.home_file_system in storage.file_system_ids
+            if not (self.home_access_point and placed):  # none yet, or the catalog moved the user's shard
                 try:  # idempotent by ClientToken: a retry or another server of this user gets the same one
                     home = await homes.ensure(storage, self.user.name)
                 except StorageError as e:
