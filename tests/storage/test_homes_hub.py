@@ -79,6 +79,8 @@ async def test_a_file_in_alices_home_survives_a_restart_and_bob_cannot_see_it(
             if tag["Key"] == "calliope:user"
         }
         assert owners == {"alice": "/home/alice", "bob": "/home/bob"}, "one access point each, reused on restart"
+        created = local.stats()["calls"].get("CreateAccessPoint", {})
+        assert created.get("ok", 0) == 2, f"alice's restart reused the access point in her state: {created}"
         files = [path.relative_to(tmp_path) for path in (tmp_path / "efs-data").rglob("notes.txt")]
         assert len(files) == 1 and files[0].parts[-3:] == ("home", "alice", "notes.txt"), files
 
