@@ -51,6 +51,7 @@ from calliope_hub.events.ingest import EventIngest
 from calliope_hub.events.sqs import SqsEventConsumer, sqs_client
 from calliope_hub.hub.config import RuntimeSettings
 from calliope_hub.hub.lock import SWEEP_LOCK_SETTING, SweepLock, sweep_lock
+from calliope_hub.hub.logs import attach_to_jupyterhub_log
 from calliope_hub.hub.owners import JupyterHubOwners
 from calliope_hub.observability import emf
 
@@ -87,6 +88,8 @@ class HubRuntime:
     ):
         self.settings = settings
         self.log = log  # JupyterHub's own logger in a hub: its level, format and handlers
+        if not (log.name + ".").startswith("calliope_hub."):  # our own logger can't be our parent
+            attach_to_jupyterhub_log(log)  # every calliope_hub.* line goes through JupyterHub's handlers
         self.cluster = cluster
         #: the hub's tornado settings: `users` and `db` exist only inside a real hub
         self._app_settings = app_settings
