@@ -38,9 +38,9 @@ MAX_BODY_BYTES = 1024 * 1024
 #: a lag longer than EventBridge keeps retrying (24 h) is a clock or a forger, not a lag
 MAX_LAG_SECONDS = 24 * 3600.0
 #: What the watchers said of one change, most telling first: the one counted when several watch a cluster.
-_OUTCOMES = ("confirming", "applied", "hint", "implausible", "stale")
+_OUTCOMES = ("confirming", "hint", "implausible", "stale")
 #: Outcomes where the change was taken up, so its lag is observed.
-_TAKEN = frozenset({"confirming", "applied", "hint"})
+_TAKEN = frozenset({"confirming", "hint"})
 
 
 class EventFormatError(ValueError):

@@ -9,7 +9,7 @@ from typing import Any
 class Recorder:
     """A watcher as ingestion sees it: takes an event's task and answers with a fixed outcome."""
 
-    def __init__(self, outcome: str = "applied") -> None:
+    def __init__(self, outcome: str = "hint") -> None:
         self.outcome = outcome
         self.seen: list[str] = []
 

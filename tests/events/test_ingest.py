@@ -136,7 +136,7 @@ async def test_the_queue_takes_changes_only_between_start_and_close(watcher: Rec
 @pytest.mark.parametrize(
     "outcomes, counted_as",
     [
-        (["stale", "applied"], "applied"),
+        (["stale", "hint"], "hint"),
         (["stale", "confirming", "hint"], "confirming"),
         (["stale"], "stale"),
         ([], "ignored"),
