@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jupyterhub.metrics  # noqa: F401  (registers JupyterHub's metrics, as in the hub)
+import jupyterhub.metrics
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
@@ -24,7 +24,12 @@ METRIC = re.compile(r"\b((?:calliope|jupyterhub|process)_[a-zA-Z0-9_]+)")
 SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
 MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
-SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",), "gauge": ("",), "summary": ("_sum", "_count", "")}
+SUFFIXES = {
+    "histogram": ("_bucket", "_sum", "_count"),
+    "counter": ("_total",),
+    "gauge": ("",),
+    "summary": ("_sum", "_count", ""),
+}
 
 
 def exported_series() -> dict[str, str]:

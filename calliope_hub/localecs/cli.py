@@ -39,17 +39,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--host", default=defaults.host, help="address to listen on (default %(default)s)")
     add("--port", type=int, default=defaults.port, help="port to listen on; 0 picks a free one (default %(default)s)")
-    add("--mode", choices=["sim", "process"], default=defaults.mode,
-        help="sim: tasks run nothing but answer HTTP; process: run each container's command locally")
-    add("--throttle", default=defaults.throttle,
-        help="aws (ECS's quotas), off, or e.g. read=100:20,modify=100:40,fargate=20:20 (burst:rate per s)")
+    add(
+        "--mode",
+        choices=["sim", "process"],
+        default=defaults.mode,
+        help="sim: tasks run nothing but answer HTTP; process: run each container's command locally",
+    )
+    add(
+        "--throttle",
+        default=defaults.throttle,
+        help="aws (ECS's quotas), off, or e.g. read=100:20,modify=100:40,fargate=20:20 (burst:rate per s)",
+    )
     add("--events-url", help="POST every ECS Task State Change event here, as an EventBridge API destination")
     add("--events-header", help=f"header sent with every event, 'Name: value' (or set {EVENTS_HEADER_ENV})")
     add("--event-duplicate", type=float, default=0.0, help="fraction of events delivered twice (for tests)")
     add("--event-reorder", action="store_true", help="deliver events out of order (for tests)")
-    add("--sim-timing", choices=sorted(SIM_TIMINGS), default="fast",
+    add(
+        "--sim-timing",
+        choices=sorted(SIM_TIMINGS),
+        default="fast",
         help="sim: how long tasks dwell in each state; fargate: a 30-60 s cold start and a stop of tens of "
-             "seconds, for benches and demos (default %(default)s); the flags below override one value each")
+        "seconds, for benches and demos (default %(default)s); the flags below override one value each",
+    )
     for flag, field, what in _SIM_FLAGS:
         presets = ", ".join(f"{name} {values[field]:g}" for name, values in sorted(SIM_TIMINGS.items()))
         add(flag, type=float, help=f"sim: {what} (default from --sim-timing: {presets})")
@@ -61,8 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tls", action="store_true", help="serve https with a self-signed certificate (its path is printed)")
     add("--tls-dir", type=Path, help="where to keep that certificate (default: a temporary directory)")
     add("--data-dir", type=Path, help="process mode: keep EFS access points' files here (default: a temp directory)")
-    add("--efs-access-point-limit", type=int, default=defaults.efs_access_point_limit,
-        help="access points per EFS file system (default %(default)s)")
+    add(
+        "--efs-access-point-limit",
+        type=int,
+        default=defaults.efs_access_point_limit,
+        help="access points per EFS file system (default %(default)s)",
+    )
     add("--region", default=defaults.region)
     add("--account", default=defaults.account)
 
@@ -82,13 +97,25 @@ def config_from(args: argparse.Namespace) -> LocalEcsConfig:
             timing[field] = given
     return LocalEcsConfig(
         **timing,
-        host=args.host, port=args.port, mode=args.mode, throttle=args.throttle,
-        events_url=args.events_url, events_header=header,
-        event_duplicate=args.event_duplicate, event_reorder=args.event_reorder,
-        sim_fail_fraction=args.sim_fail_fraction, sim_stop_rate=args.sim_stop_rate,
-        retention_s=args.retention, stop_timeout_s=args.stop_timeout, cidr=args.cidr or random_cidr(),
-        tls=args.tls, tls_dir=args.tls_dir, region=args.region, account=args.account,
-        data_dir=args.data_dir, efs_access_point_limit=args.efs_access_point_limit,
+        host=args.host,
+        port=args.port,
+        mode=args.mode,
+        throttle=args.throttle,
+        events_url=args.events_url,
+        events_header=header,
+        event_duplicate=args.event_duplicate,
+        event_reorder=args.event_reorder,
+        sim_fail_fraction=args.sim_fail_fraction,
+        sim_stop_rate=args.sim_stop_rate,
+        retention_s=args.retention,
+        stop_timeout_s=args.stop_timeout,
+        cidr=args.cidr or random_cidr(),
+        tls=args.tls,
+        tls_dir=args.tls_dir,
+        region=args.region,
+        account=args.account,
+        data_dir=args.data_dir,
+        efs_access_point_limit=args.efs_access_point_limit,
         access_key_id=os.environ.get(ACCESS_KEY_ENV) or None,
     )
 

@@ -22,12 +22,22 @@ THROTTLE_NAMES = {
 #: (ENI detach dominates); `fast` keeps tests quick.
 SIM_TIMINGS: dict[str, dict[str, float]] = {
     "fast": {
-        "sim_provisioning_s": 0.5, "sim_pending_s": 1.0, "sim_activating_s": 0.0,
-        "sim_deactivating_s": 0.0, "sim_stopping_s": 0.0, "sim_deprovisioning_s": 0.0, "sim_jitter": 0.2,
+        "sim_provisioning_s": 0.5,
+        "sim_pending_s": 1.0,
+        "sim_activating_s": 0.0,
+        "sim_deactivating_s": 0.0,
+        "sim_stopping_s": 0.0,
+        "sim_deprovisioning_s": 0.0,
+        "sim_jitter": 0.2,
     },
     "fargate": {
-        "sim_provisioning_s": 10.0, "sim_pending_s": 30.0, "sim_activating_s": 3.0,
-        "sim_deactivating_s": 2.0, "sim_stopping_s": 5.0, "sim_deprovisioning_s": 20.0, "sim_jitter": 0.35,
+        "sim_provisioning_s": 10.0,
+        "sim_pending_s": 30.0,
+        "sim_activating_s": 3.0,
+        "sim_deactivating_s": 2.0,
+        "sim_stopping_s": 5.0,
+        "sim_deprovisioning_s": 20.0,
+        "sim_jitter": 0.35,
     },
 }
 

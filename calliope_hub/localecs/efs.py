@@ -106,8 +106,12 @@ class FileSystem:
 
     def wire(self, owner: str, state: str = "available") -> dict:
         body = {
-            "OwnerId": owner, "CreationToken": self.creation_token, "FileSystemId": self.id,
-            "FileSystemArn": self.arn, "CreationTime": self.created, "LifeCycleState": state,
+            "OwnerId": owner,
+            "CreationToken": self.creation_token,
+            "FileSystemId": self.id,
+            "FileSystemArn": self.arn,
+            "CreationTime": self.created,
+            "LifeCycleState": state,
             "NumberOfMountTargets": 0,
             "SizeInBytes": {"Value": 6144, "ValueInIA": 0, "ValueInStandard": 6144, "ValueInArchive": 0},
             "Tags": [{"Key": k, "Value": v} for k, v in self.tags.items()],
@@ -131,9 +135,14 @@ class AccessPoint:
 
     def wire(self, owner: str, state: str = "available") -> dict:
         body: dict[str, Any] = {
-            "ClientToken": self.client_token, "Tags": [{"Key": k, "Value": v} for k, v in self.tags.items()],
-            "AccessPointId": self.id, "AccessPointArn": self.arn, "FileSystemId": self.file_system.id,
-            "RootDirectory": self.root_directory, "OwnerId": owner, "LifeCycleState": state,
+            "ClientToken": self.client_token,
+            "Tags": [{"Key": k, "Value": v} for k, v in self.tags.items()],
+            "AccessPointId": self.id,
+            "AccessPointArn": self.arn,
+            "FileSystemId": self.file_system.id,
+            "RootDirectory": self.root_directory,
+            "OwnerId": owner,
+            "LifeCycleState": state,
         }
         if self.posix_user is not None:
             body["PosixUser"] = self.posix_user
@@ -172,15 +181,32 @@ class FileSystems:
     def _replay(self, record: dict) -> None:
         self._seq = max(self._seq, record.get("seq", 0))
         if record["kind"] == "fs":
-            self._add_file_system(FileSystem(
-                record["id"], self._arn("file-system", record["id"]), record["token"], record["created"],
-                record["settings"], record["tags"], record["seq"],
-            ), write=False)
+            self._add_file_system(
+                FileSystem(
+                    record["id"],
+                    self._arn("file-system", record["id"]),
+                    record["token"],
+                    record["created"],
+                    record["settings"],
+                    record["tags"],
+                    record["seq"],
+                ),
+                write=False,
+            )
         elif record["kind"] == "ap":
-            self._add_access_point(AccessPoint(
-                record["id"], self._arn("access-point", record["id"]), self.file_systems[record["fs"]],
-                record["token"], record["root"], record["tags"], record["seq"], record["posix"],
-            ), write=False)
+            self._add_access_point(
+                AccessPoint(
+                    record["id"],
+                    self._arn("access-point", record["id"]),
+                    self.file_systems[record["fs"]],
+                    record["token"],
+                    record["root"],
+                    record["tags"],
+                    record["seq"],
+                    record["posix"],
+                ),
+                write=False,
+            )
         else:
             self._remove_access_point(self.access_points[record["id"]], write=False)
 
@@ -195,17 +221,35 @@ class FileSystems:
         self.counts[system.id] = 0
         self._tokens["fs:" + system.creation_token] = system
         if write:
-            self._write({"kind": "fs", "id": system.id, "token": system.creation_token, "created": system.created,
-                         "settings": system.settings, "tags": system.tags, "seq": system.seq})
+            self._write(
+                {
+                    "kind": "fs",
+                    "id": system.id,
+                    "token": system.creation_token,
+                    "created": system.created,
+                    "settings": system.settings,
+                    "tags": system.tags,
+                    "seq": system.seq,
+                }
+            )
 
     def _add_access_point(self, point: AccessPoint, write: bool = True) -> None:
         self.access_points[point.id] = point
         self.counts[point.file_system.id] += 1
         self._tokens["fsap:" + point.client_token] = point
         if write:
-            self._write({"kind": "ap", "id": point.id, "fs": point.file_system.id, "token": point.client_token,
-                         "root": point.root_directory, "tags": point.tags, "seq": point.seq,
-                         "posix": point.posix_user})
+            self._write(
+                {
+                    "kind": "ap",
+                    "id": point.id,
+                    "fs": point.file_system.id,
+                    "token": point.client_token,
+                    "root": point.root_directory,
+                    "tags": point.tags,
+                    "seq": point.seq,
+                    "posix": point.posix_user,
+                }
+            )
 
     def _remove_access_point(self, point: AccessPoint, write: bool = True) -> None:
         del self.access_points[point.id]
@@ -260,7 +304,9 @@ class FileSystems:
         earlier = self._tokens.get("fs:" + token)
         if earlier is not None:
             raise EfsError(
-                "FileSystemAlreadyExists", f"File system with creation token {token!r} already exists.", 409,
+                "FileSystemAlreadyExists",
+                f"File system with creation token {token!r} already exists.",
+                409,
                 FileSystemId=earlier.id,
             )
         ident = _new_id("fs")
@@ -293,7 +339,9 @@ class FileSystems:
         earlier = self._tokens.get("fsap:" + token)
         if earlier is not None:
             raise EfsError(
-                "AccessPointAlreadyExists", f"Access point with client token {token!r} already exists.", 409,
+                "AccessPointAlreadyExists",
+                f"Access point with client token {token!r} already exists.",
+                409,
                 AccessPointId=earlier.id,
             )
         if self.counts[system.id] >= self.access_point_limit:
@@ -348,7 +396,7 @@ class FileSystems:
         system = self.file_systems.get(config["fileSystemId"].rsplit("/", 1)[-1])
         if system is None:
             raise StartFailure(
-                f"{MOUNT_FAILED}Failed to resolve \"{config['fileSystemId']}.efs.{self.region}.amazonaws.com\" - "
+                f'{MOUNT_FAILED}Failed to resolve "{config["fileSystemId"]}.efs.{self.region}.amazonaws.com" - '
                 "check that your file system ID is correct, and ensure that the VPC has an EFS mount target for "
                 "this file system ID."
             )

@@ -62,13 +62,14 @@ ROUTES: dict[tuple[str, str, bool], tuple[str, Handler]] = {
 
 
 def _route(method: str, path: str) -> tuple[str, Handler, str]:
-    collection, _, ident = path[len(PATH_PREFIX):].strip("/").partition("/")
+    collection, _, ident = path[len(PATH_PREFIX) :].strip("/").partition("/")
     found = ROUTES.get((method, collection, bool(ident)))
     if found is None or "/" in ident:
         raise EcsError(
             "UnknownOperationException",
             f"local EFS does not implement {method} {path}; it serves "
-            + ", ".join(operation for operation, _ in ROUTES.values()) + ".",
+            + ", ".join(operation for operation, _ in ROUTES.values())
+            + ".",
             404,
         )
     return found[0], found[1], ident
@@ -118,4 +119,3 @@ async def handle(
     response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
     record(operation, outcome, (time.perf_counter() - started) * 1000)
     return response
-

@@ -60,7 +60,7 @@ def _check_efs_volume(name: str, config: Any) -> None:
         )
     if point is not None and root not in (None, "/"):
         raise client_error(
-            'Invalid request provided: Create TaskDefinition: When using an EFS access point, the root directory '
+            "Invalid request provided: Create TaskDefinition: When using an EFS access point, the root directory "
             'must either be set to "/" or be omitted.'
         )
 

@@ -63,7 +63,7 @@ _UNIT = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,9})?)\s*([A-Za-z]*)\s*$")
 def parse_size(value: Any, what: str) -> int:
     """Parse ECS's cpu ("1024", "1 vCPU") or memory ("2048", "2 GB") string into units/MiB."""
     if not isinstance(value, str):
-        raise invalid(f"{what} must be a string, for example \"1024\", not {shown(value)}.")
+        raise invalid(f'{what} must be a string, for example "1024", not {shown(value)}.')
     match = _UNIT.match(value)
     unit = match.group(2).lower() if match else None
     scale = {"": 1, "vcpu": 1024} if what == "cpu" else {"": 1, "gb": 1024, "mib": 1, "mb": 1}
@@ -83,6 +83,7 @@ def fargate_pair_error(cpu: int, memory: int) -> str | None:
 
 
 # ---------------------------------------------------------------- tags
+
 
 def validate_tags(tags: Any) -> dict[str, str]:
     """ECS tags as a dict; raises for what ECS refuses (over 50, bad sizes, aws: prefix)."""
@@ -110,6 +111,7 @@ def wire_tags(tags: dict[str, str]) -> list[dict[str, str]]:
 
 
 # ---------------------------------------------------------------- objects
+
 
 @dataclass(eq=False)
 class Cluster:

@@ -74,6 +74,7 @@ def _untoken(params: Params) -> int:
 
 # ---------------------------------------------------------------- clusters
 
+
 def create_cluster(plane: ControlPlane, params: Params) -> dict:
     name = _get(params, "clusterName", str) or "default"
     if not _NAME.match(name):
@@ -121,6 +122,7 @@ def delete_cluster(plane: ControlPlane, params: Params) -> dict:
 
 
 # ---------------------------------------------------------------- task definitions
+
 
 def _is_strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
@@ -238,14 +240,14 @@ def list_task_definitions(plane: ControlPlane, params: Params) -> dict:
 
 # ---------------------------------------------------------------- tasks
 
+
 def _placement(definition: TaskDefinition, params: Params) -> tuple[str | None, str | None, bool]:
     """(launchType, capacity provider, on Fargate?) as ECS resolves them."""
     launch_type = _get(params, "launchType", str)
     strategy = _get(params, "capacityProviderStrategy", list)
     if launch_type and strategy:
         raise invalid(
-            "Specifying both a launch type and capacity provider strategy is not supported. "
-            "Remove one and try again."
+            "Specifying both a launch type and capacity provider strategy is not supported. Remove one and try again."
         )
     if launch_type not in (None, "EC2", "FARGATE", "EXTERNAL"):
         raise invalid(f"launchType must be EC2, FARGATE or EXTERNAL, not {shown(launch_type)}.")
@@ -359,10 +361,20 @@ def run_task(plane: ControlPlane, params: Params) -> dict:
         ]
         tasks.append(
             plane.add_task(
-                cluster, definition, ip,
-                containers=containers, overrides=overrides, cpu=cpu, memory=memory,
-                launch_type=launch_type, capacity_provider=provider, started_by=started_by,
-                group=group, tags=dict(tags), subnet=subnet, client_token=token,
+                cluster,
+                definition,
+                ip,
+                containers=containers,
+                overrides=overrides,
+                cpu=cpu,
+                memory=memory,
+                launch_type=launch_type,
+                capacity_provider=provider,
+                started_by=started_by,
+                group=group,
+                tags=dict(tags),
+                subnet=subnet,
+                client_token=token,
             )
         )
     if token is not None and tasks:
@@ -433,6 +445,7 @@ def stop_task(plane: ControlPlane, params: Params) -> dict:
 
 
 # ---------------------------------------------------------------- tags
+
 
 def _tagged(plane: ControlPlane, params: Params) -> Any:
     """The cluster, task definition or task an ARN names; tags live on each of them."""

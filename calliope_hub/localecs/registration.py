@@ -16,7 +16,11 @@ from calliope_hub.ecsfacts import is_fargate_size
 _EXTERNAL_MODES = ("bridge", "host", "none")
 #: what ECS fills into every container definition it returns.
 _CONTAINER_DEFAULTS: dict[str, Any] = {
-    "cpu": 0, "essential": True, "environment": [], "mountPoints": [], "volumesFrom": [],
+    "cpu": 0,
+    "essential": True,
+    "environment": [],
+    "mountPoints": [],
+    "volumesFrom": [],
 }
 
 

@@ -54,7 +54,9 @@ class CallStats:
         for operation, samples in self.server_ms.items():
             ordered = sorted(samples)
             timings[operation] = {
-                "p50": _quantile(ordered, 0.5), "p99": _quantile(ordered, 0.99), "count": len(ordered)
+                "p50": _quantile(ordered, 0.5),
+                "p99": _quantile(ordered, 0.99),
+                "count": len(ordered),
             }
         return {"calls": {op: dict(counts) for op, counts in self.calls.items()}, "server_ms": timings}
 

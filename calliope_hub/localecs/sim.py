@@ -60,8 +60,10 @@ class SimRunner:
         self.pending_s, self.stopping_s, self.jitter = pending_s, stopping_s, jitter
         #: seconds in the states the control plane moves a task through on its own.
         self.plane_dwell = {
-            "PROVISIONING": provisioning_s, "ACTIVATING": activating_s,
-            "DEACTIVATING": deactivating_s, "DEPROVISIONING": deprovisioning_s,
+            "PROVISIONING": provisioning_s,
+            "ACTIVATING": activating_s,
+            "DEACTIVATING": deactivating_s,
+            "DEPROVISIONING": deprovisioning_s,
         }
         self.fail_fraction, self.stop_rate_per_hour = fail_fraction, stop_rate_per_hour
         self.rng = rng or random.Random()

@@ -64,8 +64,13 @@ class Parameter:
 
     def wire(self, arn: str) -> dict:
         return {
-            "Name": self.name, "Type": self.type, "Value": self.value, "Version": self.version,
-            "LastModifiedDate": self.modified, "ARN": arn, "DataType": "text",
+            "Name": self.name,
+            "Type": self.type,
+            "Value": self.value,
+            "Version": self.version,
+            "LastModifiedDate": self.modified,
+            "ARN": arn,
+            "DataType": "text",
         }
 
 
@@ -88,7 +93,7 @@ class ParameterStore:
             return self.parameters.get(ref)
         if not ref.startswith(prefix):
             return None
-        rest = ref[len(prefix):]
+        rest = ref[len(prefix) :]
         return self.parameters.get("/" + rest) or (None if "/" in rest else self.parameters.get(rest))
 
     def put(self, params: Params) -> Parameter:
@@ -202,7 +207,7 @@ def _name(params: Params, key: str = "Name") -> str:
     if "/" in name and not name.startswith("/"):
         raise validation("Parameter name must be a fully qualified name.")
     if _RESERVED.match(name):
-        raise validation("Parameter name: can't be prefixed with \"aws\" or \"ssm\" (case-insensitive).")
+        raise validation('Parameter name: can\'t be prefixed with "aws" or "ssm" (case-insensitive).')
     if name.count("/") > MAX_LEVELS:
         raise EcsError(
             "HierarchyLevelLimitExceededException", f"A parameter name can have at most {MAX_LEVELS} levels."
@@ -219,6 +224,7 @@ def _names(params: Params) -> list[str]:
 
 # ---------------------------------------------------------------- task definitions
 
+
 def check_secrets(body: dict) -> None:
     """RegisterTaskDefinition: each container's `secrets` is a list of {name, valueFrom} strings, names unique."""
     for container in body.get("containerDefinitions") or []:
@@ -228,8 +234,11 @@ def check_secrets(body: dict) -> None:
 
 def _check_container_secrets(secrets: Any, label: str) -> None:
     if not isinstance(secrets, list) or not all(
-        isinstance(s, dict) and isinstance(s.get("name"), str) and s["name"]
-        and isinstance(s.get("valueFrom"), str) and s["valueFrom"]
+        isinstance(s, dict)
+        and isinstance(s.get("name"), str)
+        and s["name"]
+        and isinstance(s.get("valueFrom"), str)
+        and s["valueFrom"]
         for s in secrets
     ):
         raise client_error(f"{label} must be a list of {{name, valueFrom}} with non-empty strings.")
@@ -239,6 +248,7 @@ def _check_container_secrets(secrets: Any, label: str) -> None:
 
 
 # ---------------------------------------------------------------- operations
+
 
 def put_parameter(plane: ControlPlane, params: Params) -> dict:
     parameter = plane.parameters.put(params)

@@ -54,9 +54,10 @@ WATCHED_TASKS = Gauge(
 # calliope_hub.events.ingest
 EVENTS = Counter(
     "calliope_ecs_events",
-    "ECS Task State Change events received, by outcome: hint (a change worth a DescribeTasks soon), stale (an equal or newer version "
-    "is known), implausible (a version no ECS answer supports), ignored (other source, detail-type, cluster or task), confirming (a STOPPED event "
-    "sent to DescribeTasks), then confirmed or refuted, unauthorized, invalid, overflow (queue full), "
+    "ECS Task State Change events received, by outcome: hint (a change worth a DescribeTasks soon), "
+    "stale (an equal or newer version is known), implausible (a version no ECS answer supports), "
+    "ignored (other source, detail-type, cluster or task), confirming (a STOPPED event sent to "
+    "DescribeTasks), then confirmed or refuted, unauthorized, invalid, overflow (queue full), "
     "poison (an SQS message dropped after its last try)",
     ["outcome"],
 )

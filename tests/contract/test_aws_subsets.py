@@ -40,7 +40,8 @@ def code_of(call, *args, **kwargs) -> str:
 
 def new_access_point(efs, system: str, user: str) -> dict:
     return efs.create_access_point(
-        ClientToken=f"{user}-{next(_names)}", FileSystemId=system,
+        ClientToken=f"{user}-{next(_names)}",
+        FileSystemId=system,
         PosixUser={"Uid": 1000, "Gid": 100},
         RootDirectory={"Path": f"/home/{user}", "CreationInfo": CREATION},
         Tags=[{"Key": "calliope:user", "Value": user}, {"Key": "calliope:hub", "Value": "contract"}],
@@ -48,6 +49,7 @@ def new_access_point(efs, system: str, user: str) -> dict:
 
 
 # ---------------------------------------------------------------- SSM
+
 
 def test_a_server_parameter_is_created_rotated_and_deleted(ssm):
     name = f"/calliope/contract/user{next(_names)}/server"
@@ -96,6 +98,7 @@ def test_tags_and_overwrite_exclude_each_other(ssm):
 
 
 # ---------------------------------------------------------------- EFS
+
 
 def test_a_creation_token_makes_one_file_system(efs):
     token = f"homes-{next(_names)}"

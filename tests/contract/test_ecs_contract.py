@@ -16,7 +16,16 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 _names = itertools.count()
-LIFECYCLE = ["PROVISIONING", "PENDING", "ACTIVATING", "RUNNING", "DEACTIVATING", "STOPPING", "DEPROVISIONING", "STOPPED"]
+LIFECYCLE = [
+    "PROVISIONING",
+    "PENDING",
+    "ACTIVATING",
+    "RUNNING",
+    "DEACTIVATING",
+    "STOPPING",
+    "DEPROVISIONING",
+    "STOPPED",
+]
 HUB = "calliope-hub/contract"
 
 
@@ -59,9 +68,15 @@ def family(ecs, network: dict) -> str:
         cpu="1024",
         memory="2048",
         containerDefinitions=[
-            {"name": "lab", "image": "quay.io/jupyter/base-notebook", "portMappings": [{"containerPort": 8888}],
-             "command": ["jupyterhub-singleuser", "--ip=0.0.0.0"], "essential": True,
-             "cpu": 1024, "memory": 2048}
+            {
+                "name": "lab",
+                "image": "quay.io/jupyter/base-notebook",
+                "portMappings": [{"containerPort": 8888}],
+                "command": ["jupyterhub-singleuser", "--ip=0.0.0.0"],
+                "essential": True,
+                "cpu": 1024,
+                "memory": 2048,
+            }
         ],
     )
     return name
@@ -69,8 +84,12 @@ def family(ecs, network: dict) -> str:
 
 def run(ecs, cluster: str, family: str, **extra) -> list[dict]:
     params = dict(
-        cluster=cluster, taskDefinition=family, launchType="FARGATE", networkConfiguration=ecs.network,
-        startedBy=HUB, tags=[{"key": "calliope:user", "value": "ada"}, {"key": "calliope:server", "value": ""}],
+        cluster=cluster,
+        taskDefinition=family,
+        launchType="FARGATE",
+        networkConfiguration=ecs.network,
+        startedBy=HUB,
+        tags=[{"key": "calliope:user", "value": "ada"}, {"key": "calliope:server", "value": ""}],
     )
     params.update(extra)
     answer = ecs.run_task(**params)
@@ -101,6 +120,7 @@ def eni_ip(task: dict) -> str | None:
 
 # ---------------------------------------------------------------- clusters
 
+
 def test_cluster_create_describe_delete(ecs):
     name = f"contract-{next(_names)}"
     created = ecs.create_cluster(clusterName=name, tags=[{"key": "team", "value": "hub"}])["cluster"]
@@ -127,13 +147,19 @@ def test_describe_clusters_reports_missing(ecs, cluster):
 
 # ---------------------------------------------------------------- task definitions
 
+
 def test_task_definition_register_describe_list_deregister(ecs, family):
     first = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
     assert first["family"] == family and first["revision"] == 1 and first["status"] == "ACTIVE"
     assert first["containerDefinitions"][0]["portMappings"][0]["containerPort"] == 8888
     second = ecs.register_task_definition(
-        family=family, networkMode="awsvpc", cpu="512", memory="1024", requiresCompatibilities=["FARGATE"],
-        containerDefinitions=[{"name": "lab", "image": "img:2"}], tags=[{"key": "k", "value": "v"}],
+        family=family,
+        networkMode="awsvpc",
+        cpu="512",
+        memory="1024",
+        requiresCompatibilities=["FARGATE"],
+        containerDefinitions=[{"name": "lab", "image": "img:2"}],
+        tags=[{"key": "k", "value": "v"}],
     )
     assert second["taskDefinition"]["revision"] == 2
     assert ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]["revision"] == 2
@@ -147,6 +173,7 @@ def test_task_definition_register_describe_list_deregister(ecs, family):
 
 
 # ---------------------------------------------------------------- tasks
+
 
 def test_run_task_answers_what_the_spawner_reads(ecs, cluster, family):
     (task,) = run(ecs, cluster, family)
@@ -219,6 +246,7 @@ def test_task_tags_can_change(ecs, cluster, family):
 
 # ---------------------------------------------------------------- where moto falls short
 
+
 @pytest.mark.local_ecs_only(reason="moto never answers MISSING: unknown tasks are silently left out")
 def test_unknown_tasks_are_missing(ecs, cluster, family):
     (task,) = run(ecs, cluster, family)
@@ -226,7 +254,8 @@ def test_unknown_tasks_are_missing(ecs, cluster, family):
     answer = describe(ecs, cluster, [task["taskArn"], unknown, "f" * 32])
     assert [t["taskArn"] for t in answer["tasks"]] == [task["taskArn"]]
     assert [(f["arn"].rsplit("/", 1)[-1], f["reason"]) for f in answer["failures"]] == [
-        ("0" * 32, "MISSING"), ("f" * 32, "MISSING")
+        ("0" * 32, "MISSING"),
+        ("f" * 32, "MISSING"),
     ]
 
 

@@ -67,13 +67,19 @@ def test_list_clusters_pages_and_forgets_deleted_ones(ecs):
     assert set(names[1:]) <= set(seen) and names[0] not in seen
 
 
-@pytest.mark.local_ecs_only(reason="moto starts EC2 tasks of a Fargate-only definition and fails with a 500 "
-                                   "when a cluster has no container instances")
+@pytest.mark.local_ecs_only(
+    reason="moto starts EC2 tasks of a Fargate-only definition and fails with a 500 "
+    "when a cluster has no container instances"
+)
 def test_run_task_on_ec2_fails_as_ecs_does(ecs, cluster, family):
     code, message = refused(run, ecs=ecs, cluster=cluster, family=family, launchType="EC2")
     assert (code, message) == ("InvalidParameterException", "Task definition does not support launch_type EC2.")
     ecs.register_task_definition(
-        family=f"{family}-ec2", requiresCompatibilities=["EC2"], networkMode="awsvpc", cpu="256", memory="512",
+        family=f"{family}-ec2",
+        requiresCompatibilities=["EC2"],
+        networkMode="awsvpc",
+        cpu="256",
+        memory="512",
         containerDefinitions=[{"name": "c", "image": "i"}],
     )
     code, message = refused(run, ecs=ecs, cluster=cluster, family=f"{family}-ec2", launchType="EC2")

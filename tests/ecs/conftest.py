@@ -46,7 +46,9 @@ def network(request: pytest.FixtureRequest, ecs_endpoint: str) -> dict[str, Any]
     subnet, group = "subnet-12345678", "sg-12345678"
     if request.node.callspec.params["ecs_endpoint"] == "moto":
         ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ecs_endpoint)  # test set-up only
-        subnet = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"][0]["SubnetId"]
+        subnet = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"][0][
+            "SubnetId"
+        ]
         group = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
     return {"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group], "assignPublicIp": "DISABLED"}}
 

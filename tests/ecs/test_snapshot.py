@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -44,8 +44,8 @@ def described(**extra: Any) -> dict[str, Any]:
         "stopCode": "EssentialContainerExited",
         "tags": [{"key": "calliope:user", "value": "ada"}, {"key": "calliope:service", "value": "lab"}],
         "containers": [{"name": "sidecar", "exitCode": 0}, {"name": "lab", "exitCode": 137, "essential": True}],
-        "startedAt": datetime(2025, 5, 1, 12, 0, 30, tzinfo=timezone.utc),
-        "stoppedAt": datetime(2025, 5, 1, 13, 0, 0, tzinfo=timezone.utc),
+        "startedAt": datetime(2025, 5, 1, 12, 0, 30, tzinfo=UTC),
+        "stoppedAt": datetime(2025, 5, 1, 13, 0, 0, tzinfo=UTC),
     }
     task.update(extra)
     return task
@@ -56,7 +56,7 @@ def test_describe_tasks_and_event_detail_read_the_same() -> None:
     event_detail = described(startedAt="2025-05-01T12:00:30.000Z", stoppedAt="2025-05-01T13:00:00Z")
     from_event = TaskSnapshot.from_ecs(event_detail, observed_at=5.0)
     assert from_event == from_describe
-    assert from_describe.started_at == datetime(2025, 5, 1, 12, 0, 30, tzinfo=timezone.utc).timestamp()
+    assert from_describe.started_at == datetime(2025, 5, 1, 12, 0, 30, tzinfo=UTC).timestamp()
     assert from_describe.ip == "10.0.1.25" and from_describe.version == 7
     assert from_describe.exit_code == 137  # the essential container's, not the first one's
     assert from_describe.tags == {"calliope:user": "ada", "calliope:service": "lab"}

@@ -47,7 +47,11 @@ def ecs(local_ecs):
 def running(ecs) -> str:
     """A task started before the bad input arrives: it must survive all of it."""
     ecs.register_task_definition(
-        family="lab", requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="256", memory="512",
+        family="lab",
+        requiresCompatibilities=["FARGATE"],
+        networkMode="awsvpc",
+        cpu="256",
+        memory="512",
         containerDefinitions=[{"name": "lab", "image": "lab"}],
     )
     return ecs.run_task(taskDefinition="lab", networkConfiguration=NETWORK)["tasks"][0]["taskArn"]
@@ -77,8 +81,11 @@ def test_missing_and_mistyped_fields(local_ecs, running):
     status, body = call(local_ecs.endpoint_url, "DescribeTasks", {"tasks": "not-a-list"})
     assert (status, body["__type"]) == (400, "SerializationException")
     assert body["message"] == "tasks must be an array, not a string."
-    status, body = call(local_ecs.endpoint_url, "RunTask", {"taskDefinition": "lab", "networkConfiguration": NETWORK,
-                                                            "overrides": {"cpu": 256, "memory": 512}})
+    status, body = call(
+        local_ecs.endpoint_url,
+        "RunTask",
+        {"taskDefinition": "lab", "networkConfiguration": NETWORK, "overrides": {"cpu": 256, "memory": 512}},
+    )
     assert (status, body["__type"]) == (400, "SerializationException")
     assert body["message"] == "overrides.cpu must be a string, not a number."
 
@@ -89,14 +96,22 @@ def test_too_many_arns(ecs, running):
 
 
 def test_bad_cpu_memory_pair(ecs, running):
-    code, message = error_code(lambda: ecs.register_task_definition(
-        family="huge", requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="256", memory="8192",
-        containerDefinitions=[{"name": "x", "image": "x"}],
-    ))
+    code, message = error_code(
+        lambda: ecs.register_task_definition(
+            family="huge",
+            requiresCompatibilities=["FARGATE"],
+            networkMode="awsvpc",
+            cpu="256",
+            memory="8192",
+            containerDefinitions=[{"name": "x", "image": "x"}],
+        )
+    )
     assert code == "ClientException" and "256 CPU, 8192 memory" in message
-    code, message = error_code(lambda: ecs.run_task(
-        taskDefinition="lab", networkConfiguration=NETWORK, overrides={"cpu": "1024", "memory": "1024"}
-    ))
+    code, message = error_code(
+        lambda: ecs.run_task(
+            taskDefinition="lab", networkConfiguration=NETWORK, overrides={"cpu": "1024", "memory": "1024"}
+        )
+    )
     assert code == "InvalidParameterException" and "Fargate" in message
 
 
@@ -144,12 +159,22 @@ def test_each_reported_500_is_now_a_clear_400(local_ecs, running):
     status, body = raw(url, TARGET_PREFIX + "ListTasks", b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}")
     assert status == 400 and "nested deeper than 32" in body["message"]  # deep, yet under the recursion limit
     for not_a_list in (7, {"name": "lab"}, "lab"):
-        status, body = call(url, "RunTask", {"taskDefinition": "lab", "networkConfiguration": NETWORK,
-                                             "overrides": {"containerOverrides": not_a_list}})
+        status, body = call(
+            url,
+            "RunTask",
+            {"taskDefinition": "lab", "networkConfiguration": NETWORK, "overrides": {"containerOverrides": not_a_list}},
+        )
         assert (status, body["__type"]) == (400, "SerializationException")
         assert body["message"].startswith("overrides.containerOverrides must be an array")
-    status, body = call(url, "RunTask", {"taskDefinition": "lab", "networkConfiguration": NETWORK,
-                                         "overrides": {"cpu": "9" * 400, "memory": "9" * 400}})
+    status, body = call(
+        url,
+        "RunTask",
+        {
+            "taskDefinition": "lab",
+            "networkConfiguration": NETWORK,
+            "overrides": {"cpu": "9" * 400, "memory": "9" * 400},
+        },
+    )
     assert (status, body["__type"]) == (400, "InvalidParameterException") and "Invalid cpu value" in body["message"]
     assert len(body["message"]) < 120  # the 400 digits are not echoed back
     status, body = raw(url, TARGET_PREFIX + "RunTask", b'{"taskDefinition": "lab", "count": 1' + b"0" * 400 + b"}")
@@ -157,8 +182,11 @@ def test_each_reported_500_is_now_a_clear_400(local_ecs, running):
     for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
         status, body = raw(url, TARGET_PREFIX + "RunTask", b'{"taskDefinition": "lab", "count": ' + literal + b"}")
         assert (status, body["__type"]) == (400, "SerializationException"), literal
-    status, body = call(url, "RegisterTaskDefinition", {"family": "x", "containerDefinitions": [
-        {"name": "x", "image": "x", "cpu": 2**40}]})
+    status, body = call(
+        url,
+        "RegisterTaskDefinition",
+        {"family": "x", "containerDefinitions": [{"name": "x", "image": "x", "cpu": 2**40}]},
+    )
     assert body["message"] == (
         "containerDefinitions[0].cpu must be an integer from -2147483648 to 2147483647, not a number."
     )
@@ -174,10 +202,12 @@ def ecs_tasks(url: str) -> list[str]:
 def _post_headers(url: str, length: int, extra: str = "") -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=5)
-    sock.sendall((
-        f"POST / HTTP/1.1\r\nHost: {host}\r\nX-Amz-Target: {TARGET_PREFIX}ListTasks\r\n"
-        f"Content-Type: application/x-amz-json-1.1\r\nContent-Length: {length}\r\n{extra}\r\n"
-    ).encode())
+    sock.sendall(
+        (
+            f"POST / HTTP/1.1\r\nHost: {host}\r\nX-Amz-Target: {TARGET_PREFIX}ListTasks\r\n"
+            f"Content-Type: application/x-amz-json-1.1\r\nContent-Length: {length}\r\n{extra}\r\n"
+        ).encode()
+    )
     return sock
 
 
@@ -225,30 +255,94 @@ def test_side_door_bodies_are_bounded_too(local_ecs, running):
 
 
 #: keys that reach deep into requests, so fuzzed bodies get past the first checks.
-_NESTED = st.sampled_from([
-    "awsvpcConfiguration", "subnets", "containerOverrides", "name", "command", "entryPoint", "environment",
-    "value", "key", "capacityProvider", "image", "containerPort", "portMappings", "healthCheck", "cpu", "memory",
-])
+_NESTED = st.sampled_from(
+    [
+        "awsvpcConfiguration",
+        "subnets",
+        "containerOverrides",
+        "name",
+        "command",
+        "entryPoint",
+        "environment",
+        "value",
+        "key",
+        "capacityProvider",
+        "image",
+        "containerPort",
+        "portMappings",
+        "healthCheck",
+        "cpu",
+        "memory",
+    ]
+)
 _numbers = (
-    st.integers(-5, 70000) | st.sampled_from([10**399, -(10**399), 2**31, 2**63, -(2**63) - 1, 1e308])
+    st.integers(-5, 70000)
+    | st.sampled_from([10**399, -(10**399), 2**31, 2**63, -(2**63) - 1, 1e308])
     | st.sampled_from([math.nan, math.inf, -math.inf])  # json.dumps writes NaN and Infinity as bare literals
 )
 _json = st.recursive(
-    st.none() | st.booleans() | _numbers | st.text(max_size=8)
-    | st.sampled_from(["lab", "lab:1", "FARGATE", "EC2", "TAGS", "256", "512", "9" * 400, "1 vCPU", "awsvpc",
-                       "arn:aws:ecs:us-east-1:000000000000:cluster/default"]),
+    st.none()
+    | st.booleans()
+    | _numbers
+    | st.text(max_size=8)
+    | st.sampled_from(
+        [
+            "lab",
+            "lab:1",
+            "FARGATE",
+            "EC2",
+            "TAGS",
+            "256",
+            "512",
+            "9" * 400,
+            "1 vCPU",
+            "awsvpc",
+            "arn:aws:ecs:us-east-1:000000000000:cluster/default",
+        ]
+    ),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_NESTED | st.text(max_size=4), inner, max_size=4),
     max_leaves=10,
 )
-_keys = st.sampled_from([
-    "cluster", "taskDefinition", "count", "tasks", "include", "tags", "overrides", "clientToken", "startedBy",
-    "launchType", "capacityProviderStrategy", "networkConfiguration", "family", "containerDefinitions", "cpu",
-    "memory", "requiresCompatibilities", "networkMode", "resourceArn", "tagKeys", "maxResults", "nextToken",
-    "desiredStatus", "task", "reason", "clusters", "clusterName", "familyPrefix", "status", "sort",
-])
+_keys = st.sampled_from(
+    [
+        "cluster",
+        "taskDefinition",
+        "count",
+        "tasks",
+        "include",
+        "tags",
+        "overrides",
+        "clientToken",
+        "startedBy",
+        "launchType",
+        "capacityProviderStrategy",
+        "networkConfiguration",
+        "family",
+        "containerDefinitions",
+        "cpu",
+        "memory",
+        "requiresCompatibilities",
+        "networkMode",
+        "resourceArn",
+        "tagKeys",
+        "maxResults",
+        "nextToken",
+        "desiredStatus",
+        "task",
+        "reason",
+        "clusters",
+        "clusterName",
+        "familyPrefix",
+        "status",
+        "sort",
+    ]
+)
 #: how a body goes wrong beyond its values: nested deep at one key, padded past the size limit, or cut short.
 _shape = st.one_of(
-    st.none(), st.none(), st.none(), st.none(),  # most bodies are well-formed JSON, so values get fuzzed
+    st.none(),
+    st.none(),
+    st.none(),
+    st.none(),  # most bodies are well-formed JSON, so values get fuzzed
     st.tuples(st.just("deep"), _keys, st.integers(20, 3000), st.sampled_from(["[", '{"a":'])),
     st.tuples(st.just("huge"), _keys, st.sampled_from([1024**2 - 64, 1024**2 + 1])),
     st.tuples(st.just("cut"), st.integers(1, 60)),
@@ -276,10 +370,18 @@ def test_no_input_earns_a_500(local_ecs, operation, params, shape):
     # one server serves every example: that is why the function-scoped fixture check is off
     if not getattr(local_ecs, "fuzz_ready", False):  # a definition, so RunTask gets past the lookup
         local_ecs.fuzz_ready = True
-        call(local_ecs.endpoint_url, "RegisterTaskDefinition", {
-            "family": "lab", "requiresCompatibilities": ["FARGATE"], "networkMode": "awsvpc", "cpu": "256",
-            "memory": "512", "containerDefinitions": [{"name": "lab", "image": "lab"}],
-        })
+        call(
+            local_ecs.endpoint_url,
+            "RegisterTaskDefinition",
+            {
+                "family": "lab",
+                "requiresCompatibilities": ["FARGATE"],
+                "networkMode": "awsvpc",
+                "cpu": "256",
+                "memory": "512",
+                "containerDefinitions": [{"name": "lab", "image": "lab"}],
+            },
+        )
     status, body = raw(local_ecs.endpoint_url, TARGET_PREFIX + operation, _encode(params, shape))
     assert status in (200, 400, 413), (operation, params, shape, body)
     if status != 200:

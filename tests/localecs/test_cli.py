@@ -18,14 +18,16 @@ from calliope_hub.cli import main
 def test_serves_until_sigterm():
     process = subprocess.Popen(
         [sys.executable, "-m", "calliope_hub.cli", "local-ecs", "--port", "0", "--sim-pending", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         first = process.stdout.readline()
         endpoint = re.search(r"http://127\.0\.0\.1:\d+", first).group(0)
         assert process.stdout.readline().startswith("Use it from Python:")
         snippet = "".join(process.stdout.readline() for _ in range(4))
-        assert "boto3.client(\"ecs\"" in snippet and endpoint in snippet
+        assert 'boto3.client("ecs"' in snippet and endpoint in snippet
         ecs = boto3.client("ecs", endpoint_url=endpoint)
         assert ecs.describe_clusters()["clusters"][0]["clusterName"] == "default"
         ecs.create_cluster(clusterName="calliope")  # as the hub does at start

@@ -46,7 +46,9 @@ def failure(call, *args, **kwargs) -> dict:
 
 def access_point(efs, system: str, token: str, path: str) -> str:
     return efs.create_access_point(
-        ClientToken=token, FileSystemId=system, PosixUser={"Uid": 1000, "Gid": 100},
+        ClientToken=token,
+        FileSystemId=system,
+        PosixUser={"Uid": 1000, "Gid": 100},
         RootDirectory={"Path": path, "CreationInfo": CREATION},
         Tags=[{"Key": "calliope:user", "Value": token}, {"Key": "Name", "Value": f"home-{token}"}],
     )["AccessPointId"]
@@ -75,8 +77,11 @@ def test_access_points_are_idempotent_paged_and_deleted(local_ecs):
     efs, _ = clients(local_ecs.endpoint_url)
     system = efs.create_file_system(CreationToken="homes")["FileSystemId"]
     made = efs.create_access_point(
-        ClientToken="ada", FileSystemId=system, PosixUser={"Uid": 1000, "Gid": 100, "SecondaryGids": [10]},
-        RootDirectory={"Path": "/home/ada", "CreationInfo": CREATION}, Tags=[{"Key": "Name", "Value": "ada"}],
+        ClientToken="ada",
+        FileSystemId=system,
+        PosixUser={"Uid": 1000, "Gid": 100, "SecondaryGids": [10]},
+        RootDirectory={"Path": "/home/ada", "CreationInfo": CREATION},
+        Tags=[{"Key": "Name", "Value": "ada"}],
     )
     assert (made["LifeCycleState"], made["Name"], made["RootDirectory"]["Path"]) == ("creating", "ada", "/home/ada")
     again = failure(efs.create_access_point, ClientToken="ada", FileSystemId=system)
@@ -152,16 +157,20 @@ def efs_task_definition(ecs, family: str, system: str, point: str | None, out: P
     ecs.register_task_definition(
         family=family,
         volumes=[{"name": "home", "efsVolumeConfiguration": volume}],
-        containerDefinitions=[{
-            "name": "lab", "image": "quay.io/jupyter/base-notebook",
-            "command": [sys.executable, "-c", WRITE_NOTE],
-            "workingDirectory": "/home/jovyan",
-            "environment": [
-                {"name": "OUT", "value": str(out)}, {"name": "LINE", "value": family},
-                {"name": "NOTEBOOKS", "value": "/home/jovyan/work:/home/jovyanx"},
-            ],
-            "mountPoints": [{"sourceVolume": "home", "containerPath": "/home/jovyan"}],
-        }],
+        containerDefinitions=[
+            {
+                "name": "lab",
+                "image": "quay.io/jupyter/base-notebook",
+                "command": [sys.executable, "-c", WRITE_NOTE],
+                "workingDirectory": "/home/jovyan",
+                "environment": [
+                    {"name": "OUT", "value": str(out)},
+                    {"name": "LINE", "value": family},
+                    {"name": "NOTEBOOKS", "value": "/home/jovyan/work:/home/jovyanx"},
+                ],
+                "mountPoints": [{"sourceVolume": "home", "containerPath": "/home/jovyan"}],
+            }
+        ],
     )
 
 
@@ -204,7 +213,7 @@ def test_a_task_whose_volume_cannot_mount_fails_as_ecs_says(local_ecs_factory, t
     efs_task_definition(ecs, "lab-no-dir", system, None, tmp_path / "out", rootDirectory="/never/made")
     for family, words in (
         ("lab-gone", "access denied by server"),
-        ("lab-no-fs", "Failed to resolve \"fs-0123456789abcdef0.efs.us-east-1.amazonaws.com\""),
+        ("lab-no-fs", 'Failed to resolve "fs-0123456789abcdef0.efs.us-east-1.amazonaws.com"'),
         ("lab-no-dir", "No such file or directory"),
     ):
         arn = ecs.run_task(taskDefinition=family)["tasks"][0]["taskArn"]
@@ -220,10 +229,22 @@ def test_a_task_whose_volume_cannot_mount_fails_as_ecs_says(local_ecs_factory, t
 @pytest.mark.parametrize(
     "volume, mount",
     [
-        ({"fileSystemId": "fs-0123456789abcdef0", "authorizationConfig": {"accessPointId": "fsap-0123456789abcdef0"}},
-         "/home/jovyan"),
-        ({"fileSystemId": "fs-0123456789abcdef0", "transitEncryption": "ENABLED", "rootDirectory": "/x",
-          "authorizationConfig": {"accessPointId": "fsap-0123456789abcdef0"}}, "/home/jovyan"),
+        (
+            {
+                "fileSystemId": "fs-0123456789abcdef0",
+                "authorizationConfig": {"accessPointId": "fsap-0123456789abcdef0"},
+            },
+            "/home/jovyan",
+        ),
+        (
+            {
+                "fileSystemId": "fs-0123456789abcdef0",
+                "transitEncryption": "ENABLED",
+                "rootDirectory": "/x",
+                "authorizationConfig": {"accessPointId": "fsap-0123456789abcdef0"},
+            },
+            "/home/jovyan",
+        ),
         ({"fileSystemId": "fs-0123456789abcdef0", "authorizationConfig": {"iam": "ENABLED"}}, "/home/jovyan"),
         ({"fileSystemId": "fs-0123456789abcdef0", "rootDirectory": "/a/../b"}, "/home/jovyan"),
         ({"fileSystemId": "fs-0123456789abcdef0"}, "/"),
@@ -233,16 +254,25 @@ def test_a_task_whose_volume_cannot_mount_fails_as_ecs_says(local_ecs_factory, t
 def test_register_refuses_what_ecs_refuses_in_efs_volumes(local_ecs, volume, mount):
     _, ecs = clients(local_ecs.endpoint_url)
     answer = failure(
-        ecs.register_task_definition, family="bad",
+        ecs.register_task_definition,
+        family="bad",
         volumes=[{"name": "home", "efsVolumeConfiguration": volume}],
-        containerDefinitions=[{"name": "lab", "image": "x", "command": ["true"],
-                               "mountPoints": [{"sourceVolume": "home", "containerPath": mount}]}],
+        containerDefinitions=[
+            {
+                "name": "lab",
+                "image": "x",
+                "command": ["true"],
+                "mountPoints": [{"sourceVolume": "home", "containerPath": mount}],
+            }
+        ],
     )
     assert answer["Error"]["Code"] == "ClientException"
     unknown_volume = failure(
-        ecs.register_task_definition, family="bad",
-        containerDefinitions=[{"name": "lab", "image": "x", "mountPoints": [{"sourceVolume": "nope",
-                                                                             "containerPath": "/data"}]}],
+        ecs.register_task_definition,
+        family="bad",
+        containerDefinitions=[
+            {"name": "lab", "image": "x", "mountPoints": [{"sourceVolume": "nope", "containerPath": "/data"}]}
+        ],
     )
     assert unknown_volume["Error"]["Code"] == "ClientException"
     assert ecs.list_task_definitions()["taskDefinitionArns"] == []
@@ -259,21 +289,45 @@ def test_a_notebook_saved_in_jupyter_server_lands_in_the_users_home(local_ecs_fa
     home = access_point(efs, system, "ada", "/home/ada")
     ecs.register_task_definition(
         family="lab-ada",
-        volumes=[{"name": "home", "efsVolumeConfiguration": {
-            "fileSystemId": system, "transitEncryption": "ENABLED",
-            "authorizationConfig": {"accessPointId": home, "iam": "ENABLED"}}}],
-        containerDefinitions=[{
-            "name": "lab", "image": "quay.io/jupyter/base-notebook",
-            "command": [str(Path(sys.executable).with_name("jupyter-server")), "--ServerApp.ip=0.0.0.0",
-                        "--ServerApp.port=8888", "--IdentityProvider.token=t0k", "--ServerApp.open_browser=False",
-                        "--allow-root"],
-            "workingDirectory": "/home/jovyan",
-            "environment": [{"name": "JUPYTER_RUNTIME_DIR", "value": "/home/jovyan/.runtime"}],
-            "mountPoints": [{"sourceVolume": "home", "containerPath": "/home/jovyan"}],
-            "healthCheck": {"command": ["CMD", sys.executable, "-c",
-                                        "import urllib.request; urllib.request.urlopen('http://0.0.0.0:8888/api')"],
-                            "startPeriod": 30, "interval": 5, "timeout": 2, "retries": 3},
-        }],
+        volumes=[
+            {
+                "name": "home",
+                "efsVolumeConfiguration": {
+                    "fileSystemId": system,
+                    "transitEncryption": "ENABLED",
+                    "authorizationConfig": {"accessPointId": home, "iam": "ENABLED"},
+                },
+            }
+        ],
+        containerDefinitions=[
+            {
+                "name": "lab",
+                "image": "quay.io/jupyter/base-notebook",
+                "command": [
+                    str(Path(sys.executable).with_name("jupyter-server")),
+                    "--ServerApp.ip=0.0.0.0",
+                    "--ServerApp.port=8888",
+                    "--IdentityProvider.token=t0k",
+                    "--ServerApp.open_browser=False",
+                    "--allow-root",
+                ],
+                "workingDirectory": "/home/jovyan",
+                "environment": [{"name": "JUPYTER_RUNTIME_DIR", "value": "/home/jovyan/.runtime"}],
+                "mountPoints": [{"sourceVolume": "home", "containerPath": "/home/jovyan"}],
+                "healthCheck": {
+                    "command": [
+                        "CMD",
+                        sys.executable,
+                        "-c",
+                        "import urllib.request; urllib.request.urlopen('http://0.0.0.0:8888/api')",
+                    ],
+                    "startPeriod": 30,
+                    "interval": 5,
+                    "timeout": 2,
+                    "retries": 3,
+                },
+            }
+        ],
     )
 
     arn = ecs.run_task(taskDefinition="lab-ada")["tasks"][0]["taskArn"]
@@ -311,37 +365,89 @@ def test_with_a_data_dir_file_systems_and_access_points_outlive_local_ecs(local_
 
     efs, _ = clients(local_ecs_factory(data_dir=tmp_path / "data").endpoint_url)
     [kept] = efs.describe_access_points(FileSystemId=system)["AccessPoints"]
-    assert (kept["AccessPointId"], kept["RootDirectory"]["Path"], kept["PosixUser"]) == (ada, "/home/ada",
-                                                                                         {"Uid": 1000, "Gid": 100})
+    assert (kept["AccessPointId"], kept["RootDirectory"]["Path"], kept["PosixUser"]) == (
+        ada,
+        "/home/ada",
+        {"Uid": 1000, "Gid": 100},
+    )
     assert failure(efs.create_file_system, CreationToken="homes")["FileSystemId"] == system
     assert failure(access_point, efs, system, "ada", "/home/ada")["AccessPointId"] == ada
     later = access_point(efs, system, "cy", "/home/cy")
     assert [p["AccessPointId"] for p in efs.describe_access_points()["AccessPoints"]] == [ada, later]
 
 
-_members = st.sampled_from([
-    "CreationToken", "ClientToken", "FileSystemId", "PosixUser", "Uid", "Gid", "SecondaryGids", "RootDirectory",
-    "Path", "CreationInfo", "OwnerUid", "OwnerGid", "Permissions", "Tags", "Key", "Value", "ThroughputMode",
-    "ProvisionedThroughputInMibps", "PerformanceMode", "Encrypted",
-])
+_members = st.sampled_from(
+    [
+        "CreationToken",
+        "ClientToken",
+        "FileSystemId",
+        "PosixUser",
+        "Uid",
+        "Gid",
+        "SecondaryGids",
+        "RootDirectory",
+        "Path",
+        "CreationInfo",
+        "OwnerUid",
+        "OwnerGid",
+        "Permissions",
+        "Tags",
+        "Key",
+        "Value",
+        "ThroughputMode",
+        "ProvisionedThroughputInMibps",
+        "PerformanceMode",
+        "Encrypted",
+    ]
+)
 _values = st.recursive(
-    st.none() | st.booleans() | st.integers(-3, 2**64) | st.text(max_size=6)
-    | st.sampled_from(["/", "/home/ada", "/a/../b", "0755", "999", "fs-0123456789abcdef0", "fsap-0123456789abcdef0",
-                       "ENABLED", "DISABLED", "provisioned", "x" * 200]),
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 2**64)
+    | st.text(max_size=6)
+    | st.sampled_from(
+        [
+            "/",
+            "/home/ada",
+            "/a/../b",
+            "0755",
+            "999",
+            "fs-0123456789abcdef0",
+            "fsap-0123456789abcdef0",
+            "ENABLED",
+            "DISABLED",
+            "provisioned",
+            "x" * 200,
+        ]
+    ),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_members, inner, max_size=4),
     max_leaves=10,
 )
-_requests = st.sampled_from([
-    ("POST", "/2015-02-01/file-systems"), ("GET", "/2015-02-01/file-systems"), ("POST", "/2015-02-01/access-points"),
-    ("GET", "/2015-02-01/access-points"), ("DELETE", "/2015-02-01/access-points/fsap-0123456789abcdef0"),
-    ("DELETE", "/2015-02-01/access-points/x/y"), ("PATCH", "/2015-02-01/access-points"),
-])
+_requests = st.sampled_from(
+    [
+        ("POST", "/2015-02-01/file-systems"),
+        ("GET", "/2015-02-01/file-systems"),
+        ("POST", "/2015-02-01/access-points"),
+        ("GET", "/2015-02-01/access-points"),
+        ("DELETE", "/2015-02-01/access-points/fsap-0123456789abcdef0"),
+        ("DELETE", "/2015-02-01/access-points/x/y"),
+        ("PATCH", "/2015-02-01/access-points"),
+    ]
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(request=_requests, body=st.dictionaries(_members, _values, max_size=5),
-       query=st.dictionaries(st.sampled_from(["MaxItems", "MaxResults", "Marker", "NextToken", "FileSystemId",
-                                              "AccessPointId", "CreationToken"]), st.text(max_size=30), max_size=3))
+@given(
+    request=_requests,
+    body=st.dictionaries(_members, _values, max_size=5),
+    query=st.dictionaries(
+        st.sampled_from(
+            ["MaxItems", "MaxResults", "Marker", "NextToken", "FileSystemId", "AccessPointId", "CreationToken"]
+        ),
+        st.text(max_size=30),
+        max_size=3,
+    ),
+)
 def test_no_efs_input_earns_a_500(local_ecs, request, body, query):
     # one local ECS serves every example (hence the health check off), so file systems pile up as they would
     method, path = request
@@ -355,26 +461,37 @@ def test_no_efs_input_earns_a_500(local_ecs, request, body, query):
         assert error.headers["x-amzn-ErrorType"]
 
 
-_volume = st.fixed_dictionaries({"name": st.sampled_from(["home", "data", "bad name"])}, optional={
-    "efsVolumeConfiguration": st.dictionaries(
-        st.sampled_from(["fileSystemId", "rootDirectory", "transitEncryption", "authorizationConfig"]),
-        st.sampled_from(["fs-0123456789abcdef0", "/", "/x", "/a/../b", "ENABLED", "DISABLED", "relative"])
-        | st.dictionaries(st.sampled_from(["accessPointId", "iam"]),
-                          st.sampled_from(["fsap-0123456789abcdef0", "ENABLED", "nope"]), max_size=2),
-        max_size=4,
-    ),
-})
-_mount = st.fixed_dictionaries({}, optional={
-    "sourceVolume": st.sampled_from(["home", "data", "missing"]),
-    "containerPath": st.sampled_from(["/home/jovyan", "/", "relative", "/data/x"]),
-    "readOnly": st.booleans(),
-})
+_volume = st.fixed_dictionaries(
+    {"name": st.sampled_from(["home", "data", "bad name"])},
+    optional={
+        "efsVolumeConfiguration": st.dictionaries(
+            st.sampled_from(["fileSystemId", "rootDirectory", "transitEncryption", "authorizationConfig"]),
+            st.sampled_from(["fs-0123456789abcdef0", "/", "/x", "/a/../b", "ENABLED", "DISABLED", "relative"])
+            | st.dictionaries(
+                st.sampled_from(["accessPointId", "iam"]),
+                st.sampled_from(["fsap-0123456789abcdef0", "ENABLED", "nope"]),
+                max_size=2,
+            ),
+            max_size=4,
+        ),
+    },
+)
+_mount = st.fixed_dictionaries(
+    {},
+    optional={
+        "sourceVolume": st.sampled_from(["home", "data", "missing"]),
+        "containerPath": st.sampled_from(["/home/jovyan", "/", "relative", "/data/x"]),
+        "readOnly": st.booleans(),
+    },
+)
 
 
 def ecs_call(endpoint: str, operation: str, body: dict) -> tuple[int, dict]:
     """A raw ECS call, so the fuzzer can send what botocore would refuse to serialize."""
-    headers = {"X-Amz-Target": f"AmazonEC2ContainerServiceV20141113.{operation}",
-               "Content-Type": "application/x-amz-json-1.1"}
+    headers = {
+        "X-Amz-Target": f"AmazonEC2ContainerServiceV20141113.{operation}",
+        "Content-Type": "application/x-amz-json-1.1",
+    }
     request = urllib.request.Request(endpoint + "/", json.dumps(body).encode(), headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:

@@ -61,8 +61,12 @@ def task_address() -> tuple[str, int]:
 def server_spec(ip: str, port: int, on_term: str = "exit0", stop_timeout: float = 30.0, **container) -> LaunchSpec:
     environment = {"ON_TERM": on_term, **container.pop("environment", {})}
     server = ContainerSpec(
-        name="app", image="local/hello", argv=[PY, HELLO, "0.0.0.0", str(port)],
-        environment=environment, port=port, **container,
+        name="app",
+        image="local/hello",
+        argv=[PY, HELLO, "0.0.0.0", str(port)],
+        environment=environment,
+        port=port,
+        **container,
     )
     return LaunchSpec(task_id=f"t{port}", ip=ip, containers=[server], stop_timeout=stop_timeout)
 
@@ -203,8 +207,17 @@ async def test_environment_is_the_containers_with_the_task_address(runner, monke
 async def test_health_check_gates_running(runner):
     ip, port = task_address()
     check = {
-        "command": ["CMD", PY, "-c", "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)", f"http://0.0.0.0:{port}/"],
-        "interval": 30, "timeout": 5, "retries": 3, "startPeriod": 20,
+        "command": [
+            "CMD",
+            PY,
+            "-c",
+            "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)",
+            f"http://0.0.0.0:{port}/",
+        ],
+        "interval": 30,
+        "timeout": 5,
+        "retries": 3,
+        "startPeriod": 20,
     }
 
     def answers_already() -> bool:

@@ -67,16 +67,21 @@ def test_tasks_serve_on_their_own_address_and_stop_cleanly(ecs):
         requiresCompatibilities=["FARGATE"],
         cpu="256",
         memory="512",
-        containerDefinitions=[{
-            "name": "web",
-            "image": "local/hello:latest",
-            "command": [sys.executable, HELLO, "0.0.0.0", str(PORT)],
-            "portMappings": [{"containerPort": PORT}],
-            "healthCheck": {
-                "command": ["CMD", sys.executable, "-c", HEALTHY, f"http://0.0.0.0:{PORT}/"],
-                "interval": 30, "timeout": 5, "retries": 3, "startPeriod": 20,
-            },
-        }],
+        containerDefinitions=[
+            {
+                "name": "web",
+                "image": "local/hello:latest",
+                "command": [sys.executable, HELLO, "0.0.0.0", str(PORT)],
+                "portMappings": [{"containerPort": PORT}],
+                "healthCheck": {
+                    "command": ["CMD", sys.executable, "-c", HEALTHY, f"http://0.0.0.0:{PORT}/"],
+                    "interval": 30,
+                    "timeout": 5,
+                    "retries": 3,
+                    "startPeriod": 20,
+                },
+            }
+        ],
     )
     run = dict(cluster="e2e", taskDefinition="hello", launchType="FARGATE", networkConfiguration=NETWORK)
     polite = ecs.run_task(**run)["tasks"][0]["taskArn"]

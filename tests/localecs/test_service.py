@@ -19,9 +19,9 @@ def test_tls_endpoint_works_with_the_printed_certificate(local_ecs_factory, tmp_
 
 def test_stop_closes_the_endpoint_and_every_task_socket(local_ecs):
     ecs = boto3.client("ecs", endpoint_url=local_ecs.endpoint_url)
-    ecs.register_task_definition(family="web", containerDefinitions=[
-        {"name": "web", "image": "web", "portMappings": [{"containerPort": 8080}]}
-    ])
+    ecs.register_task_definition(
+        family="web", containerDefinitions=[{"name": "web", "image": "web", "portMappings": [{"containerPort": 8080}]}]
+    )
     arn = ecs.run_task(taskDefinition="web")["tasks"][0]["taskArn"]
     for _ in range(500):
         task = ecs.describe_tasks(tasks=[arn])["tasks"][0]

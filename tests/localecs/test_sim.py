@@ -23,9 +23,20 @@ def client(handle, **config):
 
 def prepare(ecs) -> None:
     ecs.register_task_definition(
-        family="lab", requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="256", memory="512",
-        containerDefinitions=[{"name": "lab", "image": "lab", "portMappings": [{"containerPort": 8888}],
-                               "entryPoint": ["python"], "command": ["-m", "lab"]}],
+        family="lab",
+        requiresCompatibilities=["FARGATE"],
+        networkMode="awsvpc",
+        cpu="256",
+        memory="512",
+        containerDefinitions=[
+            {
+                "name": "lab",
+                "image": "lab",
+                "portMappings": [{"containerPort": 8888}],
+                "entryPoint": ["python"],
+                "command": ["-m", "lab"],
+            }
+        ],
     )
 
 
@@ -86,14 +97,28 @@ def test_stub_answers_on_the_tasks_own_address_while_running(local_ecs):
 def test_container_argv_and_environment_follow_overrides(local_ecs):
     ecs = client(local_ecs)
     ecs.register_task_definition(
-        family="env", containerDefinitions=[{
-            "name": "c", "image": "i", "entryPoint": ["sh", "-c"], "command": ["sleep 1"],
-            "environment": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
-        }],
+        family="env",
+        containerDefinitions=[
+            {
+                "name": "c",
+                "image": "i",
+                "entryPoint": ["sh", "-c"],
+                "command": ["sleep 1"],
+                "environment": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+            }
+        ],
     )
-    (arn,) = [t["taskArn"] for t in ecs.run_task(taskDefinition="env", overrides={"containerOverrides": [
-        {"name": "c", "command": ["echo hi"], "environment": [{"name": "B", "value": "3"}]}
-    ]})["tasks"]]
+    (arn,) = [
+        t["taskArn"]
+        for t in ecs.run_task(
+            taskDefinition="env",
+            overrides={
+                "containerOverrides": [
+                    {"name": "c", "command": ["echo hi"], "environment": [{"name": "B", "value": "3"}]}
+                ]
+            },
+        )["tasks"]
+    ]
     task = local_ecs.server.plane.tasks[arn.rsplit("/", 1)[-1]]
     (container,) = local_ecs.server.plane.launch_spec(task).containers
     assert container.argv == ["sh", "-c", "echo hi"]

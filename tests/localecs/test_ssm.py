@@ -52,12 +52,15 @@ def wait_until_settled(ecs, arn: str, seconds: float = 20) -> dict:
 def register_with_secret(ecs, family: str, value_from: str, out: Path) -> None:
     ecs.register_task_definition(
         family=family,
-        containerDefinitions=[{
-            "name": "lab", "image": "quay.io/jupyter/base-notebook",
-            "command": [sys.executable, "-c", DUMP_ENV],
-            "environment": [{"name": "OUT", "value": str(out)}],
-            "secrets": [{"name": "TOKEN", "valueFrom": value_from}],
-        }],
+        containerDefinitions=[
+            {
+                "name": "lab",
+                "image": "quay.io/jupyter/base-notebook",
+                "command": [sys.executable, "-c", DUMP_ENV],
+                "environment": [{"name": "OUT", "value": str(out)}],
+                "secrets": [{"name": "TOKEN", "valueFrom": value_from}],
+            }
+        ],
     )
 
 
@@ -198,7 +201,11 @@ def test_register_refuses_malformed_secrets(local_ecs, secrets):
 
 
 _values = st.recursive(
-    st.none() | st.booleans() | st.integers(-3, 2**64) | st.floats(allow_nan=False) | st.text(max_size=6)
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 2**64)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=6)
     | st.sampled_from(["/hub/a", "/hub/a/b", f"{ACCOUNT_ARN}/hub/a", "SecureString", "String", "Advanced", "x" * 5000]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["Key", "Value"]), inner, max_size=3),
     max_leaves=8,
@@ -213,7 +220,9 @@ _fields = st.sampled_from(
 def test_no_ssm_input_earns_a_500(local_ecs, operation, params):
     # one local ECS serves every example (hence the health check off); a SecureString is there to be refused
     request = urllib.request.Request(
-        local_ecs.endpoint_url + "/", data=json.dumps(params).encode(), method="POST",
+        local_ecs.endpoint_url + "/",
+        data=json.dumps(params).encode(),
+        method="POST",
         headers={"X-Amz-Target": TARGET_PREFIX + operation, "Content-Type": "application/x-amz-json-1.1"},
     )
     try:
@@ -245,8 +254,12 @@ def test_with_an_access_key_only_the_hub_may_call(local_ecs_factory):
     ]
     for call, kwargs in calls:
         assert error_code(call, **kwargs) == "UnrecognizedClientException"
-    unsigned = urllib.request.Request(local.endpoint_url + "/", data=b"{}", method="POST",
-                                      headers={"X-Amz-Target": "AmazonEC2ContainerServiceV20141113.ListTasks"})
+    unsigned = urllib.request.Request(
+        local.endpoint_url + "/",
+        data=b"{}",
+        method="POST",
+        headers={"X-Amz-Target": "AmazonEC2ContainerServiceV20141113.ListTasks"},
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(unsigned, timeout=5)
     assert refused.value.code == 403

@@ -49,13 +49,27 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
 
 
 async def run_one_task_to_stopped(url: str, cidr: str, **fields) -> tuple[LocalEcs, str]:
-    server = LocalEcs(LocalEcsConfig(port=0, throttle="off", cidr=cidr, sim_provisioning_s=0.01, sim_pending_s=0.02,
-                                     events_url=url, events_header=("X-Hub-Token", "secret"), **fields))
+    server = LocalEcs(
+        LocalEcsConfig(
+            port=0,
+            throttle="off",
+            cidr=cidr,
+            sim_provisioning_s=0.01,
+            sim_pending_s=0.02,
+            events_url=url,
+            events_header=("X-Hub-Token", "secret"),
+            **fields,
+        )
+    )
     endpoint = await server.start()
     session = get_session()
     async with session.create_client("ecs", endpoint_url=endpoint, region_name="us-east-1") as ecs:
         await ecs.register_task_definition(
-            family="lab", requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="256", memory="512",
+            family="lab",
+            requiresCompatibilities=["FARGATE"],
+            networkMode="awsvpc",
+            cpu="256",
+            memory="512",
             containerDefinitions=[{"name": "lab", "image": "lab"}],
         )
         arn = (await ecs.run_task(taskDefinition="lab", networkConfiguration=NETWORK))["tasks"][0]["taskArn"]
