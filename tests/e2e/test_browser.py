@@ -76,7 +76,7 @@ async def spawn_named(page, hub_url: str, name: str, service: str, size: str, la
 @pytest.mark.browser
 async def test_lab_chat_and_waiide_each_lead_back_home(named_stack):
     """Issue 10: each service spawns from the form, each stand-in links back to /hub/home, and the
-    home page lists the running servers."""
+    home page lists the running servers with their service and size."""
     from playwright.async_api import async_playwright
 
     hub_url = named_stack.hub.url
@@ -108,12 +108,20 @@ async def test_lab_chat_and_waiide_each_lead_back_home(named_stack):
                 await page.wait_for_url("**/hub/home", timeout=15_000)
 
             home = await page.inner_text("body")
+            rows = await page.eval_on_selector_all(
+                ".calliope-server-row",
+                """rows => Object.fromEntries(rows.map(row => [row.dataset.serverName, [
+                    row.querySelector('.calliope-service').innerText,
+                    row.querySelector('.calliope-size').innerText]]))""",
+            )
             await page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
         finally:
             await browser.close()
 
     for name, _service, _size, _lands_on in SERVICES:
         assert name in home
+    # The home page says what each running server is: service and size, read from ECSSpawner's state.
+    assert rows == {name: [service, size] for name, service, size, _ in SERVICES}
     model = (await named_stack.api.request("GET", "/users/dave")).json()
     assert {name: server["user_options"] for name, server in model["servers"].items()} == {
         name: {"service": service, "size": size} for name, service, size, _ in SERVICES

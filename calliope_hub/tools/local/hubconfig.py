@@ -51,6 +51,8 @@ def render(settings: HubSettings) -> str:
         "c.Spawner.http_timeout = 120",
         "c.JupyterHub.authenticator_class = 'shared-password'",
         "c.Authenticator.allow_all = True",
+        "import calliope_hub.hub",
+        "c.JupyterHub.template_paths = [calliope_hub.hub.TEMPLATES]",
     ]
     if os.geteuid() == 0:
         # Local ECS runs tasks as this user; Jupyter refuses root unless told (images use jovyan).
