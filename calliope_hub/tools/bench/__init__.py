@@ -1,10 +1,11 @@
-"""`calliope-hub bench`: the whole stack at N servers, batched against the stock pattern.
+"""`calliope-hub bench`: the whole stack at N servers, batched against the stock pattern and the floor.
 
 For each (mode, servers, repeat) it starts a fresh LocalStack (local ECS in sim mode with
-ECS's quotas on, a real JupyterHub) whose spawner is ECSSpawner (batched) or its stock-pattern
-subclass NaiveECSSpawner (naive), then measures spawning, the steady state, detection of killed
-tasks, a kill -9 restart and shutdown. Both modes run with the same client, catalog and poll
-interval, so the only difference is who polls.
+ECS's quotas on, a real JupyterHub) whose spawner is ECSSpawner (batched), its stock-pattern
+subclass NaiveECSSpawner (naive) or FloorSpawner (floor: JupyterHub with a spawner that costs
+nothing), then measures spawning, the steady state, detection of killed tasks, a kill -9
+restart and shutdown. Every mode runs with the same hub, proxy, database, client, catalog and
+poll interval; batched figures are also given as ratios to the floor of the same N.
 Ctrl-C stops the stack and still prints and writes what was measured.
 """
 
@@ -22,11 +23,13 @@ from typing import Any
 
 from rich.console import Console
 
+from calliope_hub.localecs.config import SIM_TIMINGS
 from calliope_hub.tools.bench import phases, report
 from calliope_hub.tools.bench.stack import BenchStack, StackOptions
 from calliope_hub.tools.machine import machine
 
-MODES = ("batched", "naive")
+MODES = ("batched", "floor", "naive")
+DATABASES = ("sqlite", "postgres")
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,12 @@ class BenchConfig:
     activity_interval: float = 300.0
     idle_window: float = 60.0
     concurrency: int = 50
-    sim_provisioning: float = 1.0
-    sim_pending: float = 1.0
+    sim_timing: str = "fast"
+    sim_provisioning: float | None = None
+    sim_pending: float | None = None
+    concurrent_spawn_limit: int = 100
+    db: str = "sqlite"
+    external_proxy: bool = False
     keep_logs: bool = False
 
     def __post_init__(self) -> None:
@@ -56,6 +63,9 @@ class BenchConfig:
             "--activity-interval must be positive": self.activity_interval > 0,
             "--idle-window must be 0 or more": self.idle_window >= 0,
             "--concurrency must be at least 1": self.concurrency >= 1,
+            f"--sim-timing must be among {', '.join(sorted(SIM_TIMINGS))}": self.sim_timing in SIM_TIMINGS,
+            "--concurrent-spawn-limit must be 0 (no limit) or more": self.concurrent_spawn_limit >= 0,
+            f"--db must be among {', '.join(DATABASES)}": self.db in DATABASES,
         }
         problems = [message for message, ok in checks.items() if not ok]
         if problems:
@@ -85,11 +95,16 @@ class Bench:
             "error": None,
         }
         self.runs.append(record)
+        config = self.config
         options = StackOptions(
-            poll_interval=self.config.poll_interval,
-            sim_provisioning=self.config.sim_provisioning,
-            sim_pending=self.config.sim_pending,
-            keep_logs=self.config.keep_logs,
+            poll_interval=config.poll_interval,
+            sim_timing=config.sim_timing,
+            sim_provisioning=config.sim_provisioning,
+            sim_pending=config.sim_pending,
+            concurrent_spawn_limit=config.concurrent_spawn_limit,
+            db=config.db,
+            external_proxy=config.external_proxy,
+            keep_logs=config.keep_logs,
         )
         stack = BenchStack(mode, options)
         began = time.monotonic()
@@ -121,13 +136,18 @@ class Bench:
         steady["describe_per_poll"] = round(describes * config.poll_interval / 60, 2)
         steady["describe_per_poll_bound"] = math.ceil(servers / 100)
         record["steady"] = steady
-        self._say(f"killing {config.detect} tasks")
-        timeout = 3 * config.poll_interval + 60
-        record["detect_s"] = await phases.detect_phase(stack, names, config.detect, timeout)
-        expected = set(names) - set(record["detect_s"]["users"])
+        if stack.mode == "floor":
+            record["detect_s"] = None  # no task to kill: the floor's servers never stop by themselves
+            expected = set(names)
+        else:
+            self._say(f"killing {config.detect} tasks")
+            timeout = 3 * config.poll_interval + 60
+            record["detect_s"] = await phases.detect_phase(stack, names, config.detect, timeout)
+            expected = set(names) - set(record["detect_s"]["users"])
         patience = 120 + servers * 0.05
-        self._say("kill -9 and restart")
+        self._say("kill -9 of the hub only" if config.external_proxy else "kill -9 of the hub and its proxy")
         record["restart"] = await phases.restart_phase(stack, expected, patience)
+        record["restart"]["hub_only"] = config.external_proxy
         self._say("shutdown, cleanup off then on")
         shutdown = await phases.shutdown_phase(stack, expected, patience)
         record["shutdown"] = shutdown
@@ -154,7 +174,7 @@ def _words(text: str) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--servers", type=_counts, default="1000,2000,5000,10000", help="comma-separated N")
-    add("--mode", type=_words, default=",".join(MODES), help="comma-separated modes")
+    add("--mode", type=_words, default="batched,floor,naive", help="comma-separated modes: batched, floor, naive")
     add("--window", type=float, default=120.0, help="steady-state window in seconds")
     add("--poll-interval", type=float, default=30.0, help="status poll interval, both modes")
     add("--repeats", type=int, default=1, help="runs per (mode, servers), for min/median/max")
@@ -164,8 +184,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--idle-window", type=float, default=60.0,
         help="seconds of hub CPU with no client load before the steady window (0 = skip)")  # fmt: skip
     add("--concurrency", type=int, default=50, help="spawn requests in flight")
-    add("--sim-provisioning", type=float, default=1.0, help="seconds a sim task is PROVISIONING")
-    add("--sim-pending", type=float, default=1.0, help="seconds a sim task is PENDING")
+    add("--sim-timing", default="fast", help=f"local ECS's sim lifecycle ({', '.join(sorted(SIM_TIMINGS))})")
+    add("--sim-provisioning", type=float, help="seconds a sim task is PROVISIONING (default: from --sim-timing)")
+    add("--sim-pending", type=float, help="seconds a sim task is PENDING (default: from --sim-timing)")
+    add("--concurrent-spawn-limit", type=int, default=100, help="JupyterHub's concurrent_spawn_limit (0: none)")
+    add("--db", default="sqlite",
+        help="hub database: sqlite, or postgres (a database on 127.0.0.1:5432 per run, then dropped)")  # fmt: skip
+    add("--external-proxy", action="store_true",
+        help="run configurable-http-proxy beside the hub, not from it: restart then kills the hub only")  # fmt: skip
     add("--json", type=Path, help="write the runs here")
     add("--plot", type=Path, help="write a PNG of every figure against N")
     add("--keep-logs", action="store_true", help="keep each run's hub and local ECS logs")
@@ -182,8 +208,12 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         activity_interval=args.activity_interval,
         idle_window=args.idle_window,
         concurrency=args.concurrency,
+        sim_timing=args.sim_timing,
         sim_provisioning=args.sim_provisioning,
         sim_pending=args.sim_pending,
+        concurrent_spawn_limit=args.concurrent_spawn_limit,
+        db=args.db,
+        external_proxy=args.external_proxy,
         keep_logs=args.keep_logs,
     )
 

@@ -47,7 +47,7 @@ async def spawn_phase(stack: BenchStack, servers: int, concurrency: int) -> dict
         users=servers,
         prefix=USER_PREFIX,
         concurrency=concurrency,
-        timeout=120 + servers * 0.5,
+        timeout=120 + servers * 1.2,  # first spawns register a task definition each: 1/s after a burst of 20
         ready_timeout=300,
     )
     report = await run_loadtest(config)
@@ -115,6 +115,8 @@ def _cpu_seconds(pid: int | None) -> float:
 
 
 def _proxy_pid(stack: BenchStack) -> int | None:
+    if stack.proxy is not None:
+        return stack.proxy.pid
     try:
         return int((stack.hub_workdir / PROXY_PID_FILE).read_text().strip())
     except (OSError, ValueError):

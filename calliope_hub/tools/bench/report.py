@@ -2,7 +2,8 @@
 
 The JSON's shape is a contract (`{"machine": ..., "runs": [...]}`, one record per mode,
 servers and repeat; docs/benchmarks/README.md lists the keys) so other tools can read it;
-`summary` adds min/median/max over repeats, which is the noise every published figure carries.
+`summary` adds min/median/max over repeats, which is the noise every published figure carries,
+and `ratio_to_floor`: each mode's median over the floor's median at the same N (same run).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ FIGURES: list[tuple[str, tuple[str, ...]]] = [
     ("API p99 ms", ("steady", "api_ms", "p99")),
     ("detect p50 s", ("detect_s", "p50")),
     ("detect max s", ("detect_s", "max")),
+    ("restart API s", ("restart", "api_s")),
     ("restart s", ("restart", "seconds")),
     ("lost", ("restart", "lost")),
     ("shutdown block s", ("shutdown_block_s",)),
@@ -52,7 +54,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((run["mode"], run["servers"]), []).append(run)
-    summary = []
+    summary: list[dict[str, Any]] = []
     for (mode, servers), group in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
         figures = {}
         for label, path in FIGURES:
@@ -65,7 +67,20 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "n": len(values),
                 }
         summary.append({"mode": mode, "servers": servers, "repeats": len(group), "figures": figures})
+    floors = {entry["servers"]: entry["figures"] for entry in summary if entry["mode"] == "floor"}
+    for entry in summary:
+        if entry["mode"] != "floor" and entry["servers"] in floors:
+            entry["ratio_to_floor"] = ratios(entry["figures"], floors[entry["servers"]])
     return summary
+
+
+def ratios(figures: dict[str, Any], floor: dict[str, Any]) -> dict[str, float]:
+    """median / floor median of every figure both have (a floor of 0 has no ratio)."""
+    return {
+        label: round(stats["median"] / floor[label]["median"], 3)
+        for label, stats in figures.items()
+        if label in floor and floor[label]["median"]
+    }
 
 
 def _cell(stats: dict[str, Any] | None) -> str:
@@ -78,6 +93,10 @@ def _cell(stats: dict[str, Any] | None) -> str:
     return text
 
 
+def _ratio_cell(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
 def render_table(runs: list[dict[str, Any]], interrupted: bool) -> Table:
     """One column per (mode, servers): medians, with [min-max] when repeats differ."""
     summary = summarise(runs)
@@ -86,8 +105,13 @@ def render_table(runs: list[dict[str, Any]], interrupted: bool) -> Table:
     table.add_column("figure")
     for group in summary:
         table.add_column(f"{group['mode']} N={group['servers']}", justify="right")
+    against_floor = [group for group in summary if group["mode"] == "batched" and "ratio_to_floor" in group]
+    for group in against_floor:
+        table.add_column(f"batched/floor N={group['servers']}", justify="right")
     for label, _ in FIGURES:
-        table.add_row(label, *(_cell(group["figures"].get(label)) for group in summary))
+        cells = [_cell(group["figures"].get(label)) for group in summary]
+        cells += [_ratio_cell(group["ratio_to_floor"].get(label)) for group in against_floor]
+        table.add_row(label, *cells)
     errors = [f"{run['mode']} N={run['servers']}: {run['error']}" for run in runs if run.get("error")]
     if errors:
         table.caption = "errors: " + "; ".join(errors)

@@ -72,13 +72,15 @@ def api_token_config(token: str, service: str = "loadtest") -> str:
     )
 
 
-def _ports_config(port: int, hub_port: int, proxy_api_port: int, proxy: list[str]) -> str:
-    """Loopback ports of our own, so several hubs can run on one machine at once."""
+def _ports_config(port: int, hub_port: int, proxy_api_port: int, proxy: list[str], external_proxy: bool) -> str:
+    """Loopback ports of our own, so several hubs can run on one machine at once. An external proxy
+    (its token in CONFIGPROXY_AUTH_TOKEN) outlives the hub, as z2jh and ECS deployments run it."""
     return (
         f"c.JupyterHub.bind_url = 'http://{LOOPBACK}:{port}'\n"
         f"c.JupyterHub.hub_bind_url = 'http://{LOOPBACK}:{hub_port}'\n"
         f"c.ConfigurableHTTPProxy.api_url = 'http://{LOOPBACK}:{proxy_api_port}'\n"
         f"c.ConfigurableHTTPProxy.command = {proxy!r}\n"
+        f"c.ConfigurableHTTPProxy.should_start = {not external_proxy!r}\n"
     )
 
 
@@ -109,7 +111,9 @@ class HubProcess(OwnedProcess):
 
     The caller's config text is appended after our defaults (ports, proxy command), so
     it may override them. It can be started again after :meth:`stop` or :meth:`kill`
-    with the same working dir, database and ports: that is a hub restart.
+    with the same working dir, database and ports: that is a hub restart. With
+    `external_proxy` someone else runs configurable-http-proxy on the public port (pass its
+    token as CONFIGPROXY_AUTH_TOKEN in `env`), so the hub's own port is the one it must hold.
     """
 
     what = "hub"
@@ -124,31 +128,37 @@ class HubProcess(OwnedProcess):
         proxy_api_port: int | None = None,
         workdir: Path | None = None,
         env: Mapping[str, str] | None = None,
+        external_proxy: bool = False,
     ) -> None:
         proxy = proxy_command()
         self._own_workdir = workdir is None
         self.workdir = private_dir(Path(workdir or tempfile.mkdtemp(prefix="calliope-hub-")).resolve())
+        self.public_port = port or free_port()
+        self.hub_port = hub_port or free_port()
+        self.external_proxy = external_proxy
         super().__init__(
-            port=port or free_port(),
+            port=self.hub_port if external_proxy else self.public_port,
             log_path=self.workdir / LOG_FILE,
             cwd=self.workdir,
             env=child_env([Path(proxy[0]).parent], env),
         )
         self.config_path = self.workdir / CONFIG_FILE
-        header = _ports_config(self.port, hub_port or free_port(), proxy_api_port or free_port(), proxy)
+        header = _ports_config(self.public_port, self.hub_port, proxy_api_port or free_port(), proxy, external_proxy)
         write_private(self.config_path, header + "\n" + config_text + "\n")
         self._descendants: dict[int, psutil.Process] = {}
 
     @property
     def url(self) -> str:
         """The public URL (the proxy's), where /hub/api answers."""
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"http://{LOOPBACK}:{self.public_port}"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "jupyterhub", "-f", str(self.config_path)]
 
     async def answers(self, session: aiohttp.ClientSession) -> bool:
-        async with session.get(f"{self.url}/hub/api") as response:
+        """Through the proxy it started, or on its own port when the proxy is someone else's."""
+        base = f"http://{LOOPBACK}:{self.hub_port}" if self.external_proxy else self.url
+        async with session.get(f"{base}/hub/api") as response:
             return response.status == 200
 
     def _observe(self) -> None:

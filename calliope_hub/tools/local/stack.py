@@ -11,9 +11,9 @@ between them is data (a `StackSpec`); the order and the teardown live once, here
 3. the hub starts, rendered by `hubconfig`, with an admin service token the stack's `api` uses;
 4. `close()` undoes it in reverse and leaves no process behind.
 
-Room to grow, on purpose: a bench floor mode is a hub setting (`HubSettings.spawner_class`),
-PostgreSQL is `HubSettings.db_url`, and a proxy that outlives the hub is one more
-`OwnedProcess` on the public and proxy-API ports the stack already picks and checks.
+The production shape is data too: a PostgreSQL database the stack creates and drops
+(`StackSpec.own_database` with `HubSettings.db_url`), and configurable-http-proxy run by the
+stack rather than the hub (`StackSpec.external_proxy`), so a hub crash leaves the routes up.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ...catalog import Catalog
 from ...ecs.api import EcsApi, EcsTarget
 from ...ecs.taskdefs import prepare_cluster
 from ..hubapi import HubApi
+from .ha import ChpReplica, drop_database, ensure_database
 from .hubconfig import HubSettings, render
 from .hubproc import HubProcess, api_token_config, private_dir
 from .localecs_proc import LocalEcsProcess, event_args, event_env
@@ -40,6 +41,9 @@ REGION = "us-east-1"
 HUB_DIR = "hub"
 TASKS_DIR = "tasks"
 LOCAL_ECS_LOG = "local-ecs.log"
+PROXY_LOG = "proxy.log"
+#: where an external proxy's API token reaches the hub (JupyterHub reads it from here)
+PROXY_TOKEN_ENV = "CONFIGPROXY_AUTH_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,15 @@ class LocalEcsSpec:
     throttle: str = "off"
     sim_provisioning: float | None = None
     sim_pending: float | None = None
+    #: a named sim timing of local ECS ('fast', 'fargate'; '' = local ECS's default)
+    sim_timing: str = ""
     #: task addresses ('' = local ECS picks a random /16 of its own)
     cidr: str = ""
 
     def args(self) -> list[str]:
         args = ["--mode", self.mode, "--throttle", self.throttle]
+        if self.sim_timing:
+            args += ["--sim-timing", self.sim_timing]
         if self.sim_provisioning is not None:
             args += ["--sim-provisioning", str(self.sim_provisioning)]
         if self.sim_pending is not None:
@@ -127,6 +135,10 @@ class StackSpec:
     api_token: str = ""
     api_service: str = "calliope-admin"
     hub_start_timeout: float = 120.0
+    #: configurable-http-proxy started by the stack, not by the hub (`should_start = False`)
+    external_proxy: bool = False
+    #: create the PostgreSQL database `hub.db_url` names at start and drop it at close
+    own_database: bool = False
 
 
 class LocalStack:
@@ -145,6 +157,9 @@ class LocalStack:
         self.settings = dataclasses.replace(spec.hub, ecs_endpoint=ecs_url, events_secret=self.events_secret)
         self._ecs: LocalEcsProcess | None = None
         self.hub: HubProcess | None = None
+        self.proxy: ChpReplica | None = None
+        self.proxy_token = secrets.token_hex(16) if spec.external_proxy else ""
+        self._database_made = False
         self._api: HubApi | None = None
 
     @property
@@ -182,7 +197,11 @@ class LocalStack:
             if busy:
                 raise PortsBusy(busy)
             private_dir(self.workdir)
+            if self.spec.own_database:
+                self._database_made = ensure_database(self.settings.db_url)
             await self._start_ecs()
+            if self.spec.external_proxy:
+                await self._start_proxy()
             await self.start_hub()
         except BaseException:
             await self.close(graceful=False)
@@ -207,6 +226,18 @@ class LocalStack:
         finally:
             await api.close()
 
+    async def _start_proxy(self) -> None:
+        """configurable-http-proxy on the public port; the hub adds its own route when it starts."""
+        self.proxy = ChpReplica(
+            public=self.ports.public,
+            api=self.ports.proxy_api,
+            token=self.proxy_token,
+            error_target=f"http://{LOOPBACK}:{self.ports.hub}/hub/error",
+            log_path=self.workdir / PROXY_LOG,
+            cwd=self.workdir,
+        )
+        await self.proxy.start()
+
     def hub_config(self, **changes: Any) -> str:
         """The hub's config: the settings (with `changes`) and the admin service's token."""
         return render(dataclasses.replace(self.settings, **changes)) + api_token_config(
@@ -225,6 +256,8 @@ class LocalStack:
             hub_port=self.ports.hub,
             proxy_api_port=self.ports.proxy_api,
             workdir=self.hub_workdir,
+            env={PROXY_TOKEN_ENV: self.proxy_token} if self.proxy_token else None,
+            external_proxy=self.spec.external_proxy,
         )
         began = time.monotonic()
         await self.hub.start(self.spec.hub_start_timeout if timeout is None else timeout)
@@ -245,8 +278,14 @@ class LocalStack:
             elif self.hub is not None:
                 self.hub.kill()
         finally:
+            if self.proxy is not None:
+                await self.proxy.stop()
+                self.proxy = None
             if self._ecs is not None:
                 await self._ecs.stop()
+            if self._database_made:
+                drop_database(self.settings.db_url)
+                self._database_made = False
             if self._own_workdir and not self.spec.keep_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
