@@ -320,6 +320,24 @@ class EcsApi:
             ECS_THROTTLES.labels(operation).inc()
 
 
+def aws_client(service: str, target: EcsTarget, *, max_attempts: int = 5, read_timeout: float = 15) -> Any:
+    """An aiobotocore client (an async context manager) for another AWS service beside ECS: SSM, EFS, SQS.
+
+    Same region, profile and standard retries as the ECS client; local ECS serves SSM and EFS on its own
+    endpoint, so `target` works for all of them.
+    """
+    config = AioConfig(
+        retries={"mode": "standard", "total_max_attempts": max_attempts}, connect_timeout=5, read_timeout=read_timeout
+    )
+    return AioSession(profile=target.profile).create_client(
+        service,
+        region_name=target.region,
+        endpoint_url=target.endpoint_url,
+        config=config,
+        **_local_credentials(target),
+    )
+
+
 def _local_credentials(target: EcsTarget) -> dict[str, str]:
     """Placeholder credentials for a loopback endpoint (local ECS, moto) when none are set.
 

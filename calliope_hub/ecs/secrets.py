@@ -12,19 +12,14 @@ is gone. docs/security.md is the threat model.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
 from botocore import xform_name
 from botocore.exceptions import BotoCoreError, ClientError
-
-from .api import EcsTarget, _local_credentials
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +114,3 @@ class SecretStore:
             raise SecretStoreError(f"{operation}: {error.get('Code', '?')}: {error.get('Message', '')}") from None
         except BotoCoreError as e:
             raise SecretStoreError(f"{operation}: {type(e).__name__}: {e}") from None
-
-
-@contextlib.asynccontextmanager
-async def ssm_client(target: EcsTarget, *, max_attempts: int = 5) -> AsyncIterator[Any]:
-    """An aiobotocore `ssm` client for `target` (local ECS serves SSM on its ECS endpoint)."""
-    config = AioConfig(
-        retries={"mode": "standard", "total_max_attempts": max_attempts}, connect_timeout=5, read_timeout=15
-    )
-    session = AioSession(profile=target.profile)
-    async with session.create_client(
-        "ssm", region_name=target.region, endpoint_url=target.endpoint_url, config=config, **_local_credentials(target)
-    ) as client:
-        yield client

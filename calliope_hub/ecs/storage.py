@@ -19,21 +19,16 @@ token bucket (calliope_hub.ecsfacts "efs-access-point-create").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..catalog.models import Storage
 from ..ecsfacts import AWS_QUOTAS, QuotaBuckets
-from .api import EcsTarget, _local_credentials
 from .identity import encode_tag_value
 
 #: `file_system_id: auto`: the file system the hub finds, or creates, by this creation token.
@@ -171,16 +166,3 @@ def _storage_error(operation: str, error: ClientError, subject: str) -> StorageE
         or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
     )
     return StorageError(f"{operation}: {code}: {message}", transient=transient)
-
-
-@contextlib.asynccontextmanager
-async def efs_client(target: EcsTarget, *, max_attempts: int = 5) -> AsyncIterator[Any]:
-    """An aiobotocore `efs` client for `target` (local ECS serves EFS on its ECS endpoint)."""
-    config = AioConfig(
-        retries={"mode": "standard", "total_max_attempts": max_attempts}, connect_timeout=5, read_timeout=15
-    )
-    session = AioSession(profile=target.profile)
-    async with session.create_client(
-        "efs", region_name=target.region, endpoint_url=target.endpoint_url, config=config, **_local_credentials(target)
-    ) as client:
-        yield client

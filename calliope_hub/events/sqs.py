@@ -15,10 +15,7 @@ import contextlib
 import logging
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
-
-from calliope_hub.ecs.api import EcsTarget, _local_credentials
+from calliope_hub.ecs.api import EcsTarget, aws_client
 from calliope_hub.events.ingest import EventFormatError, EventIngest, count
 
 log = logging.getLogger(__name__)
@@ -123,8 +120,4 @@ class SqsEventConsumer:
 
 def sqs_client(target: EcsTarget) -> Any:
     """An aiobotocore SQS client (an async context manager) whose read outlasts the long poll."""
-    config = AioConfig(retries={"mode": "standard"}, read_timeout=30, connect_timeout=5)
-    session = AioSession(profile=target.profile)
-    return session.create_client(
-        "sqs", region_name=target.region, endpoint_url=target.endpoint_url, config=config, **_local_credentials(target)
-    )
+    return aws_client("sqs", target, read_timeout=30)

@@ -40,11 +40,11 @@ from collections.abc import MutableMapping
 from typing import IO, TYPE_CHECKING, Any
 
 from calliope_hub.catalog import Catalog, load_catalog
-from calliope_hub.ecs.api import EcsApi
+from calliope_hub.ecs.api import EcsApi, aws_client
 from calliope_hub.ecs.orphans import OrphanSweeper, sweep_forever
-from calliope_hub.ecs.secrets import SecretStore, ssm_client
+from calliope_hub.ecs.secrets import SecretStore
 from calliope_hub.ecs.status import TaskWatcher
-from calliope_hub.ecs.storage import Homes, efs_client
+from calliope_hub.ecs.storage import Homes
 from calliope_hub.ecs.taskdefs import TaskDefinitions
 from calliope_hub.ecsfacts import AWS_QUOTAS, Quota, started_by
 from calliope_hub.events.ingest import EventIngest
@@ -159,9 +159,9 @@ class HubRuntime:
             self.api = await EcsApi.create(s.target, client_quotas=None)
         self._exit_stack.push_async_callback(self.api.close)
         self.task_definitions = TaskDefinitions(self.api)
-        ssm = await self._exit_stack.enter_async_context(ssm_client(s.ssm_target))
+        ssm = await self._exit_stack.enter_async_context(aws_client("ssm", s.ssm_target))
         self.secrets = SecretStore(ssm, kms_key_id=s.kms_key_id)
-        self.homes = Homes(await self._exit_stack.enter_async_context(efs_client(s.target)), s.hub_id)
+        self.homes = Homes(await self._exit_stack.enter_async_context(aws_client("efs", s.target)), s.hub_id)
         if s.events.enabled:
             # One queue, sized by c.CalliopeEvents.queue_size, for the HTTP endpoint and SQS alike.
             self.ingest = EventIngest(s.events.queue_size, watchers_of=self.watchers_of)

@@ -17,8 +17,8 @@ import pytest
 
 from calliope_hub.catalog import BUILTIN_DIRECTORY, CatalogConfigError, load_service
 from calliope_hub.catalog.models import Storage
-from calliope_hub.ecs.api import EcsTarget
-from calliope_hub.ecs.storage import Homes, StorageError, efs_client, escape_username, home_path, shard
+from calliope_hub.ecs.api import EcsTarget, aws_client
+from calliope_hub.ecs.storage import Homes, StorageError, escape_username, home_path, shard
 from calliope_hub.ecs.taskdefs import with_home
 
 STORAGE = {"type": "efs", "file_system_id": "auto", "uid": 1000, "gid": 100, "mount_path": "/home/jovyan"}
@@ -38,7 +38,7 @@ def endpoint(implementation: str, request: pytest.FixtureRequest, local_ecs_fact
 
 @pytest.fixture
 async def homes(endpoint: str) -> AsyncIterator[Homes]:
-    async with efs_client(EcsTarget("us-east-1", endpoint)) as client:
+    async with aws_client("efs", EcsTarget("us-east-1", endpoint)) as client:
         yield Homes(client, "hub-1")
 
 
@@ -66,7 +66,7 @@ async def test_one_access_point_per_user_tagged_and_reused(homes: Homes, endpoin
 
 async def test_the_limit_and_a_missing_file_system_are_clear_errors(local_ecs_factory: Any) -> None:
     endpoint = local_ecs_factory(efs_access_point_limit=1).endpoint_url
-    async with efs_client(EcsTarget("us-east-1", endpoint)) as client:
+    async with aws_client("efs", EcsTarget("us-east-1", endpoint)) as client:
         homes = Homes(client, "hub-1")
         carol = await homes.ensure(Storage.model_validate(STORAGE), "carol")
         with pytest.raises(StorageError, match="access point limit reached") as full:
