@@ -144,12 +144,24 @@ class Homes:
             )
             return str(answer["FileSystemId"])
         except ClientError as e:
-            existing = e.response.get("FileSystemId")
-            if e.response.get("Error", {}).get("Code") == "FileSystemAlreadyExists" and existing:
-                return str(existing)
-            raise _storage_error("CreateFileSystem", e, AUTO_CREATION_TOKEN) from None
+            if e.response.get("Error", {}).get("Code") != "FileSystemAlreadyExists":
+                raise _storage_error("CreateFileSystem", e, AUTO_CREATION_TOKEN) from None
+            # EFS names the existing file system in the error; where an implementation does not, ask for it.
+            existing = e.response.get("FileSystemId") or await self._by_creation_token()
+            if not existing:
+                raise _storage_error("CreateFileSystem", e, AUTO_CREATION_TOKEN) from None
+            return str(existing)
         except BotoCoreError as e:
             raise StorageError(f"CreateFileSystem: {type(e).__name__}: {e}", transient=True) from None
+
+    async def _by_creation_token(self) -> str | None:
+        """The file system made with AUTO_CREATION_TOKEN, if any."""
+        try:
+            answer = await self._client.describe_file_systems(CreationToken=AUTO_CREATION_TOKEN)
+        except (ClientError, BotoCoreError):
+            return None
+        systems = answer.get("FileSystems") or []
+        return str(systems[0]["FileSystemId"]) if systems else None
 
 
 def _storage_error(operation: str, error: ClientError, subject: str) -> StorageError:

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -86,6 +87,10 @@ def _bench(out: Path, modes: list[str], *extra: str) -> Run:
             finally:
                 bench.kill()
     assert _marked_processes(mark) == [], "a hub, proxy, stub server or local ECS outlived the bench"
+    # PostgreSQL may still be ending the killed hub's sessions when the bench exits: give the drop 30 s.
+    deadline = time.monotonic() + 30
+    while not _bench_databases() <= databases_before and time.monotonic() < deadline:
+        time.sleep(1)
     assert _bench_databases() <= databases_before, "the bench left its PostgreSQL database behind"
     assert bench.returncode == 0, stdout[-3000:] + stderr[-3000:]
     return json.loads((out / "bench.json").read_text()), out / "bench.png", stdout
