@@ -15,17 +15,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from calliope_hub.ecsfacts import LIFECYCLE
+
 _names = itertools.count()
-LIFECYCLE = [
-    "PROVISIONING",
-    "PENDING",
-    "ACTIVATING",
-    "RUNNING",
-    "DEACTIVATING",
-    "STOPPING",
-    "DEPROVISIONING",
-    "STOPPED",
-]
 HUB = "calliope-hub/contract"
 
 
