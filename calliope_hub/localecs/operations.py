@@ -221,16 +221,19 @@ def deregister_task_definition(plane: ControlPlane, params: Params) -> dict:
 
 
 def list_task_definitions(plane: ControlPlane, params: Params) -> dict:
-    prefix = _get(params, "familyPrefix", str) or ""
+    """ECS's familyPrefix here is, despite its name, the whole family (botocore's model: "the full family
+    name"; moto compares it with ==): `lab` must not list `lab-alice`, or a per-user family leaks into a
+    shared one. Only ListTaskDefinitionFamilies matches a prefix."""
+    family = _get(params, "familyPrefix", str)
     status = _get(params, "status", str) or "ACTIVE"
     order = _get(params, "sort", str) or "ASC"
     if status not in ("ACTIVE", "INACTIVE") or order not in ("ASC", "DESC"):
         raise invalid("status must be ACTIVE or INACTIVE and sort ASC or DESC.")
     arns = [
         d.arn
-        for family in sorted(plane.definitions)
-        if family.startswith(prefix)
-        for d in plane.definitions[family]
+        for name in sorted(plane.definitions)
+        if family is None or name == family
+        for d in plane.definitions[name]
         if d.status == status
     ]
     if order == "DESC":

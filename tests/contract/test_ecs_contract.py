@@ -164,6 +164,19 @@ def test_task_definition_register_describe_list_deregister(ecs, family):
     assert ecs.list_task_definitions(familyPrefix=family)["taskDefinitionArns"] == arns[:1]
 
 
+def test_family_prefix_is_the_whole_family(ecs, family):
+    """familyPrefix names one family, whatever its name says: a per-user family such as `lab-N-alice`
+    must not turn up in the list for `lab-N`, and a bare prefix lists nothing."""
+    ecs.register_task_definition(
+        family=f"{family}-alice", containerDefinitions=[{"name": "lab", "image": "img:1", "memory": 512}]
+    )
+    listed = ecs.list_task_definitions(familyPrefix=family)["taskDefinitionArns"]
+    assert [arn.rsplit("/", 1)[-1] for arn in listed] == [f"{family}:1"]
+    alice = ecs.list_task_definitions(familyPrefix=f"{family}-alice")["taskDefinitionArns"]
+    assert [arn.rsplit("/", 1)[-1] for arn in alice] == [f"{family}-alice:1"]
+    assert ecs.list_task_definitions(familyPrefix=family.rstrip("0123456789"))["taskDefinitionArns"] == []  # "lab-"
+
+
 # ---------------------------------------------------------------- tasks
 
 
