@@ -1,13 +1,15 @@
 """An active/standby JupyterHub: several hub processes, one config, one PostgreSQL; exactly one serves.
 
 Run `python -m calliope_hub.hub.ha -f jupyterhub_config.py` on every hub host instead of `jupyterhub`.
+It is our app (calliope_hub.hub.app) with a prelude: the config is checked and the runtime
+built first, then the hub stands by.
 
 Why a JupyterHub subclass and where it waits. JupyterHub owns its database: every `init_*`
 after `init_db` writes to it (roles, users, tokens, OAuth clients) and `init_spawners` polls,
 stops and re-routes servers, so a standby must not run any of them until it leads. JupyterHub
 6.1.1 has no hook before `init_db`, and all the steps up to its first `await` are synchronous,
-so this app runs its own prelude at the top of `initialize()`: it parses the command line and
-the config file (JupyterHub parses them again, which is idempotent), refuses configs that
+so this app runs its own prelude (CalliopeHub's `preflight()`, after the command line and the
+config file are parsed and the runtime is built and checked): it refuses configs that
 cannot run as a pair, and then waits, on the event loop, for the hub's advisory lock (the one
 the orphan sweep always used, calliope_hub.hub.lock). A standby is warm in the sense that
 matters: Python, JupyterHub, the spawner and its AWS libraries are imported and the database
@@ -44,7 +46,6 @@ from collections.abc import Callable
 from typing import Any
 
 from jupyterhub import orm
-from jupyterhub.app import JupyterHub
 from sqlalchemy.engine import make_url
 from tornado import web
 from tornado.httpserver import HTTPServer
@@ -52,6 +53,7 @@ from traitlets import Any as AnyTrait
 from traitlets import default
 from traitlets.config import Config
 
+from calliope_hub.hub.app import CalliopeHub
 from calliope_hub.hub.config import CalliopeHA, ECSSpawnerConfig
 from calliope_hub.hub.lock import SWEEP_LOCK_SETTING, AdvisoryLock, hub_lock
 
@@ -59,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: the exit status of a hub that fenced itself (it lost, or could not prove, the leader lock)
 FENCED_EXIT = 75
+#: the exit status of a hub whose config cannot run as one of a pair
+PAIR_REFUSED_EXIT = 2
 #: per-instance settings two hubs of one pair may (must) differ in; everything else must match
 INSTANCE_SETTINGS = {
     "JupyterHub": {
@@ -173,7 +177,7 @@ class LeaderHandler(web.RequestHandler):
         self.finish({"leader": state == "leader", "state": state, "instance": self.hub_app.ha.instance})
 
 
-class HAJupyterHub(JupyterHub):
+class HAJupyterHub(CalliopeHub):
     """JupyterHub that stands by until it holds the hub's lock, and serves only while it does."""
 
     ha = AnyTrait(None, allow_none=True, help="The CalliopeHA settings (built in the prelude).")
@@ -189,13 +193,10 @@ class HAJupyterHub(JupyterHub):
     def _ha_classes(self) -> list[type]:
         return [*self._load_classes(), CalliopeHA]
 
-    async def initialize(self, *args: Any, **kwargs: Any) -> None:
-        argv = args[0] if args else kwargs.get("argv")
-        self.parse_command_line(argv)
-        if not (self.generate_config or self.generate_certs or self.subapp):
-            self.load_config_file(self.config_file)
-            await self._stand_by()
-        await super().initialize(*args, **kwargs)
+    async def preflight(self) -> None:
+        """The config checked and the runtime built (CalliopeHub), then the wait for the lock."""
+        await super().preflight()
+        await self._stand_by()
 
     async def start(self) -> None:
         await super().start()
@@ -206,8 +207,7 @@ class HAJupyterHub(JupyterHub):
     # ---- the prelude -----------------------------------------------------------------------
 
     def _refuse(self, why: str) -> None:
-        self.log.critical("Calliope HA: refusing to start: %s", why)
-        self.exit(2)
+        self.refuse(why, PAIR_REFUSED_EXIT)
 
     def _check_pair_config(self) -> None:
         """What cannot run as a pair stops here, before any wait, with the setting's name."""

@@ -14,12 +14,14 @@ hook for a spawner package:
   `User` holds as `.settings`; handlers reach it through `settings["app"]`) under
   `SETTINGS_KEY`. That dict is per hub app, so nothing here is a process-wide registry, and
   tests get a fresh runtime per settings dict.
-- **Built**: by the first ECSSpawner JupyterHub constructs. `init_spawners` constructs every
-  running server's spawner during hub start, so on a hub with servers the config (traits,
-  region, catalog) is checked before the hub serves anything, and a bad value stops the start
-  with the setting's name. A hub with no servers builds it at the first spawn.
-- **Started**: `start()` is awaited by the spawner's first async call (`start`, `poll`, `stop`),
-  once; concurrent callers share it.
+- **Built**: by the first ECSSpawner constructed. Our own app (calliope_hub.hub.app,
+  `calliope-jupyterhub`) constructs one from the config before JupyterHub's start touches
+  anything, so a bad setting stops every start, even with no servers, with the setting's name.
+  Under plain `jupyterhub` the first spawner JupyterHub constructs builds it: during start on a
+  hub with servers (`init_spawners`), at the first spawn on a hub without.
+- **Started**: by the app before `init_spawners`, which it primes (`prime()`); under plain
+  `jupyterhub`, by the spawner's first async call (`start`, `poll`, `stop`). Once either way;
+  concurrent callers share it.
 - **Closed**: JupyterHub's shutdown (SIGTERM/SIGINT -> `shutdown_cancel_tasks`) first runs
   `cleanup()` (which may stop servers through the spawners, with the runtime still alive),
   then cancels every task of the loop and awaits them all before it stops the loop. The
@@ -40,7 +42,7 @@ from collections.abc import MutableMapping
 from typing import IO, TYPE_CHECKING, Any
 
 from calliope_hub.catalog import Catalog, load_catalog
-from calliope_hub.ecs.api import EcsApi, aws_client
+from calliope_hub.ecs.api import EcsApi, EcsApiError, aws_client
 from calliope_hub.ecs.orphans import OrphanSweeper, sweep_forever
 from calliope_hub.ecs.secrets import SecretStore
 from calliope_hub.ecs.status import TaskWatcher
@@ -132,6 +134,18 @@ class HubRuntime:
         hub_settings = app.tornado_settings if app is not None else handler_settings
         runtime: HubRuntime | None = hub_settings.get(SETTINGS_KEY)
         return runtime if runtime is not None and runtime.started else None
+
+    def settle(self, app_settings: MutableMapping[str, Any]) -> None:
+        """Move into the hub's final settings dict, where its users, database and spawners look.
+
+        Our app builds the runtime before JupyterHub's `init_tornado_settings`, which copies the
+        settings it had into a new dict; the runtime follows, and a runtime started before (an
+        HA standby priming its cache) starts the orphan sweep now that the hub's users exist.
+        """
+        self._app_settings = app_settings
+        app_settings[SETTINGS_KEY] = self
+        if self.started:  # else start() starts it, with the users there
+            self._start_orphan_sweep()
 
     # ---- start ----------------------------------------------------------------------------
 
@@ -246,6 +260,38 @@ class HubRuntime:
         """The watchers of the cluster an event names, by ARN or by name."""
         name = cluster_arn.rsplit("/", 1)[-1]
         return [w for cluster, w in self._watchers.items() if cluster in (cluster_arn, name)]
+
+    # ---- the first sweep, ahead of the hub's check of its servers ---------------------------
+
+    async def prime(self) -> set[str]:
+        """Describe every task this hub started, so each restored server's first `poll()` is a read.
+
+        JupyterHub's `init_spawners` polls every running server at once; without a primed cache
+        each poll registers its task and waits for the watcher's first sweep. Here one
+        ListTasks(startedBy) and ⌈N/100⌉ DescribeTasks, through the one EcsApi and watcher, run
+        before it. Returns the ARNs now watched; a failed call primes nothing (unknown is not
+        stopped, and the spawners' own polls still wait for the sweep).
+        """
+        if self.api is None or not self.started:
+            raise RuntimeNotStarted("HubRuntime.start() has not finished")
+        watcher = self.watcher(self.cluster)
+        try:
+            arns = await self.api.list_tasks(self.cluster, started_by=started_by(self.settings.hub_id))
+        except EcsApiError as e:
+            self.log.warning("Calliope Hub: could not list this hub's tasks ahead of the start (%s)", e)
+            return set()
+        for arn in arns:
+            watcher.watch(arn)
+        await watcher.refresh()
+        return set(arns)
+
+    def release(self, arns: set[str]) -> None:
+        """Stop watching primed tasks no spawner claimed (the orphan sweep deals with those)."""
+        watcher = self._watchers.get(self.cluster)
+        if watcher is None:
+            return
+        for arn in arns:
+            watcher.unwatch(arn)
 
     # ---- close ----------------------------------------------------------------------------
 

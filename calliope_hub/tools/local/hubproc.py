@@ -1,8 +1,9 @@
 """A real JupyterHub (and its configurable-http-proxy) as a child process we fully own.
 
-`calliope-hub up`, the bench and the end-to-end tests all need the same thing: start a
-stock ``python -m jupyterhub`` with a given config on loopback ports, know when it
-answers, and make sure nothing it started outlives it. The last part is the hard one:
+`calliope-hub up`, the bench and the end-to-end tests all need the same thing: start
+the hub as operators run it, ``python -m calliope_hub.hub.app`` (`calliope-jupyterhub`:
+JupyterHub that checks our config at start; calliope_hub.hub.app), with a given config on
+loopback ports, know when it answers, and make sure nothing it started outlives it. The last part is the hard one:
 JupyterHub starts configurable-http-proxy in a session of its own (so signals to the hub
 do not reach it), and on SIGKILL the proxy is orphaned. So we kill the hub's process
 group, every descendant we saw, and the pid in the proxy's pid file.
@@ -153,7 +154,7 @@ class HubProcess(OwnedProcess):
         return f"http://{LOOPBACK}:{self.public_port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "jupyterhub", "-f", str(self.config_path)]
+        return [sys.executable, "-m", "calliope_hub.hub.app", "-f", str(self.config_path)]
 
     async def answers(self, session: aiohttp.ClientSession) -> bool:
         """Through the proxy it started, or on its own port when the proxy is someone else's."""

@@ -1,0 +1,112 @@
+"""CalliopeHub: JupyterHub that checks Calliope Hub's config before it starts, and restarts warm.
+
+Run `calliope-jupyterhub -f jupyterhub_config.py` (or `python -m calliope_hub.hub.app`)
+instead of `jupyterhub`. Plain `jupyterhub` still runs the spawner; it only checks the
+config later (see calliope_hub.hub.runtime).
+
+Why our own app. JupyterHub 6.1.1 gives a spawner package no hook at hub start: the
+spawner's config is first read when JupyterHub constructs a spawner, which a hub with no
+running servers does only at the first spawn. So a bad region, catalog or trait value
+would let the hub start and fail a user later. This app constructs one spawner of the
+configured class from the config right after the config file loads, before JupyterHub
+touches its database, and that spawner builds the HubRuntime exactly as every later one
+finds it. A bad value stops the start with one line naming the setting and exit status 1.
+
+Why it also primes. JupyterHub's `init_spawners` polls every running server at once; each
+poll of a restored task would wait for the watcher's first sweep. The app starts the runtime
+and describes every task this hub started (`HubRuntime.prime`) before `init_spawners`, so
+those polls are dictionary reads. The HA app (calliope_hub.hub.ha) builds on this one.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from jupyterhub.app import JupyterHub
+from traitlets import TraitError
+
+from calliope_hub.hub.runtime import SETTINGS_KEY, HubRuntime
+from calliope_hub.spawner import ECSSpawner
+
+#: the exit status of a hub whose config cannot run
+BAD_CONFIG_EXIT = 1
+
+
+class _SettingsHolder:
+    """The `user` of the spawner the app builds from config: all HubRuntime.of reads of a user."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+
+
+class CalliopeHub(JupyterHub):
+    """JupyterHub whose start builds, checks and primes Calliope Hub's runtime."""
+
+    #: built by preflight() when the spawner is an ECSSpawner; None for any other spawner
+    runtime: HubRuntime | None = None
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> None:
+        argv = args[0] if args else kwargs.get("argv")
+        self.parse_command_line(argv)
+        if not (self.generate_config or self.generate_certs or self.subapp):
+            # JupyterHub loads the file again in its initialize(); loading is idempotent.
+            self.load_config_file(self.config_file)
+            await self.preflight()
+        await super().initialize(*args, **kwargs)
+
+    async def preflight(self) -> None:
+        """What runs after the config loads and before JupyterHub's own start: the runtime, checked."""
+        self.runtime = self._build_runtime()
+
+    def refuse(self, why: str, status: int = BAD_CONFIG_EXIT) -> None:
+        """One line, no traceback, a non-zero exit: JupyterHub's launcher logs any exception with one."""
+        self.log.critical("Calliope Hub: refusing to start: %s", "; ".join(str(why).splitlines()))
+        self.exit(status)
+
+    def _build_runtime(self) -> HubRuntime | None:
+        spawner_class = self.spawner_class
+        if not (isinstance(spawner_class, type) and issubclass(spawner_class, ECSSpawner)):
+            return None
+        try:
+            # The spawner reads c.ECSSpawner.* (traitlets checks each value) and builds the runtime.
+            spawner_class(config=self.config, log=self.log, user=_SettingsHolder(self.tornado_settings))
+        except (ValueError, TraitError) as e:  # CatalogConfigError is a ValueError
+            self.refuse(str(e))
+        runtime: HubRuntime = self.tornado_settings[SETTINGS_KEY]
+        return runtime
+
+    def init_tornado_settings(self) -> None:
+        super().init_tornado_settings()  # a new dict: the runtime follows it there
+        if self.runtime is not None:
+            self.runtime.settle(self.tornado_settings)
+
+    async def init_spawners(self) -> int:
+        """JupyterHub's check of every running server, its first polls answered from a primed cache."""
+        primed: set[str] = set()
+        if self.runtime is not None:
+            await self.runtime.start()
+            primed = await self.runtime.prime()
+            self.log.info("Calliope Hub: primed the status of %d running tasks", len(primed))
+        checked: int = await super().init_spawners()
+        if self.runtime is not None:
+            self.runtime.release(primed - self._claimed_tasks())
+        return checked
+
+    def _claimed_tasks(self) -> set[str]:
+        """The task of every ECS spawner JupyterHub holds after its check."""
+        return {
+            spawner.task_arn
+            for user in self.users.values()
+            for spawner in user.spawners.values()
+            if isinstance(spawner, ECSSpawner) and spawner.task_arn
+        }
+
+
+main = CalliopeHub.launch_instance
+
+if __name__ == "__main__":
+    # As jupyterhub does: `python -m` would make a second CalliopeHub class in __main__.
+    from calliope_hub.hub import app
+
+    sys.exit(app.main())
