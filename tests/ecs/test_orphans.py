@@ -15,10 +15,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from calliope_hub.catalog import Catalog, Placement, TaskIdentity, run_task_request
-from calliope_hub.ecs.api import DescribeResult, EcsApi, EcsTarget
+from calliope_hub.ecs.api import DescribeResult, EcsApi, EcsApiError, EcsTarget
 from calliope_hub.ecs.orphans import ORPHAN_STOP_REASON, OrphanSweeper, Ownership, ServerKey
 from calliope_hub.ecs.taskdefs import prepare_cluster
 from calliope_hub.observability.metrics import ORPHANS
+from tests.hubtest import eventually
 
 CLUSTER = "calliope"
 HUB = "orphan-test"
@@ -88,6 +89,16 @@ def sweeper_for(api: Any, owners: Any, clock: Clock, **options: Any) -> OrphanSw
 
 async def described(api: EcsApi, arns: list[str]) -> dict[str, dict[str, Any]]:
     return {t["taskArn"]: t for t in (await api.describe_tasks(CLUSTER, arns)).tasks}
+
+
+async def described_when_answered(api: EcsApi, arns: list[str]) -> dict[str, dict[str, Any]] | None:
+    """`described`, or None while local ECS still throttles (a fault a test turned on)."""
+    try:
+        return await described(api, arns)
+    except EcsApiError as e:
+        if e.throttled:
+            return None
+        raise
 
 
 def orphan_count(action: str) -> float:
@@ -178,6 +189,43 @@ async def test_more_than_one_page_and_one_describe_batch(api: EcsApi, run: Calla
     owners.table.arns.update(arns[:50])
     report = await sweeper_for(api, owners, clock).sweep()
     assert report.listed == 105 and sorted(report.found) == sorted(arns[50:])
+
+
+class ThrottledAfterListing:
+    """The real EcsApi, but local ECS throttles everything from just after the sweep's ListTasks."""
+
+    def __init__(self, api: EcsApi, local_ecs: Any):
+        self.api, self.local_ecs = api, local_ecs
+
+    async def list_tasks(self, cluster: str, **filters: Any) -> list[str]:
+        arns = await self.api.list_tasks(cluster, **filters)
+        assert self.local_ecs.request("POST", "/_localecs/faults/throttle", {"seconds": 1})[0] == 200
+        return arns
+
+    async def describe_all(self, cluster: str, arns: list[str]) -> list[Any]:
+        return await self.api.describe_all(cluster, arns)
+
+    async def stop_task(self, cluster: str, arn: str, reason: str) -> dict[str, Any] | None:
+        return await self.api.stop_task(cluster, arn, reason)
+
+
+async def test_a_throttled_describe_acts_on_nothing_and_keeps_the_grace_clock(
+    api: EcsApi, run: Callable[..., Any], local_ecs: Any
+) -> None:
+    """Unknown is not orphaned: overdue tasks whose DescribeTasks was throttled stay up until ECS answers."""
+    owners, clock = TableOwners(), Clock()
+    arns = [await run(f"quiet-{i}") for i in range(3)]
+    sweeper = sweeper_for(api, owners, clock)
+    assert sorted((await sweeper.sweep()).found) == sorted(arns)
+    clock.now += GRACE
+    sweeper.api = ThrottledAfterListing(api, local_ecs)
+    with pytest.raises(EcsApiError) as throttled:
+        await sweeper.sweep()
+    assert throttled.value.throttled and throttled.value.operation == "DescribeTasks"
+    sweeper.api = api
+    running = await eventually(lambda: described_when_answered(api, arns), 10, "local ECS answering again")
+    assert all(task["desiredStatus"] == "RUNNING" for task in running.values())
+    assert sorted((await sweeper.sweep()).stopped) == sorted(arns), "overdue since the first sweep, not the failed one"
 
 
 def test_bad_options_are_refused() -> None:
