@@ -29,6 +29,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from calliope_hub.tools.hubapi import HubApi, HubApiGaveUp, backoff
+from calliope_hub.tools.interrupt import exit_status, run_interruptible
 from calliope_hub.tools.stats import Percentiles
 
 USER_BATCH = 100
@@ -411,7 +412,8 @@ def _config_from_args(args: argparse.Namespace) -> LoadtestConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 when every server became ready (and stopped, with --stop); 1 otherwise; 130 on Ctrl-C."""
+    """0 when every server became ready (and stopped, with --stop); 1 otherwise; 130 on Ctrl-C, 143 on SIGTERM,
+    each after printing (and writing) what was measured so far."""
     console = Console(stderr=True)
     try:
         config = _config_from_args(args)
@@ -422,13 +424,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _live_progress(console) as on_progress:
             loadtest.progress = on_progress
-            report = asyncio.run(loadtest.execute())
+            report = run_interruptible(loadtest.execute())
         code = 0 if report.ok else 1
     except LoadtestError as error:
         console.print(f"[red]loadtest: {error}[/red]")
         return 2
-    except KeyboardInterrupt:
-        report, code = loadtest.report(interrupted=True), 130
+    except KeyboardInterrupt as stop:
+        report, code = loadtest.report(interrupted=True), exit_status(stop)
     Console().print(render_report(report))
     if args.json:
         write_json(args.json, {"config": _public_config(config), "report": report.to_json()})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -19,25 +21,44 @@ from calliope_hub.tools.local.hubproc import HubProcess
 from calliope_hub.tools.stats import Percentiles
 
 
-async def run_cli(*args: str, env: dict[str, str] | None = None, interrupt_when=None):
-    """Run `calliope-hub loadtest` as a user would; optionally Ctrl-C it once a condition holds."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "calliope_hub.cli",
-        "loadtest",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-    )
+@contextlib.contextmanager
+def children_inherit_sigint(ignored: bool) -> Iterator[None]:
+    """The SIGINT disposition a child starts with. From a terminal it is the default; from a script's
+    background job (bash ignores SIGINT there, and so CI runners often do) it is ignored, and exec keeps
+    it ignored, whatever this test process was started with. exec resets a *handled* signal to default."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+async def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    interrupt_when=None,
+    signum: int = signal.SIGINT,
+    sigint_ignored: bool = False,
+):
+    """Run `calliope-hub loadtest` as a user would; optionally send `signum` once a condition holds."""
+    with children_inherit_sigint(sigint_ignored):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "calliope_hub.cli",
+            "loadtest",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "200", **(env or {})},
+        )
     try:
         # Generous bounds: on a loaded 2-core CI machine the CLI alone takes seconds to import and start.
         if interrupt_when is not None:
             async with asyncio.timeout(60):
                 while not await interrupt_when():
                     await asyncio.sleep(0.2)
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signum)
         async with asyncio.timeout(120):
             stdout, stderr = await process.communicate()
     finally:
@@ -103,9 +124,19 @@ async def test_overall_timeout_counts_unfinished_spawns_and_stop_cancels_them(in
     assert set((await server_states(instant_hub, api_token, ["slow-t0", "slow-t1"])).values()) == {(None, None)}
 
 
-async def test_ctrl_c_prints_partial_results(instant_hub, api_token, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "sigint_ignored", "code"),
+    [(signal.SIGINT, False, 130), (signal.SIGTERM, True, 143)],
+    ids=["ctrl-c-from-a-terminal", "sigterm-with-sigint-ignored"],
+)
+async def test_a_signal_stops_the_run_and_prints_partial_results(
+    instant_hub, api_token, tmp_path, signum, sigint_ignored, code
+):
+    """Ctrl-C, and SIGTERM even where SIGINT was ignored (a run started in the background), each stop
+    the run at once with the partial report, though both spawns are still pending for a minute."""
     out = tmp_path / "partial.json"
-    names = ["slow-i0", "slow-i1"]
+    prefix = f"slow-{signal.Signals(signum).name.lower()}-"
+    names = [f"{prefix}0", f"{prefix}1"]
 
     async def spawns_pending() -> bool:
         try:
@@ -115,7 +146,7 @@ async def test_ctrl_c_prints_partial_results(instant_hub, api_token, tmp_path):
         except (KeyError, ValueError):
             return False  # users not created yet
 
-    code, stdout, _ = await run_cli(
+    returned, stdout, stderr = await run_cli(
         "--hub-url",
         instant_hub.url,
         "--token",
@@ -123,12 +154,14 @@ async def test_ctrl_c_prints_partial_results(instant_hub, api_token, tmp_path):
         "--users",
         "2",
         "--prefix",
-        "slow-i",
+        prefix,
         "--json",
         str(out),
         interrupt_when=spawns_pending,
+        signum=signum,
+        sigint_ignored=sigint_ignored,
     )
-    assert code == 130
+    assert returned == code, stdout + stderr
     assert "interrupted" in stdout
     report = json.loads(out.read_text())["report"]
     assert report["interrupted"] and report["unfinished"] == 2 and report["ready"] == 0
