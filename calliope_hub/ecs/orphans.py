@@ -11,6 +11,8 @@ Safety comes first, because stopping a live server is worse than paying for an i
 - a task whose tags name a server that is starting is never a candidate;
 - ownership is read again right before acting, with no await between that read and the
   StopTask call, so a spawn that took the task in the meantime keeps it;
+- an idle warm-pool task (`calliope:pool=idle`, no user yet) belongs to the pool keeper, which
+  recycles it; once claimed it carries its user's tags and is swept like any server;
 - a task tagged for another hub (two hub ids can share a startedBy) is never touched;
   a task with this hub's startedBy and no calliope:hub tag at all (started by hand, or by a
   tool that left the tags off) is this hub's by its startedBy, and swept like any other.
@@ -29,12 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from calliope_hub.ecs.api import EcsApi, EcsApiError
-from calliope_hub.ecs.identity import read_tags
+from calliope_hub.ecs.identity import TAG_PREFIX, read_tags
 from calliope_hub.observability.metrics import ORPHANS
 
 log = logging.getLogger(__name__)
 
 ORPHAN_STOP_REASON = "Orphan stopped by Calliope Hub"
+#: the tag calliope_hub.pool.definition puts on a warm task no user has claimed (ecs/ does not import pool/)
+IDLE_POOL_TAG = {"key": TAG_PREFIX + "pool", "value": "idle"}
 ACTIONS = ("stop", "dry-run", "off")
 
 #: (user name, server name): the identity a task's calliope:user/server tags carry
@@ -151,7 +155,7 @@ class OrphanSweeper:
     async def _candidates(
         self, unowned: list[str], ownership: Ownership
     ) -> dict[str, tuple[ServerKey, dict[str, Any]]]:
-        """Unowned, live tasks tagged for this hub and not of a server that is starting."""
+        """Unowned, live tasks tagged for this hub, not idle in a warm pool, and not of a server that is starting."""
         found: dict[str, tuple[ServerKey, dict[str, Any]]] = {}
         answers = await self.api.describe_all(self.cluster, unowned)
         for answer in answers:  # unknown is not orphaned: a failed chunk means this sweep acts on nothing
@@ -161,6 +165,8 @@ class OrphanSweeper:
             for task in getattr(result, "tasks", ()):
                 tags = read_tags(task.get("tags") or ())
                 if tags.get("hub", self.hub_id) != self.hub_id or task.get("desiredStatus") == "STOPPED":
+                    continue
+                if IDLE_POOL_TAG in (task.get("tags") or ()):  # the pool keeper's, until a user claims it
                     continue
                 key = (tags.get("user", ""), tags.get("server", ""))
                 if not ownership.claims(task["taskArn"], key):

@@ -65,16 +65,23 @@ async def api(local_ecs: Any) -> AsyncIterator[EcsApi]:
 
 @pytest.fixture
 def run(api: EcsApi) -> Callable[..., Any]:
-    """`await run(user, server="", hub=HUB)`: a task as the hub starts it, but by hand."""
+    """`await run(user, server="", hub=HUB, pool=None)`: a task as the hub starts it, but by hand.
+
+    With `pool` ("idle" or "claimed") it is tagged as a warm-pool task; an idle one has no user yet.
+    """
     catalog = Catalog.load()
     attempts = iter(range(1, 10**6))
 
-    async def run_one(user: str, server: str = "", hub: str = HUB) -> str:
+    async def run_one(user: str, server: str = "", hub: str = HUB, pool: str | None = None) -> str:
         choice = catalog.choose({})
         identity = TaskIdentity(hub, user, server, choice.service.name, choice.size_name, next(attempts))
         request = run_task_request(choice, identity, Placement(CLUSTER, subnets=("subnet-local",)), {})
         if hub != HUB:  # another hub id that sanitises to the same startedBy
             request["startedBy"] = TaskIdentity(HUB, user, server, "lab", "s", 0).started_by
+        if pool is not None:
+            owner_tags = () if pool == "claimed" else ("calliope:user", "calliope:server")
+            tags = [tag for tag in request["tags"] if tag["key"] not in owner_tags]
+            request["tags"] = [*tags, {"key": "calliope:pool", "value": pool}]
         return (await api.run_task(request))["tasks"][0]["taskArn"]
 
     return run_one
@@ -189,6 +196,19 @@ async def test_more_than_one_page_and_one_describe_batch(api: EcsApi, run: Calla
     owners.table.arns.update(arns[:50])
     report = await sweeper_for(api, owners, clock).sweep()
     assert report.listed == 105 and sorted(report.found) == sorted(arns[50:])
+
+
+async def test_an_idle_warm_pool_task_is_left_to_the_pool_and_a_claimed_one_is_swept(
+    api: EcsApi, run: Callable[..., Any]
+) -> None:
+    owners, clock = TableOwners(), Clock()
+    idle = await run("", pool="idle")
+    claimed = await run("hal", pool="claimed")  # its user's server no longer holds it
+    sweeper = sweeper_for(api, owners, clock)
+    assert (await sweeper.sweep()).found == [claimed]
+    clock.now += GRACE
+    assert (await sweeper.sweep()).stopped == [claimed]
+    assert (await described(api, [idle]))[idle]["desiredStatus"] == "RUNNING"
 
 
 class ThrottledAfterListing:
