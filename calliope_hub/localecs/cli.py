@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--throttle",
         default=defaults.throttle,
-        help="aws (ECS's quotas), off, or e.g. read=100:20,modify=100:40,fargate=20:20 (burst:rate per s)",
+        help="aws (the quotas in calliope_hub.ecsfacts), off, or overrides as name=burst:rate per s, names read, "
+        "modify, fargate, ssm-put, ssm-delete (e.g. ssm-put=10:10 is Parameter Store's higher throughput)",
     )
     add("--events-url", help="POST every ECS Task State Change event here, as an EventBridge API destination")
     add("--events-header", help=f"header sent with every event, 'Name: value' (or set {EVENTS_HEADER_ENV})")

@@ -14,6 +14,8 @@ THROTTLE_NAMES = {
     "read": "cluster-read",
     "modify": "cluster-modify",
     "fargate": "fargate-run-task",
+    "ssm-put": "ssm-put-parameter",
+    "ssm-delete": "ssm-delete-parameter",
 }
 
 
@@ -57,7 +59,7 @@ class LocalEcsConfig:
     port: int = 9400
     #: "sim" pretends to run containers; "process" runs each container's command locally.
     mode: str = "sim"
-    #: "aws" (the documented quotas), "off", or "read=100:20,modify=100:40,fargate=20:20".
+    #: "aws" (ecsfacts.AWS_QUOTAS), "off", or "read=100:20,modify=100:40,fargate=20:20,ssm-put=10:10".
     throttle: str = "aws"
     events_url: str | None = None
     #: ("Name", "value") sent with every event, as an EventBridge API destination does.
