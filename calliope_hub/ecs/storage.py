@@ -13,7 +13,8 @@ ID in state, so a failed spawn after creation leaves an access point the next sp
 
 Users are spread over the catalog's file systems by a stable hash of their name (EFS allows
 10,000 access points per file system by default). CreateAccessPoint goes through a client
-token bucket (calliope_hub.ecsfacts "efs-access-point-create").
+token bucket (calliope_hub.ecsfacts "efs-access-point-create"), at a rate we assume: EFS
+publishes none, and documents throttling only for creates in quick succession near that limit.
 """
 
 from __future__ import annotations
