@@ -83,14 +83,13 @@ class CalliopeHub(JupyterHub):
 
     async def init_spawners(self) -> int:
         """JupyterHub's check of every running server, its first polls answered from a primed cache."""
-        primed: set[str] = set()
         if self.runtime is not None:
             await self.runtime.start()
             primed = await self.runtime.prime()
             self.log.info("Calliope Hub: primed the status of %d running tasks", len(primed))
         checked: int = await super().init_spawners()
         if self.runtime is not None:
-            self.runtime.release(primed - self._claimed_tasks())
+            self.runtime.hand_over(self._claimed_tasks())
         return checked
 
     def _claimed_tasks(self) -> set[str]:

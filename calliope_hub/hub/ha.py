@@ -12,9 +12,10 @@ so this app runs its own prelude (CalliopeHub's `preflight()`, after the command
 config file are parsed and the runtime is built and checked): it refuses configs that
 cannot run as a pair, and then waits, on the event loop, for the hub's advisory lock (the one
 the orphan sweep always used, calliope_hub.hub.lock). A standby is warm in the sense that
-matters: Python, JupyterHub, the spawner and its AWS libraries are imported and the database
-answered; what is left at takeover is JupyterHub's own start (init_spawners), which a restart
-pays too, minus the process and import time.
+matters: Python, JupyterHub, the spawner and its AWS libraries are imported, the config checked,
+the database answered, and the status of every task the hub started is described ahead
+(`_keep_warm`); what is left at takeover is JupyterHub's own start (init_spawners), which a
+restart pays too, minus the process and import time and the cold status sweep.
 
 Why two hubs can never serve at once (a lease argument, with monotonic clocks):
 - the leader proves its lock session alive every `fence_check_interval` from a thread of its
@@ -56,6 +57,7 @@ from traitlets.config import Config
 from calliope_hub.hub.app import CalliopeHub
 from calliope_hub.hub.config import CalliopeHA, ECSSpawnerConfig
 from calliope_hub.hub.lock import SWEEP_LOCK_SETTING, AdvisoryLock, hub_lock
+from calliope_hub.hub.runtime import STANDBY_PRIME_INTERVAL
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +249,12 @@ class HAJupyterHub(CalliopeHub):
         lock = hub_lock(self.db_url, hub_id, application_name=session)
         self._serve_health()
         self.log.info("Calliope HA: %s stands by for hub %r (config %s)", self.ha.instance, hub_id, fingerprint)
-        await self._wait_for_lock(lock, fingerprint)
+        warming = asyncio.ensure_future(self._keep_warm())
+        try:
+            await self._wait_for_lock(lock, fingerprint)
+        finally:
+            warming.cancel()
+            await asyncio.gather(warming, return_exceptions=True)
         self.ha_state = "taking-over"
         fence = LeaderFence(
             lock, interval=self.ha.fence_check_interval, timeout=self.ha.fence_timeout, on_fenced=exit_fenced
@@ -256,6 +263,29 @@ class HAJupyterHub(CalliopeHub):
         self.tornado_settings[SWEEP_LOCK_SETTING] = FencedSweepLock(fence)
         self.log.info("Calliope HA: took the lock; serving in %.1fs (the old leader's fence)", self.ha.fence_timeout)
         await asyncio.sleep(self.ha.fence_timeout)
+
+    async def _keep_warm(self) -> None:
+        """Prime the runtime's status cache every STANDBY_PRIME_INTERVAL while standing by.
+
+        At takeover `init_spawners` then needs one ListTasks and DescribeTasks only for the tasks
+        started since the last prime, instead of describing every task cold. Only the AWS clients
+        run here: nothing that would take events or tasks from the leader.
+        """
+        runtime = self.runtime
+        if runtime is None:
+            return
+        last = -1
+        while True:
+            try:
+                await runtime.start_clients()
+                primed = await runtime.prime()
+                (self.log.info if len(primed) != last else self.log.debug)(
+                    "Calliope HA: standby primed %d tasks", len(primed)
+                )
+                last = len(primed)
+            except Exception as e:  # a standby keeps standing by; the takeover primes again anyway
+                self.log.warning("Calliope HA: standby could not prime its status cache: %s", e)
+            await asyncio.sleep(STANDBY_PRIME_INTERVAL)
 
     async def _wait_for_lock(self, lock: AdvisoryLock, fingerprint: str) -> None:
         first = True

@@ -63,6 +63,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SETTINGS_KEY = "calliope_runtime"
+#: Seconds between an HA standby's primes of its status cache: ⌈N/100⌉ ListTasks each, and
+#: DescribeTasks only for the tasks started since, so the standby's reads stay far below the leader's.
+STANDBY_PRIME_INTERVAL = 30.0
 #: The share of each ECS quota the hub's client allows itself. A bucket at exactly the quota is throttled
 #: by the least timing skew, and the account's other callers (the console, CI, a second hub) share it.
 CLIENT_QUOTA_SHARE = 0.8
@@ -107,6 +110,9 @@ class HubRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._exit_stack = contextlib.AsyncExitStack()
         self._lock: SweepLock | None = None
+        self._opening: asyncio.Task[None] | None = None
+        #: the tasks prime() watches on no spawner's behalf (until a spawner claims them)
+        self._primed: set[str] = set()
         self._starting: asyncio.Task[None] | None = None
         self._lifetime: asyncio.Task[None] | None = None
         self.closed = False
@@ -164,7 +170,19 @@ class HubRuntime:
         done = starting is not None and starting.done() and not starting.cancelled() and not starting.exception()
         return done and not self.closed
 
-    async def _start(self) -> None:
+    async def start_clients(self) -> None:
+        """Only the AWS clients, once: what an HA standby primes its status cache with.
+
+        Nothing here takes work from a serving hub: no event ingestion (an SQS consumer would
+        take the leader's events), no orphan sweep, no loop.
+        """
+        if self.closed:
+            raise RuntimeNotStarted("this HubRuntime was closed")
+        if self._opening is None:
+            self._opening = asyncio.get_running_loop().create_task(self._open_clients())
+        await asyncio.shield(self._opening)
+
+    async def _open_clients(self) -> None:
         s = self.settings
         # The stock-pattern baseline has no client-side limiter: it meets ECS's quota head on.
         if s.client_quotas:
@@ -176,6 +194,10 @@ class HubRuntime:
         ssm = await self._exit_stack.enter_async_context(aws_client("ssm", s.ssm_target))
         self.secrets = SecretStore(ssm, kms_key_id=s.kms_key_id)
         self.homes = Homes(await self._exit_stack.enter_async_context(aws_client("efs", s.target)), s.hub_id)
+
+    async def _start(self) -> None:
+        await self.start_clients()
+        s = self.settings
         if s.events.enabled:
             # One queue, sized by c.CalliopeEvents.queue_size, for the HTTP endpoint and SQS alike.
             self.ingest = EventIngest(s.events.queue_size, watchers_of=self.watchers_of)
@@ -249,8 +271,8 @@ class HubRuntime:
 
     def watcher(self, cluster: str) -> TaskWatcher:
         """The one TaskWatcher of `cluster` (a restored server may name another cluster than the config)."""
-        if self.api is None or not self.started:
-            raise RuntimeNotStarted("HubRuntime.start() has not finished")
+        if self.api is None:
+            raise RuntimeNotStarted("HubRuntime.start_clients() has not finished")
         watcher = self._watchers.get(cluster)
         if watcher is None:
             watcher = self._watchers[cluster] = TaskWatcher(self.api, cluster, **self.settings.watcher_options())
@@ -264,29 +286,39 @@ class HubRuntime:
     # ---- the first sweep, ahead of the hub's check of its servers ---------------------------
 
     async def prime(self) -> set[str]:
-        """Describe every task this hub started, so each restored server's first `poll()` is a read.
+        """Know the status of every task this hub started, so each restored server's first `poll()` is a read.
 
         JupyterHub's `init_spawners` polls every running server at once; without a primed cache
         each poll registers its task and waits for the watcher's first sweep. Here one
         ListTasks(startedBy) and ⌈N/100⌉ DescribeTasks, through the one EcsApi and watcher, run
-        before it. Returns the ARNs now watched; a failed call primes nothing (unknown is not
-        stopped, and the spawners' own polls still wait for the sweep).
+        before it. Only tasks not described yet are described, so an HA standby that primes
+        every `STANDBY_PRIME_INTERVAL` takes over with one ListTasks and the tasks started since.
+        Tasks primed before and no longer listed are let go. Returns the ARNs now primed; a
+        failed ListTasks primes nothing (unknown is not stopped: the polls wait for a sweep).
         """
-        if self.api is None or not self.started:
-            raise RuntimeNotStarted("HubRuntime.start() has not finished")
+        if self.api is None:
+            raise RuntimeNotStarted("HubRuntime.start_clients() has not finished")
         watcher = self.watcher(self.cluster)
         try:
-            arns = await self.api.list_tasks(self.cluster, started_by=started_by(self.settings.hub_id))
+            listed = set(await self.api.list_tasks(self.cluster, started_by=started_by(self.settings.hub_id)))
         except EcsApiError as e:
-            self.log.warning("Calliope Hub: could not list this hub's tasks ahead of the start (%s)", e)
+            self.log.warning("Calliope Hub: could not list this hub's tasks to prime their status (%s)", e)
             return set()
-        for arn in arns:
-            watcher.watch(arn)
-        await watcher.refresh()
-        return set(arns)
+        self._let_go(self._primed - listed)
+        unknown = [arn for arn in listed if watcher.get(arn) is None]
+        for arn in unknown:
+            # the store, not watch(): the sweep loop starts with the first spawner that watches
+            watcher.store.watch(arn)
+        await watcher.sweeper.describe(unknown)
+        self._primed = listed
+        return listed
 
-    def release(self, arns: set[str]) -> None:
-        """Stop watching primed tasks no spawner claimed (the orphan sweep deals with those)."""
+    def hand_over(self, claimed: set[str]) -> None:
+        """After JupyterHub's check: primed tasks no spawner claimed are let go (the orphan sweep has them)."""
+        self._let_go(self._primed - claimed)
+        self._primed = set()
+
+    def _let_go(self, arns: set[str]) -> None:
         watcher = self._watchers.get(self.cluster)
         if watcher is None:
             return
@@ -302,9 +334,10 @@ class HubRuntime:
         self.closed = True
         if self._app_settings.get(SETTINGS_KEY) is self:
             del self._app_settings[SETTINGS_KEY]
-        if self._starting is not None and not self._starting.done():
-            self._starting.cancel()
-            await asyncio.gather(self._starting, return_exceptions=True)
+        for starting in (self._starting, self._opening):
+            if starting is not None and not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -86,6 +87,11 @@ async def test_leader_kill_standby_serves_nothing_lost_nothing_unowned(ha_stack:
         ended = await eventually(lambda: _in_flight_ended(stack, flying), 60, "every in-flight spawn ended")
     print(f"failover: leader {probe.first_led_by(new.name) - killed_at:.1f}s, API {api_at - killed_at:.1f}s")
     assert probe.most_at_once == 1, probe.rounds
+    # The standby primed its status cache while it stood by; its takeover primed every running task.
+    takeover_log = new.log_tail(2000)
+    assert "Calliope HA: standby primed" in takeover_log
+    primed = re.findall(r"primed the status of (\d+) running tasks", takeover_log)
+    assert primed and int(primed[-1]) >= RUNNING, takeover_log[-3000:]
 
     # 0 running servers lost: the hub still has each one, and each answers through the balancer.
     assert all(s.get("ready") for s in (await servers(stack, running)).values())
