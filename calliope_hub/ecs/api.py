@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -208,6 +208,10 @@ class EcsApi:
             if e.task_gone:
                 return None
             raise
+
+    async def tag_resource(self, arn: str, tags: Sequence[Mapping[str, str]]) -> None:
+        """TagResource: add or overwrite `tags` ({key, value}) on a task; a claimed warm task gets its user's."""
+        await self._call("TagResource", {"resourceArn": arn, "tags": [dict(tag) for tag in tags]})
 
     async def list_tasks(
         self,
