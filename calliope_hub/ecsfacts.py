@@ -147,18 +147,39 @@ class Quota:
     rate: float
 
 
-#: category -> quota, as documented by AWS for ECS (per account and Region).
+#: category -> quota per account and Region: AWS's documented ECS figures, plus the assumed buckets named below.
 AWS_QUOTAS: dict[str, Quota] = {
     "cluster-read": Quota(burst=100, rate=20),
     "cluster-modify": Quota(burst=100, rate=40),
     "fargate-run-task": Quota(burst=20, rate=20),
     # RegisterTaskDefinition: 20 burst, 1/s sustained (the ECS API reference's "Request throttling" page).
     "task-definition-modify": Quota(burst=20, rate=1),
-    # CreateAccessPoint: EFS publishes no per-action rate (its quotas page lists resources; create-access-point.html
-    # and the API reference only say calls "in quick succession" near the 10,000-per-file-system limit are
-    # throttled). An assumed client bucket, not an AWS figure: keeps first spawns from bursting into that.
+    # CreateAccessPoint: an assumption, NOT an AWS figure. EFS documents no request-rate quota for any action: its
+    # quotas page (efs/latest/ug/limits.html) lists resources and throughput only. The one documented throttle
+    # (ThrottlingException in botocore's EFS model 2015-02-01, the CreateAccessPoint note, create-access-point.html)
+    # answers creates "sent in quick succession" while a file system nears its access-point limit (10,000; the
+    # model's ThrottlingException text still says 120). 10 burst, 5/s spreads a wave of first spawns instead.
     "efs-access-point-create": Quota(burst=10, rate=5),
+    # SSM PutParameter: the SSM quotas page publishes figures for reads only (40 TPS shared by GetParameter(s)),
+    # and its throughput page says only that PutParameter counts against "Parameter Store throughput". AWS Support
+    # gave 3 TPS at the standard throughput and 10 TPS with higher throughput (quoted in
+    # github-aws-runners/terraform-aws-github-runner#2944). Every spawn writes its token once, so this, not ECS,
+    # caps spawns per second: ~2.4/s at the hub's 0.8 share, ~8/s with higher throughput
+    # (c.ECSSpawner.ssm_higher_throughput). The burst of 3 is an assumption (a second's worth).
+    "ssm-put-parameter": Quota(burst=3, rate=3),
+    # SSM DeleteParameter(s): no figure published or quoted anywhere we found; an assumed bucket at the
+    # PutParameter rate, so deletes after a burst queue instead of meeting an unknown throttle.
+    "ssm-delete-parameter": Quota(burst=3, rate=3),
 }
+
+#: The share of each quota a hub's client allows itself. A bucket at exactly the quota is throttled by the least
+#: timing skew, and the account's other callers (the console, CI, a second hub) share it.
+CLIENT_QUOTA_SHARE = 0.8
+
+#: the quota categories of the hub's SSM client (calliope_hub.ecs.secrets.ssm_quotas)
+SSM_QUOTA_CATEGORIES = ("ssm-put-parameter", "ssm-delete-parameter")
+#: PutParameter with Parameter Store's higher throughput turned on for the account and Region (see above)
+SSM_PUT_HIGHER_THROUGHPUT = Quota(burst=10, rate=10)
 
 #: operation -> the categories one call draws a token from.
 CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -168,6 +189,9 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "StopTask": ("cluster-modify",),
     "RegisterTaskDefinition": ("task-definition-modify",),
     "CreateAccessPoint": ("efs-access-point-create",),
+    "PutParameter": ("ssm-put-parameter",),
+    "DeleteParameter": ("ssm-delete-parameter",),
+    "DeleteParameters": ("ssm-delete-parameter",),
 }
 
 

@@ -11,35 +11,28 @@ which builds them once per hub and closes them at shutdown.
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import ClassVar, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import ClassVar
 
+from jupyterhub import orm
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import make_ssl_context, url_path_join, wait_for_http_server
 from sqlalchemy import inspect as orm_session_of
 from tornado import web
-from traitlets import Any, Bool, Unicode, default
+from traitlets import Any, Bool, Integer, Unicode, default
 
-from .catalog import Catalog, CatalogError, Choice, Placement, TaskIdentity, run_task_request
-from .ecs.api import THROTTLE_CODES, EcsApi, EcsApiError
-from .ecs.secrets import SecretStoreError, ServerSecrets, server_prefix, split_environment
+from .catalog import Catalog, CatalogError, Choice, Placement, TaskIdentity
+from .ecs.api import EcsApi, EcsApiError
+from .ecs.launch import Launcher, LaunchError, LaunchParts, LaunchRequest, ServerRecord, next_delay, transient
 from .ecs.snapshot import TaskSnapshot
 from .ecs.status import TaskWatcher
 from .ecs.storage import StorageError
-from .ecs.taskdefs import ServerLabels, server_definition, server_family, with_home
-from .ecs.taskdefs import spec_hash as content_hash
+from .ecs.taskdefs import ServerLabels
 from .hub.config import ECSSpawnerConfig
 from .hub.runtime import HubRuntime
 from .observability import emf, metrics
 
 STOP_REASON = "Stopped by Calliope Hub"
-#: seconds between retries of a StopTask or RunTask that ECS did not take: doubled from 1 up to this, jittered
-RETRY_CAP = 30.0
-#: ECS's own server-side failure codes; any other "...Exception" code is the request's fault and is not retried
-_SERVER_SIDE_CODES = frozenset({"ServerException", "ServiceUnavailableException", "InternalFailure"})
-
-T = TypeVar("T")
 
 #: lastStatus -> (progress %, what the user is told while the task is in it)
 LIFECYCLE_PROGRESS: dict[str, tuple[int, str]] = {
@@ -76,22 +69,6 @@ def task_stopped_error(snapshot: TaskSnapshot) -> web.HTTPError:
     return error
 
 
-def transient(error: EcsApiError | SecretStoreError) -> bool:
-    """A throttle, an AWS server-side failure or a broken connection: worth the same request again."""
-    if isinstance(error, EcsApiError):
-        code, throttled = error.code, error.throttled
-    else:  # SecretStoreError's documented form: "Operation: Code: message"
-        parts = str(error).split(": ")
-        code = parts[1] if len(parts) > 2 else ""
-        throttled = code in THROTTLE_CODES
-    return throttled or code in _SERVER_SIDE_CODES or not code.endswith("Exception")
-
-
-def next_delay(delay: float) -> float:
-    """Exponential backoff with jitter in its upper half, so retrying hubs do not march in step."""
-    return min(RETRY_CAP, delay * 2) * random.uniform(0.5, 1.0)
-
-
 class ECSSpawner(ECSSpawnerConfig, Spawner):
     """Runs each user server as an ECS task chosen from the service catalog."""
 
@@ -111,6 +88,10 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
     #: the user's EFS home (calliope_hub.ecs.storage): kept across stops, so every start reuses it
     home_access_point = Unicode("")
     home_file_system = Unicode("")
+    #: the row ID (not the token) of the server's API token, so a restarted hub can still revoke it at stop
+    api_token_id = Integer(0)
+    #: the slot parameter the token went through (calliope_hub.ecs.slots); '' = the server's own parameters
+    slot_parameter = Unicode("")
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
@@ -184,10 +165,13 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         state = super().get_state()
         if self.task_definition:
             state.update(task_definition=self.task_definition, spec_hash=self.spec_hash)
+        if self.slot_parameter:
+            state.update(slot_parameter=self.slot_parameter)
         if self.home_access_point:
             state.update(home_access_point=self.home_access_point, home_file_system=self.home_file_system)
         if self.task_arn:
             state.update(
+                api_token_id=self.api_token_id,
                 task_arn=self.task_arn,
                 cluster=self.cluster,
                 service=self.choice_service,
@@ -205,10 +189,20 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         self.spec_hash = state.get("spec_hash", "")
         self.home_access_point = state.get("home_access_point", "")
         self.home_file_system = state.get("home_file_system", "")
+        self.slot_parameter = state.get("slot_parameter", "")
+        self.api_token_id = int(state.get("api_token_id", 0))
 
     def clear_state(self) -> None:
         super().clear_state()
         self.task_arn = self.choice_service = self.choice_size = ""
+        self.api_token_id = 0
+
+    def _token_id(self) -> int:
+        """The row ID of this start's API token (0 outside a hub): what stop() revokes after a restart."""
+        if not self.api_token or self.orm_spawner is None:
+            return 0
+        token = orm.APIToken.find(orm_session_of(self.orm_spawner).session, self.api_token)
+        return int(token.id) if token is not None else 0
 
     def _persist_state(self) -> None:
         """Commit the task ARN now, so a hub that dies mid-start can still find the task."""
@@ -233,95 +227,51 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
             attempt=attempt,
         )
 
-    def _secret_prefix(self) -> str:
-        settings = self.runtime.settings
-        return server_prefix(settings.secret_root, self.hub_id, self.user.name, self.name)
-
-    async def _server_definition(self, choice: Choice, secrets: ServerSecrets, deadline: float) -> str:
-        """This server's task definition (its own family: its secrets' names), registered only when new."""
-        settings, definitions = self.runtime.settings, self.runtime.task_definitions
-        assert definitions is not None
-        base = self.catalog.task_definition(choice.service.name, local=settings.local_commands)
-        family = server_family(choice.service.family, self.hub_id, self.user.name, self.name)
-        request = server_definition(
-            base,
-            family,
-            secrets.references,
-            execution_role_arn=settings.execution_role_arn,
-            task_role_arn=settings.task_role_arn,
-            labels=ServerLabels(self.hub_id, self.user.name, self.name),
+    def _launcher(self) -> Launcher:
+        """The launch path (calliope_hub.ecs.launch) over this hub's shared parts."""
+        runtime = self.runtime
+        assert runtime.api is not None and runtime.task_definitions is not None and runtime.secrets is not None
+        parts = LaunchParts(
+            catalog=runtime.catalog,
+            api=runtime.api,
+            definitions=runtime.task_definitions,
+            secrets=runtime.secrets,
+            homes=runtime.homes,
+            watcher=runtime.watcher(self.cluster),
+            settings=runtime.settings.launch_settings(),
         )
-        storage, homes = choice.service.storage, self.runtime.homes
-        if storage is not None and homes is not None:
-            placed = storage.file_system_ids == ("auto",) or self.home_file_system in storage.file_system_ids
-            if not (self.home_access_point and placed):  # none yet, or the catalog moved the user's shard
-                try:  # idempotent by ClientToken: a retry or another server of this user gets the same one
-                    home = await homes.ensure(storage, self.user.name)
-                except StorageError as e:
-                    raise web.HTTPError(503, f"Your home directory could not be prepared: {e}") from None
-                self.home_access_point, self.home_file_system = home.access_point_id, home.file_system_id
-                self._persist_state()  # recorded before anything else can fail
-            request = with_home(request, storage.mount_path, self.home_file_system, self.home_access_point)
-        if self.task_definition and self.spec_hash:
-            definitions.remember(self.spec_hash, self.task_definition)
-        self.task_definition = await self._until_taken(
-            "RegisterTaskDefinition", lambda: definitions.ensure(request), deadline
-        )
-        self.spec_hash = content_hash(request)
-        return self.task_definition
+        return Launcher(parts, name=self._log_name, persist=self._keep_record)
 
-    async def _store_secrets(self, secret_env: dict[str, str], deadline: float) -> ServerSecrets:
-        """Write this start's token to the server's parameters, before anything names them."""
-        secrets = ServerSecrets.plan(self._secret_prefix(), secret_env)
-        store = self.runtime.secrets
-        assert store is not None
-        await self._until_taken("PutParameter", lambda: store.put(secrets), deadline)
-        return secrets
-
-    async def _forget_secrets(self) -> None:
-        """Delete the server's parameters once its task is gone (its token is revoked by the hub too)."""
-        prefix, store = self._secret_prefix(), self.runtime.secrets
-        assert store is not None
-        try:
-            await store.delete([f"{prefix}/{name}" for name in self.runtime.settings.secret_environment])
-        except SecretStoreError as e:
-            self.log.warning("%s: parameters under %s not deleted: %s", self._log_name, prefix, e)
+    def _labels(self) -> ServerLabels:
+        return ServerLabels(self.hub_id, self.user.name, self.name)
 
     async def _run_task(self, choice: Choice) -> str:
-        api = await self._ecs()
+        await self._ecs()
         # Throttles and outages are waited out while start_timeout leaves room for the task itself.
         deadline = asyncio.get_running_loop().time() + self.start_timeout * 0.8
-        plain_env, secret_env = split_environment(self.get_env(), self.runtime.settings.secret_environment)
-        secrets = await self._store_secrets(secret_env, deadline)
-        definition = await self._server_definition(choice, secrets, deadline)
-        local = self.runtime.settings.local_commands
-        request = run_task_request(
-            choice, self._identity(choice), self._placement(), plain_env, self.get_args(), local=local
+        request = LaunchRequest(choice, self._identity(choice), self._placement(), self.get_env(), self.get_args())
+        record = self._record()
+        try:
+            return await self._launcher().launch(request, record, deadline)
+        except LaunchError as e:
+            raise web.HTTPError(e.status, str(e), reason=e.reason or None) from None
+        finally:
+            self._take_record(record)
+
+    def _record(self) -> ServerRecord:
+        return ServerRecord(
+            self.task_definition, self.spec_hash, self.home_access_point, self.home_file_system, self.slot_parameter
         )
-        request["taskDefinition"] = definition  # the server's own revision, not the catalog family's
-        # The same request, so the same clientToken: a retry whose first try did start a task gets that task.
-        answer = await self._until_taken("RunTask", lambda: api.run_task(request), deadline)
-        if not answer.get("tasks"):
-            reasons = "; ".join(f.get("reason", "?") for f in answer.get("failures", []))
-            raise web.HTTPError(503, f"ECS did not start the task: {reasons or 'no task returned'}")
-        return str(answer["tasks"][0]["taskArn"])
 
-    async def _until_taken(self, what: str, call: Callable[[], Awaitable[T]], deadline: float) -> T:
-        """`call` again after throttles and ECS outages, with backoff, until `deadline` (the loop's clock).
+    def _take_record(self, record: ServerRecord) -> None:
+        self.task_definition, self.spec_hash = record.task_definition, record.spec_hash
+        self.home_access_point, self.home_file_system = record.home_access_point, record.home_file_system
+        self.slot_parameter = record.slot_parameter
 
-        A user must never see ECS's quota as a failed spawn; a request ECS refuses for its own
-        content (a bad subnet, no capacity) fails at once with ECS's message.
-        """
-        loop, delay = asyncio.get_running_loop(), 1.0
-        while True:
-            try:
-                return await call()
-            except (EcsApiError, SecretStoreError) as e:
-                if not transient(e) or loop.time() + delay > deadline:
-                    raise web.HTTPError(503, f"AWS did not take {what}: {e}", reason="AWS unavailable") from None
-                self.log.warning("%s: %s not taken (%s); again in %.1fs", self._log_name, what, e, delay)
-            await asyncio.sleep(delay)
-            delay = next_delay(delay)
+    def _keep_record(self, record: ServerRecord) -> None:
+        """The launcher made something that must outlive a failed start (a new home): committed now."""
+        self._take_record(record)
+        self._persist_state()
 
     async def start(self) -> str:
         choice = self.choose(self.user_options)
@@ -332,6 +282,7 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         try:
             self.task_arn = await self._run_task(choice)
             self.choice_service, self.choice_size = choice.service.name, choice.size_name
+            self.api_token_id = self._token_id()
             self._persist_state()
             self._submitted.set()
             self.log.info("%s: task %s submitted", self._log_name, self.task_arn)
@@ -505,9 +456,9 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         its API answers 202 (stop pending). `now` is accepted and changes nothing: a token must
         not be revoked while its task still runs.
         """
-        if not self.task_arn:
+        if not self.task_arn:  # a start that failed before RunTask answered
             await self._ecs()
-            await self._forget_secrets()  # a start that failed before RunTask answered
+            await self._launcher().forget_secrets(self._labels(), self._record())
             return
         watcher = await self._status()
         watcher.watch(self.task_arn)
@@ -519,7 +470,64 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
             if not await self._stop_task() or await self._stopped_within(watcher):
                 break
         watcher.unwatch(self.task_arn)
-        await self._forget_secrets()
+        await self._launcher().forget_secrets(self._labels(), self._record())
+        self._revoke_restored_token()
+
+    def _revoke_restored_token(self) -> None:
+        """After a hub restart `api_token` is empty, so JupyterHub's own revocation finds nothing: revoke by ID.
+
+        Only the token's row ID is in state (never the token), and only a token of this user is deleted.
+        """
+        if self.api_token or not self.api_token_id or self.orm_spawner is None:
+            return
+        session = orm_session_of(self.orm_spawner).session
+        token = session.get(orm.APIToken, self.api_token_id)
+        if token is not None and token.user is not None and token.user.name == self.user.name:
+            session.delete(token)
+            session.commit()
+            self.log.info("%s: API token %s revoked with its stopped task", self._log_name, token.api_id)
+        self.api_token_id = 0
+
+    # -- delete ---------------------------------------------------------------------------
+
+    async def delete_forever(self) -> None:
+        """The user is deleted: their EFS home's access point goes too when the catalog's storage says so.
+
+        JupyterHub deletes the default server only with its user (the API refuses to remove it
+        alone), so that call is the user's deletion; a named server shares the user's home, so
+        removing one keeps it. The files stay on the file system either way (docs/catalog.md).
+        """
+        if self.name:
+            return
+        doomed = self._homes_to_delete()
+        if not doomed:
+            return
+        await self.runtime.start()
+        homes = self.runtime.homes
+        assert homes is not None
+        for access_point in doomed:
+            try:
+                await homes.delete(access_point)
+            except StorageError as e:
+                self.log.error("%s: home %s of a deleted user not deleted: %s", self._log_name, access_point, e)
+                continue
+            self.log.info("%s: deleted the access point %s of a deleted user", self._log_name, access_point)
+
+    def _homes_to_delete(self) -> set[str]:
+        """The access points any of the user's servers recorded, on a file system whose storage block says delete."""
+        deleting = {
+            file_system
+            for service in self.catalog.services.values()
+            if service.storage is not None and service.storage.delete_on_user_delete
+            for file_system in service.storage.file_system_ids
+        }
+        rows = getattr(getattr(self.user, "orm_user", None), "orm_spawners", {})
+        states = [self.get_state(), *((row.state or {}) for row in rows.values())]
+        return {
+            state["home_access_point"]
+            for state in states
+            if state.get("home_access_point") and (state.get("home_file_system") in deleting or "auto" in deleting)
+        }
 
     async def _stop_task(self) -> bool:
         """StopTask until ECS takes it; False when ECS no longer knows the task (it is gone)."""

@@ -12,6 +12,7 @@ is gone. docs/security.md is the threat model.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,16 @@ from typing import Any
 
 from botocore import xform_name
 from botocore.exceptions import BotoCoreError, ClientError
+
+from ..ecsfacts import (
+    AWS_QUOTAS,
+    CLIENT_QUOTA_SHARE,
+    SSM_PUT_HIGHER_THROUGHPUT,
+    SSM_QUOTA_CATEGORIES,
+    Quota,
+    QuotaBuckets,
+)
+from .api import THROTTLE_CODES
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +44,21 @@ _UNESCAPED = re.compile(r"[A-Za-z0-9.-]")
 
 
 class SecretStoreError(Exception):
-    """A parameter could not be written or deleted; the message names the operation and the code."""
+    """A parameter could not be written or deleted: "Operation: Code: message".
+
+    `code` and `throttled` read as EcsApiError's do, so one retry rule (calliope_hub.ecs.launch.transient)
+    serves both.
+    """
+
+    def __init__(self, operation: str, code: str, message: str):
+        super().__init__(f"{operation}: {code}: {message}")
+        self.operation = operation
+        self.code = code
+        self.message = message
+
+    @property
+    def throttled(self) -> bool:
+        return self.code in THROTTLE_CODES
 
 
 def escape_name_part(value: str) -> str:
@@ -84,20 +109,42 @@ class ServerSecrets:
         return cls(values=values, references=references)
 
 
-class SecretStore:
-    """Writes and deletes SecureString parameters through one shared aiobotocore `ssm` client."""
+def ssm_quotas(share: float = CLIENT_QUOTA_SHARE, *, higher_throughput: bool = False) -> dict[str, Quota]:
+    """The hub's client buckets for its SSM writes: AWS's quotas (calliope_hub.ecsfacts) scaled to its share."""
+    quotas = {category: AWS_QUOTAS[category] for category in SSM_QUOTA_CATEGORIES}
+    if higher_throughput:
+        quotas["ssm-put-parameter"] = SSM_PUT_HIGHER_THROUGHPUT
+    return {name: Quota(burst=max(1.0, q.burst * share), rate=q.rate * share) for name, q in quotas.items()}
 
-    def __init__(self, client: Any, *, kms_key_id: str = ""):
+
+class SecretStore:
+    """Writes and deletes SecureString parameters through one shared aiobotocore `ssm` client.
+
+    Each call first takes a token from the client's own bucket (`quotas`, ssm_quotas()), and so
+    does each of botocore's own retries, so a burst of spawns queues here instead of being
+    throttled by SSM, whose write quota is far below ECS's (calliope_hub.ecsfacts).
+    """
+
+    def __init__(self, client: Any, *, kms_key_id: str = "", quotas: dict[str, Quota] | None = None):
+        """`quotas`: ssm_quotas() unless given; {} for none (a test that meets SSM's throttle head on)."""
         self._client = client
         self._kms_key_id = kms_key_id
+        quotas = ssm_quotas() if quotas is None else quotas
+        self._buckets = QuotaBuckets(quotas) if quotas else None
+        self._gates: dict[str, asyncio.Lock] = {}
+        client.meta.events.register("before-send.ssm", self._charge_retry)
 
     async def put(self, secrets: ServerSecrets) -> None:
         """Write (or overwrite: a new start rotates the value) every parameter, before RunTask."""
         for name, value in secrets.values.items():
-            params: dict[str, Any] = {"Name": name, "Value": value, "Type": "SecureString", "Overwrite": True}
-            if self._kms_key_id:  # else SSM's AWS-managed key, alias/aws/ssm
-                params["KeyId"] = self._kms_key_id
-            await self._call("PutParameter", params)
+            await self.put_value(name, value)
+
+    async def put_value(self, name: str, value: str) -> None:
+        """One SecureString, created or overwritten."""
+        params: dict[str, Any] = {"Name": name, "Value": value, "Type": "SecureString", "Overwrite": True}
+        if self._kms_key_id:  # else SSM's AWS-managed key, alias/aws/ssm
+            params["KeyId"] = self._kms_key_id
+        await self._call("PutParameter", params)
 
     async def delete(self, names: Sequence[str]) -> None:
         """Delete parameters once their task is gone; a name already gone is not an error."""
@@ -106,11 +153,29 @@ class SecretStore:
             await self._call("DeleteParameters", {"Names": names[start : start + DELETE_BATCH]})
 
     async def _call(self, operation: str, params: dict[str, Any]) -> None:
+        await self._take_token(operation)
         method = getattr(self._client, xform_name(operation))
         try:
             await method(**params)
         except ClientError as e:
             error = e.response.get("Error", {})
-            raise SecretStoreError(f"{operation}: {error.get('Code', '?')}: {error.get('Message', '')}") from None
+            raise SecretStoreError(
+                operation, str(error.get("Code") or "Unknown"), str(error.get("Message", ""))
+            ) from None
         except BotoCoreError as e:
-            raise SecretStoreError(f"{operation}: {type(e).__name__}: {e}") from None
+            raise SecretStoreError(operation, type(e).__name__, str(e)) from None
+
+    async def _take_token(self, operation: str) -> None:
+        """Wait for the operation's bucket; waiters queue in order, each sleeping until its token is due."""
+        buckets = self._buckets
+        if buckets is None:
+            return
+        async with self._gates.setdefault(operation, asyncio.Lock()):
+            while not buckets.try_take(operation):
+                await asyncio.sleep(max(buckets.delay_for(operation), 0.001))
+
+    async def _charge_retry(self, *, event_name: str, request: Any = None, **_: Any) -> None:
+        """botocore's own retries spend the same quota: every attempt after the first waits for its token."""
+        retries = (getattr(request, "context", None) or {}).get("retries") or {}
+        if int(retries.get("attempt", 1)) > 1:
+            await self._take_token(event_name.rsplit(".", 1)[-1])

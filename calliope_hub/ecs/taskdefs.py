@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from ..catalog import Catalog, encode_tag_value
 from .api import EcsApi
+from .slots import SlotPool
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,17 @@ def server_family(base_family: str, hub_id: str, user: str, server: str) -> str:
     digest = hashlib.sha256(json.dumps([hub_id, user, server]).encode()).hexdigest()[:10]
     parts = [_NOT_FAMILY.sub("_", part)[:40] for part in (hub_id, user, server or "default")]
     return f"{base_family[: MAX_FAMILY - 140]}-{'-'.join(parts)}-{digest}"
+
+
+def slot_family(base_family: str, hub_id: str, size: str, index: int) -> str:
+    """`<service family>-<hub>-slots-<size>-<k>-<hash>` (calliope_hub.ecs.slots), in ECS's family alphabet.
+
+    The hash of the exact (hub, size, k) keeps hubs whose names differ only in dropped
+    characters apart, as it does for server families.
+    """
+    digest = hashlib.sha256(json.dumps(["slots", hub_id, size, index]).encode()).hexdigest()[:10]
+    hub, size_part = (_NOT_FAMILY.sub("_", part)[:40] for part in (hub_id, size))
+    return f"{base_family[: MAX_FAMILY - 120]}-{hub}-slots-{size_part}-{index}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,8 @@ class TaskDefinitions:
         self._locks: dict[str, asyncio.Lock] = {}
         #: what ensure() did, for logs and tests: cached | found | registered
         self.outcomes: dict[str, int] = {"cached": 0, "found": 0, "registered": 0}
+        #: the slot definitions' leases (calliope_hub.ecs.slots): the hub's one pool, as this is its one registry
+        self.slots = SlotPool()
 
     def remember(self, digest: str, arn: str) -> None:
         """A (hash, ARN) pair the caller knows is registered, e.g. from a server's saved state."""
@@ -174,9 +188,7 @@ class TaskDefinitions:
     async def find(self, family: str, digest: str) -> str | None:
         """The newest ACTIVE revision of `family` tagged with `digest`, among its newest `search_depth`."""
         arns = await self.api.list_task_definitions(family, max_results=self.search_depth)
-        for arn in arns:
-            if _family_of(arn) != family:  # familyPrefix is a prefix in some implementations
-                continue
+        for arn in arns:  # familyPrefix is the whole family (ECS, moto and local ECS alike)
             definition, tags = await self.api.describe_task_definition(arn)
             if definition.get("status") == "ACTIVE" and tags.get(HASH_TAG) == digest:
                 return arn
@@ -190,11 +202,6 @@ class TaskDefinitions:
         arn = str(answer["taskDefinition"]["taskDefinitionArn"])
         log.info("registered task definition %s (%s %s)", arn, HASH_TAG, digest)
         return arn
-
-
-def _family_of(arn: str) -> str:
-    """`family` of arn:aws:ecs:<region>:<account>:task-definition/<family>:<revision>."""
-    return arn.rsplit("/", 1)[-1].rsplit(":", 1)[0]
 
 
 async def prepare_cluster(

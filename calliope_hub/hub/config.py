@@ -19,6 +19,7 @@ from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, validate
 from traitlets.config import Config, Configurable
 
 from calliope_hub.ecs.api import EcsTarget
+from calliope_hub.ecs.launch import LaunchSettings
 from calliope_hub.ecs.orphans import ACTIONS
 from calliope_hub.ecs.secrets import JUPYTERHUB_SECRET_ENV
 from calliope_hub.ecs.taskdefs import uses_local_commands
@@ -107,6 +108,12 @@ class ECSSpawnerConfig(Configurable):
     ssm_kms_key_id = Unicode("", help="KMS key for the SecureString parameters ('' = SSM's alias/aws/ssm).").tag(
         config=True
     )
+    ssm_higher_throughput = Bool(
+        False,
+        help="The account has Parameter Store's higher throughput on in this Region: the hub then writes tokens at "
+        "up to 8/s instead of 2.4/s (PutParameter: 10 TPS instead of 3, as AWS Support states it; every spawn "
+        "writes one).",
+    ).tag(config=True)
 
     @validate("secret_parameter_root")
     def _validate_secret_root(self, proposal: dict[str, Any]) -> str:
@@ -245,6 +252,7 @@ class RuntimeSettings:
     secret_root: str
     secret_environment: tuple[str, ...]
     kms_key_id: str
+    ssm_higher_throughput: bool
     local_commands: bool
     execution_role_arn: str
     task_role_arn: str
@@ -297,9 +305,21 @@ class RuntimeSettings:
             secret_root=spawner.secret_parameter_root,
             secret_environment=tuple(dict.fromkeys([*JUPYTERHUB_SECRET_ENV, *spawner.secret_environment])),
             kms_key_id=spawner.ssm_kms_key_id,
+            ssm_higher_throughput=spawner.ssm_higher_throughput,
             local_commands=uses_local_commands(spawner.task_commands, spawner.endpoint_url),
             execution_role_arn=spawner.execution_role_arn,
             task_role_arn=spawner.task_role_arn,
+        )
+
+    def launch_settings(self) -> LaunchSettings:
+        """What the launch path (calliope_hub.ecs.launch) reads."""
+        return LaunchSettings(
+            hub_id=self.hub_id,
+            secret_root=self.secret_root,
+            secret_environment=self.secret_environment,
+            local_commands=self.local_commands,
+            execution_role_arn=self.execution_role_arn,
+            task_role_arn=self.task_role_arn,
         )
 
     def watcher_options(self) -> dict[str, Any]:
