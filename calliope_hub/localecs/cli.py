@@ -58,9 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--sim-timing",
         choices=sorted(SIM_TIMINGS),
-        default="fast",
-        help="sim: how long tasks dwell in each state; fargate: a 30-60 s cold start and a stop of tens of "
-        "seconds, for benches and demos (default %(default)s); the flags below override one value each",
+        help="how long tasks dwell in each state; fargate: a 30-60 s cold start and a stop of tens of "
+        "seconds, for benches and demos (default fast); the flags below override one value each. Process mode "
+        "dwells only when this or one of those flags is given; its STOPPING is the real exit",
     )
     for flag, field, what in _SIM_FLAGS:
         presets = ", ".join(f"{name} {values[field]:g}" for name, values in sorted(SIM_TIMINGS.items()))
@@ -91,13 +91,13 @@ def config_from(args: argparse.Namespace) -> LocalEcsConfig:
         from calliope_hub.localecs.events import parse_header
 
         header = parse_header(header_text)
-    timing = dict(SIM_TIMINGS[args.sim_timing])
-    for flag, field, _ in _SIM_FLAGS:
-        given = getattr(args, flag.removeprefix("--").replace("-", "_"))
-        if given is not None:
-            timing[field] = given
+    timing = dict(SIM_TIMINGS[args.sim_timing or "fast"])
+    overrides = {field: getattr(args, flag.removeprefix("--").replace("-", "_")) for flag, field, _ in _SIM_FLAGS}
+    timing.update({field: value for field, value in overrides.items() if value is not None})
+    timed = args.sim_timing is not None or any(value is not None for value in overrides.values())
     return LocalEcsConfig(
         **timing,
+        process_timing=args.mode == "process" and timed,
         host=args.host,
         port=args.port,
         mode=args.mode,

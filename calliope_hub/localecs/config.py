@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from calliope_hub.ecsfacts import AWS_QUOTAS, Quota
+from calliope_hub.localecs.dwell import Dwell
 
 #: the short names `--throttle` accepts, mapped to the AWS quota categories.
 THROTTLE_NAMES = {
@@ -76,6 +77,9 @@ class LocalEcsConfig:
     sim_stopping_s: float = 0.0
     sim_deprovisioning_s: float = 0.0
     sim_jitter: float = 0.2
+    #: process mode: hold tasks for those timings too, around their processes (localecs.dwell);
+    #: off, a process starts at once and a stopped task is gone as soon as it exits.
+    process_timing: bool = False
     #: sim mode: fraction of tasks that stop with TaskFailedToStart instead of running.
     sim_fail_fraction: float = 0.0
     #: sim mode: spontaneous stops (EssentialContainerExited) per running task per hour.
@@ -99,6 +103,19 @@ class LocalEcsConfig:
     #: when set, only AWS calls signed with this access key ID are answered (callers.py): the hub's
     #: key, which tasks never see, so no local task can run a task that reads another user's secret.
     access_key_id: str | None = None
+
+    def process_dwell(self) -> Dwell:
+        """Process mode's dwell: the sim timings of the states the control plane holds (with `process_timing`)."""
+        if not self.process_timing:
+            return Dwell({})
+        seconds = {
+            "PROVISIONING": self.sim_provisioning_s,
+            "PENDING": self.sim_pending_s,
+            "ACTIVATING": self.sim_activating_s,
+            "DEACTIVATING": self.sim_deactivating_s,
+            "DEPROVISIONING": self.sim_deprovisioning_s,
+        }
+        return Dwell(seconds, self.sim_jitter)
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before anything starts."""

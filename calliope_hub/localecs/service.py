@@ -83,7 +83,7 @@ class LocalEcs:
         else:
             from calliope_hub.localecs.process import ProcessRunner
 
-            runner, dwell = ProcessRunner(data_dir=config.data_dir), (lambda status: 0.0)
+            runner, dwell = ProcessRunner(data_dir=config.data_dir), config.process_dwell()
         return ControlPlane(
             runner,
             region=config.region,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from calliope_hub.localecs.dwell import Dwell
 from calliope_hub.localecs.runner import LaunchSpec, TaskHooks
 
 log = logging.getLogger(__name__)
@@ -57,33 +58,34 @@ class SimRunner:
         stop_rate_per_hour: float = 0.0,
         rng: random.Random | None = None,
     ):
-        self.pending_s, self.stopping_s, self.jitter = pending_s, stopping_s, jitter
-        #: seconds in the states the control plane moves a task through on its own.
-        self.plane_dwell = {
-            "PROVISIONING": provisioning_s,
-            "ACTIVATING": activating_s,
-            "DEACTIVATING": deactivating_s,
-            "DEPROVISIONING": deprovisioning_s,
-        }
+        self.pending_s, self.stopping_s = pending_s, stopping_s
         self.fail_fraction, self.stop_rate_per_hour = fail_fraction, stop_rate_per_hour
         self.rng = rng or random.Random()
+        #: seconds in the states the control plane moves a task through on its own (PENDING and STOPPING are ours).
+        self.timing = Dwell(
+            {
+                "PROVISIONING": provisioning_s,
+                "ACTIVATING": activating_s,
+                "DEACTIVATING": deactivating_s,
+                "DEPROVISIONING": deprovisioning_s,
+            },
+            jitter,
+            self.rng,
+        )
         self._tasks: dict[str, _SimTask] = {}
         self._by_address: dict[tuple[str, int], str] = {}
         self._stub: web.AppRunner | None = None
         raise_open_file_limit()
 
-    def _jittered(self, seconds: float) -> float:
-        return max(0.0, seconds * (1 + self.rng.uniform(-self.jitter, self.jitter)))
-
     def dwell(self, status: str) -> float:
         """Seconds a task spends in `status` before the control plane moves it on (it owns those states)."""
-        return self._jittered(self.plane_dwell.get(status, 0.0))
+        return self.timing(status)
 
     async def start(self, spec: LaunchSpec, hooks: TaskHooks) -> None:
         entry = _SimTask(spec, hooks)
         self._tasks[spec.task_id] = entry
         entry.timer = asyncio.get_running_loop().call_later(
-            self._jittered(self.pending_s), lambda: asyncio.ensure_future(self._come_up(entry))
+            self.timing.jittered(self.pending_s), lambda: asyncio.ensure_future(self._come_up(entry))
         )
 
     async def _come_up(self, entry: _SimTask) -> None:
@@ -154,7 +156,7 @@ class SimRunner:
         entry = self._tasks.get(task_id)
         if entry is None:
             return
-        seconds = self._jittered(self.stopping_s)
+        seconds = self.timing.jittered(self.stopping_s)
         if min(seconds, timeout) > 0:
             await asyncio.sleep(min(seconds, timeout))
         self._exit(entry, 0 if seconds <= timeout else 137, "Task stopped", False)

@@ -269,6 +269,9 @@ class ControlPlane:
 
     def _provisioned(self, task: Task) -> None:
         self._advance(task, "PENDING")
+        self._after_dwell(task, "PENDING", self._launch)  # 0 unless the runner leaves PENDING's time to us
+
+    def _launch(self, task: Task) -> None:
         task.launched = True
         self._starting.add(task.id)
         self._spawn(self._start_runner(task))
@@ -333,7 +336,7 @@ class ControlPlane:
             return
         task.desired_status = "STOPPED"
         task.stopped_reason, task.stop_code, task.stopping_at = reason, stop_code, self.clock()
-        self._cancel_dwell(task)  # in PROVISIONING or ACTIVATING
+        self._cancel_dwell(task)  # in PROVISIONING, PENDING before launch, or ACTIVATING
         if not task.launched:
             self._finish(task)
         elif task.last_status in ("ACTIVATING", "RUNNING"):
