@@ -8,6 +8,7 @@ JupyterHub's own start touches anything).
 
 from __future__ import annotations
 
+import re
 import secrets
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def test_a_bad_config_stops_a_hub_with_no_servers(tmp_path: Path, lines: list[st
 
 
 async def test_a_restart_answers_its_first_polls_from_one_primed_sweep(local_ecs: Any, tmp_path: Path) -> None:
-    """Two servers survive a kill -9 of the hub; the new hub primed both before its check."""
+    """Two servers survive a kill -9 of the hub; the new hub primed both tasks and held both users before its check."""
     require_proxy()
     await prepare(local_ecs.endpoint_url)
     token = secrets.token_hex(16)
@@ -96,6 +97,6 @@ async def test_a_restart_answers_its_first_polls_from_one_primed_sweep(local_ecs
     finally:
         await hub.stop()
     log = (tmp_path / "hub" / "jupyterhub.log").read_text()
-    primed = [line for line in log.splitlines() if "primed the status of" in line]
-    assert [line.split("primed the status of ")[1] for line in primed] == ["0 running tasks", "2 running tasks"], log
+    primed = re.findall(r"primed the status of (\d+) running tasks \((\d+) users\)", log)
+    assert primed == [("0", "0"), ("2", "2")], log
     assert "Traceback" not in log, log[-3000:]
