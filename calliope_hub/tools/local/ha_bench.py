@@ -4,7 +4,7 @@
 
 One HA stack (calliope_hub.tools.local.ha: local ECS in sim mode with ECS's quotas, two CHP
 replicas, two hubs, HAProxy, a PostgreSQL database of the run's own, dropped after) gets N
-servers, then:
+Chat servers, then:
 
 - **failover** (`--repeats` times): SIGKILL the leader; time until `GET /hub/api` answers 200
   through the balancer, and until the hub lists all N servers as ready (the new leader's
@@ -36,6 +36,8 @@ from calliope_hub.tools.local.ha import DEFAULT_DB_URL, HaHub, HaSpec, HaStack, 
 
 PAGINATION = {"Accept": "application/jupyterhub-pagination+json"}
 PAGE = 200
+#: the service every user spawns: one without per-user storage (see run())
+SERVICE = "chat"
 #: what a standby logs each time its primed count changes (calliope_hub.hub.ha)
 PRIMED = "standby primed"
 #: how long a takeover may take before the run calls it failed
@@ -133,7 +135,13 @@ def summary(values: list[float | None]) -> dict[str, float | None]:
 
 async def run(servers: int, repeats: int, concurrency: int) -> dict[str, Any]:
     db_url = DEFAULT_DB_URL.rsplit("/", 1)[0] + f"/calliope_ha_bench_{uuid.uuid4().hex[:8]}"
-    spec = HaSpec(db_url=db_url, ecs_args=["--mode", "sim", "--throttle", "aws"])
+    # Chat has no per-user storage, so its spawns use slot task definitions (no RegisterTaskDefinition,
+    # 1/s); with Parameter Store's higher throughput the tokens' PutParameter allows 8 spawns/s.
+    spec = HaSpec(
+        db_url=db_url,
+        ecs_args=["--mode", "sim", "--throttle", "aws"],
+        extra=["c.ECSSpawner.ssm_higher_throughput = True"],
+    )
     stack = HaStack(spec)
     try:
         await stack.start()
@@ -144,6 +152,7 @@ async def run(servers: int, repeats: int, concurrency: int) -> dict[str, Any]:
             token=stack.token,
             users=servers,
             concurrency=concurrency,
+            service=SERVICE,
             timeout=120 + 2.0 * servers,
             ready_timeout=600,
         )
