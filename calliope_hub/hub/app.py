@@ -14,11 +14,12 @@ finds it. A bad value stops the start with one line naming the setting and exit 
 
 Why it also primes. JupyterHub's `init_spawners` polls every running server at once; each
 poll of a restored task would wait for the watcher's first sweep. The app starts the runtime
-and describes every task this hub started (`HubRuntime.prime`) before `init_spawners`, so
-those polls are dictionary reads, and it loads the running users in one query so that
-JupyterHub's loop over them stops costing statements per server (`_running_users`). With a
-spawner that is not ours it changes nothing: that is JupyterHub's own start, which the bench's
-floor measures. The HA app (calliope_hub.hub.ha) builds on this one.
+and describes every task the database records as running (`HubRuntime.prime`, ⌈N/100⌉
+DescribeTasks) before `init_spawners`, so those polls are dictionary reads; the same one query
+for the running users also holds them so that JupyterHub's loop over them stops costing
+statements per server (`_running_users`). With a spawner that is not ours it changes
+nothing: that is JupyterHub's own start, which the bench's floor measures. The HA app
+(calliope_hub.hub.ha) builds on this one.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ class CalliopeHub(JupyterHub):
             stock: int = await super().init_spawners()
             return stock
         await self.runtime.start()
-        primed = await self.runtime.prime()
         held = self._running_users()
+        primed = await self.runtime.prime(self._recorded_tasks(held, self.runtime.cluster))
         self.log.info("Calliope Hub: primed the status of %d running tasks (%d users)", len(primed), len(held))
         checked: int = await super().init_spawners()
         del held
@@ -117,6 +118,18 @@ class CalliopeHub(JupyterHub):
             .all()
         )
         return users
+
+    @staticmethod
+    def _recorded_tasks(users: list[orm.User], cluster: str) -> set[str]:
+        """The task of every running server of `users` in `cluster`, as the spawners' state records it."""
+        return {
+            state["task_arn"]
+            for user in users
+            for orm_spawner in user._orm_spawners
+            if orm_spawner.server_id is not None
+            and (state := orm_spawner.state or {}).get("task_arn")
+            and state.get("cluster", cluster) == cluster
+        }
 
     def _claimed_tasks(self) -> set[str]:
         """The task of every ECS spawner JupyterHub holds after its check."""

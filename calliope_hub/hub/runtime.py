@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import IO, TYPE_CHECKING, Any
 
 from calliope_hub.catalog import Catalog, load_catalog
@@ -285,33 +285,37 @@ class HubRuntime:
 
     # ---- the first sweep, ahead of the hub's check of its servers ---------------------------
 
-    async def prime(self) -> set[str]:
-        """Know the status of every task this hub started, so each restored server's first `poll()` is a read.
+    async def prime(self, arns: Iterable[str] | None = None) -> set[str]:
+        """Know the status of the hub's tasks, so each restored server's first `poll()` is a read.
 
         JupyterHub's `init_spawners` polls every running server at once; without a primed cache
-        each poll registers its task and waits for the watcher's first sweep. Here one
-        ListTasks(startedBy) and ⌈N/100⌉ DescribeTasks, through the one EcsApi and watcher, run
-        before it. Only tasks not described yet are described, so an HA standby that primes
-        every `STANDBY_PRIME_INTERVAL` takes over with one ListTasks and the tasks started since.
-        Tasks primed before and no longer listed are let go. Returns the ARNs now primed; a
-        failed ListTasks primes nothing (unknown is not stopped: the polls wait for a sweep).
+        each poll registers its task and waits for the watcher's first sweep. `arns` are the
+        tasks the hub's database names (a restart: ⌈N/100⌉ DescribeTasks and nothing else);
+        None lists them with ListTasks(startedBy) (an HA standby, which has no database session
+        yet). Only tasks not described yet are described, so a standby that primes every
+        `STANDBY_PRIME_INTERVAL` takes over describing just the tasks started since, and tasks
+        primed before but no longer wanted are let go. Returns the ARNs now primed; a failed
+        ListTasks primes nothing (unknown is not stopped: the polls wait for a sweep).
         """
         if self.api is None:
             raise RuntimeNotStarted("HubRuntime.start_clients() has not finished")
         watcher = self.watcher(self.cluster)
-        try:
-            listed = set(await self.api.list_tasks(self.cluster, started_by=started_by(self.settings.hub_id)))
-        except EcsApiError as e:
-            self.log.warning("Calliope Hub: could not list this hub's tasks to prime their status (%s)", e)
-            return set()
-        self._let_go(self._primed - listed)
-        unknown = [arn for arn in listed if watcher.get(arn) is None]
+        if arns is not None:
+            wanted = set(arns)
+        else:
+            try:
+                wanted = set(await self.api.list_tasks(self.cluster, started_by=started_by(self.settings.hub_id)))
+            except EcsApiError as e:
+                self.log.warning("Calliope Hub: could not list this hub's tasks to prime their status (%s)", e)
+                return set()
+        self._let_go(self._primed - wanted)
+        unknown = [arn for arn in wanted if watcher.get(arn) is None]
         for arn in unknown:
             # the store, not watch(): the sweep loop starts with the first spawner that watches
             watcher.store.watch(arn)
         await watcher.sweeper.describe(unknown)
-        self._primed = listed
-        return listed
+        self._primed = wanted
+        return wanted
 
     def hand_over(self, claimed: set[str]) -> None:
         """After JupyterHub's check: primed tasks no spawner claimed are let go (the orphan sweep has them)."""
