@@ -223,15 +223,26 @@ class Launcher:
     ) -> str:
         """Lease a slot, write the token into its parameter, RunTask with its definition, hold until ECS read it."""
         parts = self.parts
-        slot = await self._lease(request.choice, deadline)
         store, pool = parts.secrets, parts.definitions.slots
+        # SSM's write quota is the narrowest step (ecsfacts): queue for it first, so only spawns about to
+        # write hold a slot, and the pool stays as small as the writes in flight.
+        await store.wait_turn("PutParameter")
+        slot = await self._lease(request.choice, deadline)
+        prepaid = True  # the first try spends the token taken above; a retry takes its own
+
+        async def put() -> None:
+            nonlocal prepaid
+            paid, prepaid = prepaid, False
+            await store.put_value(slot.parameter, token, prepaid=paid)
+
         try:
-            await until_taken("PutParameter", lambda: store.put_value(slot.parameter, token), deadline, self.name)
+            await until_taken("PutParameter", put, deadline, self.name)
             arn = await self._run_task(request, plain_env, slot.definition, deadline)
-        except LaunchError as e:
-            await self._clear(slot)
-            # An unanswered RunTask may have started a task that will read the parameter: vet before reuse.
-            pool.suspect(slot) if e.unsure else pool.give_back(slot)
+        except BaseException as e:  # a refusal, or the spawn cancelled (JupyterHub's start_timeout) mid-call
+            await asyncio.shield(self._clear(slot))
+            # An unanswered (or cancelled) RunTask may have started a task that will read the parameter: vet first.
+            unsure = not isinstance(e, LaunchError) or e.unsure
+            pool.suspect(slot) if unsure else pool.give_back(slot)
             raise
         # No spec_hash: the slot's ARN must never be remembered as a per-server definition's.
         record.task_definition, record.spec_hash, record.slot_parameter = slot.definition, "", slot.parameter

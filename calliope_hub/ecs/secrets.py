@@ -139,12 +139,16 @@ class SecretStore:
         for name, value in secrets.values.items():
             await self.put_value(name, value)
 
-    async def put_value(self, name: str, value: str) -> None:
-        """One SecureString, created or overwritten."""
+    async def put_value(self, name: str, value: str, *, prepaid: bool = False) -> None:
+        """One SecureString, created or overwritten; `prepaid`: the caller took the token (wait_turn)."""
         params: dict[str, Any] = {"Name": name, "Value": value, "Type": "SecureString", "Overwrite": True}
         if self._kms_key_id:  # else SSM's AWS-managed key, alias/aws/ssm
             params["KeyId"] = self._kms_key_id
-        await self._call("PutParameter", params)
+        await self._call("PutParameter", params, prepaid=prepaid)
+
+    async def wait_turn(self, operation: str) -> None:
+        """Queue for `operation`'s token and take it, before the caller holds something scarce (a slot)."""
+        await self._take_token(operation)
 
     async def delete(self, names: Sequence[str]) -> None:
         """Delete parameters once their task is gone; a name already gone is not an error."""
@@ -152,8 +156,9 @@ class SecretStore:
         for start in range(0, len(names), DELETE_BATCH):
             await self._call("DeleteParameters", {"Names": names[start : start + DELETE_BATCH]})
 
-    async def _call(self, operation: str, params: dict[str, Any]) -> None:
-        await self._take_token(operation)
+    async def _call(self, operation: str, params: dict[str, Any], *, prepaid: bool = False) -> None:
+        if not prepaid:
+            await self._take_token(operation)
         method = getattr(self._client, xform_name(operation))
         try:
             await method(**params)

@@ -1,8 +1,10 @@
 """No server's token crosses the ECS API, and no local endpoint hands one user another's (issue 9 item 1).
 
-A real JupyterHub spawns real JupyterLab servers for two users through local ECS in process
-mode, which answers only calls signed with the hub's access key ID. Each server gets its
-token from its own task definition's `secrets` (an SSM SecureString), so:
+A real JupyterHub spawns a real JupyterLab (Bob) and a Chat stand-in (Alice) through local
+ECS in process mode, which answers only calls signed with the hub's access key ID. Each
+server gets its token from its task definition's `secrets` (an SSM SecureString): Bob's Lab
+from its own definition, Alice's Chat from a slot definition whose parameter is cleared as
+soon as her task has read it. So:
 
 - neither DescribeTasks nor DescribeTaskDefinition (nor ListTasks, nor local ECS's stats)
   carries a token, even to a caller holding the hub's key;
@@ -38,6 +40,9 @@ from tests.hubtest import eventually, require_proxy, server_gone, server_ready
 
 HUB_KEY = "AKIDCALLIOPEHUBTEST"
 USERS = ("alice", "bob")
+#: Alice's Chat has no per-user storage: its token goes through a slot definition's parameter
+#: (calliope_hub.ecs.slots); Bob's Lab has an EFS home: his own definition and parameter.
+OPTIONS = {"alice": {"service": "chat"}, "bob": {"service": "lab"}}
 
 
 def aws(service: str, endpoint: str, key: str = HUB_KEY) -> Any:
@@ -89,16 +94,20 @@ async def test_no_token_in_ecs_answers_and_none_for_another_user(
         for user in USERS:
             assert (await admin.request("POST", f"/users/{user}")).status == 201
         for user in USERS:
-            assert (await admin.request("POST", f"/users/{user}/server", {"user_options": {}})).status in (201, 202)
+            body = {"user_options": OPTIONS[user]}
+            assert (await admin.request("POST", f"/users/{user}/server", body)).status in (201, 202)
         for user in USERS:
-            await eventually(lambda user=user: server_ready(admin, user), 90, f"{user}'s Lab ready")
+            await eventually(lambda user=user: server_ready(admin, user), 90, f"{user}'s server ready")
         environments = await eventually(_both_servers_environments, 10, "both servers' processes")
         tokens = {user: environments[user]["JUPYTERHUB_API_TOKEN"] for user in USERS}
         assert all(len(token) >= 32 for token in tokens.values()), "each Lab got its token from the secret store"
         assert environments["alice"]["JPY_API_TOKEN"] == tokens["alice"]
 
         _assert_no_token_in_ecs_answers(endpoint, local, list(tokens.values()))
-        bob_parameter = _bobs_parameter(endpoint)
+        alice_parameter = _parameter_of(endpoint, "alice")
+        assert "/slots/chat/" in alice_parameter
+        await eventually(lambda: _parameter_gone(endpoint, alice_parameter), 10, "the slot cleared once ECS read it")
+        bob_parameter = _parameter_of(endpoint, "bob")
         _assert_alices_code_is_refused(endpoint, environments["alice"], bob_parameter)
         await _assert_the_hub_refuses_alices_token_for_bob(hub.url, tokens["alice"])
 
@@ -117,7 +126,7 @@ def _assert_no_token_in_ecs_answers(endpoint: str, local: Any, tokens: list[str]
     answers += [ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"]) for arn in families]
     answers.append(local.stats())
     text = json.dumps(answers, default=str)
-    assert len(families) == 2, "each server runs its own definition"
+    assert len(families) == 2, "Bob's Lab runs its own definition, Alice's Chat a slot's"
     assert '"secrets"' in text and "valueFrom" in text, "the definitions name the parameters"
     for token in tokens:
         assert token not in text
@@ -126,14 +135,15 @@ def _assert_no_token_in_ecs_answers(endpoint: str, local: Any, tokens: list[str]
         assert "JUPYTERHUB_USER" in names and not names & {"JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN"}
 
 
-def _bobs_parameter(endpoint: str) -> str:
+def _parameter_of(endpoint: str, user: str) -> str:
+    """The parameter the definition of `user`'s task names: a slot's or the server's own."""
     ecs = aws("ecs", endpoint)
-    for arn in ecs.list_task_definitions()["taskDefinitionArns"]:
-        answer = ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"])
-        if {"key": "calliope:user", "value": "bob"} in answer.get("tags", []):
-            secret = answer["taskDefinition"]["containerDefinitions"][0]["secrets"][0]
-            return str(secret["valueFrom"])
-    raise AssertionError("no task definition of bob's")
+    arns = ecs.list_tasks(cluster="calliope")["taskArns"]
+    for task in ecs.describe_tasks(cluster="calliope", tasks=arns, include=["TAGS"])["tasks"]:
+        if {"key": "calliope:user", "value": user} in task.get("tags", []):
+            definition = ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
+            return str(definition["containerDefinitions"][0]["secrets"][0]["valueFrom"])
+    raise AssertionError(f"no task of {user}'s")
 
 
 def _assert_alices_code_is_refused(endpoint: str, environment: dict[str, str], bob_parameter: str) -> None:
