@@ -30,6 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..catalog.models import Storage
 from ..ecsfacts import AWS_QUOTAS, QuotaBuckets
+from .api import THROTTLE_CODES
 from .identity import encode_tag_value
 
 #: `file_system_id: auto`: the file system the hub finds, or creates, by this creation token.
@@ -40,11 +41,23 @@ _PATH_SAFE = re.compile(r"[A-Za-z0-9-]")
 
 
 class StorageError(Exception):
-    """An access point could not be made or removed; the message says why, for the user and the log."""
+    """An access point could not be made or removed: "Operation: why", for the user and the log.
 
-    def __init__(self, message: str, *, transient: bool = False):
-        super().__init__(message)
+    `code` is EFS's error code (a botocore exception's name when EFS never answered) and `throttled`
+    reads as EcsApiError's does. `transient` is EFS's own rule, which the launch's retry follows: a
+    throttle, an EFS server-side failure or no answer may pass; a full or missing file system will not
+    (EFS codes, unlike ECS's, do not end in "Exception", so ECS's rule cannot tell them apart).
+    """
+
+    def __init__(self, operation: str, code: str, reason: str, *, transient: bool = False):
+        super().__init__(f"{operation}: {reason}")
+        self.operation = operation
+        self.code = code
         self.transient = transient
+
+    @property
+    def throttled(self) -> bool:
+        return self.code in THROTTLE_CODES
 
 
 @dataclass(frozen=True)
@@ -116,7 +129,7 @@ class Homes:
                 return Home(str(existing), file_system)
             raise _storage_error("CreateAccessPoint", e, file_system) from None
         except BotoCoreError as e:
-            raise StorageError(f"CreateAccessPoint: {type(e).__name__}: {e}", transient=True) from None
+            raise _no_answer("CreateAccessPoint", e) from None
         return Home(str(answer["AccessPointId"]), file_system)
 
     async def delete(self, access_point_id: str) -> None:
@@ -127,7 +140,7 @@ class Homes:
             if e.response.get("Error", {}).get("Code") != "AccessPointNotFound":
                 raise _storage_error("DeleteAccessPoint", e, access_point_id) from None
         except BotoCoreError as e:
-            raise StorageError(f"DeleteAccessPoint: {type(e).__name__}: {e}", transient=True) from None
+            raise _no_answer("DeleteAccessPoint", e) from None
 
     async def _file_systems(self, storage: Storage) -> tuple[str, ...]:
         if storage.file_system_ids != ("auto",):
@@ -153,7 +166,7 @@ class Homes:
                 raise _storage_error("CreateFileSystem", e, AUTO_CREATION_TOKEN) from None
             return str(existing)
         except BotoCoreError as e:
-            raise StorageError(f"CreateFileSystem: {type(e).__name__}: {e}", transient=True) from None
+            raise _no_answer("CreateFileSystem", e) from None
 
     async def _by_creation_token(self) -> str | None:
         """The file system made with AUTO_CREATION_TOKEN, if any."""
@@ -171,11 +184,17 @@ def _storage_error(operation: str, error: ClientError, subject: str) -> StorageE
     message = error.response.get("Error", {}).get("Message", "")
     if code == "AccessPointLimitExceeded":
         text = f"file system {subject} has no room for another home (EFS access point limit reached): ask the operator"
-        return StorageError(f"{operation}: {text}")
+        return StorageError(operation, code, text)
     if code == "FileSystemNotFound":
-        return StorageError(f"{operation}: file system {subject} does not exist: the catalog names a wrong ID")
+        return StorageError(operation, code, f"file system {subject} does not exist: the catalog names a wrong ID")
     transient = (
-        code in ("ThrottlingException", "InternalServerError")
+        code in (*THROTTLE_CODES, "InternalServerError")
         or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
     )
-    return StorageError(f"{operation}: {code}: {message}", transient=transient)
+    return StorageError(operation, code, f"{code}: {message}", transient=transient)
+
+
+def _no_answer(operation: str, error: BotoCoreError) -> StorageError:
+    """EFS never answered (connection, timeout): the same request may well pass later."""
+    name = type(error).__name__
+    return StorageError(operation, name, f"{name}: {error}", transient=True)

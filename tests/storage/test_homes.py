@@ -75,12 +75,30 @@ async def test_the_limit_and_a_missing_file_system_are_clear_errors(local_ecs_fa
         carol = await homes.ensure(Storage.model_validate(STORAGE), "carol")
         with pytest.raises(StorageError, match="access point limit reached") as full:
             await homes.ensure(Storage.model_validate(STORAGE), "alice")
-        assert not full.value.transient
+        assert (full.value.code, full.value.transient, full.value.throttled) == (
+            "AccessPointLimitExceeded",
+            False,
+            False,
+        )
         missing = Storage.model_validate({**STORAGE, "file_system_id": "fs-0123456789abcdef0"})
         with pytest.raises(StorageError, match="fs-0123456789abcdef0 does not exist"):
             await homes.ensure(missing, "alice")
     left = efs(endpoint).describe_access_points()["AccessPoints"]
     assert [p["AccessPointId"] for p in left] == [carol.access_point_id], "nothing half-created"
+
+
+async def test_a_throttled_create_is_a_transient_error_that_names_the_throttle(local_ecs_factory: Any) -> None:
+    """What the launch's retry reads: EFS's ThrottlingException (here local ECS's fault) may pass later."""
+    local = local_ecs_factory()
+    async with aws_client("efs", EcsTarget("us-east-1", local.endpoint_url), max_attempts=1) as client:
+        homes = Homes(client, "hub-1")
+        storage = Storage.model_validate(STORAGE)
+        await homes.ensure(storage, "carol")  # the auto file system exists before the throttle
+        assert local.request("POST", "/_localecs/faults/throttle", {"seconds": 5})[0] == 200
+        with pytest.raises(StorageError, match=r"^CreateAccessPoint: ThrottlingException") as throttled:
+            await homes.ensure(storage, "alice")
+    error = throttled.value
+    assert (error.code, error.transient, error.throttled) == ("ThrottlingException", True, True)
 
 
 def test_names_are_escaped_into_one_path_component_and_shards_are_stable() -> None:
