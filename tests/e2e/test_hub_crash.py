@@ -29,11 +29,13 @@ async def test_spawns_in_flight_survive_a_hub_crash(stack):
     )
     assert {a.status for a in answers} == {202}
 
-    async def all_submitted() -> bool:
-        return len(ecs.list_tasks(cluster="calliope")["taskArns"]) == IN_FLIGHT
+    async def every_arn_in_state() -> bool:
+        """ECSSpawner commits the ARN in the same step that puts it in its state, so this is the crash's moment."""
+        models = [await server_model(stack.api, u) or {} for u in users]
+        return all(model.get("state", {}).get("task_arn") for model in models)
 
-    await eventually(all_submitted, 60, "every RunTask answered")
-    await asyncio.sleep(0.5)  # the ARN's commit follows RunTask's answer
+    await eventually(every_arn_in_state, 60, "every RunTask answered and its ARN committed")
+    assert len(ecs.list_tasks(cluster="calliope")["taskArns"]) == IN_FLIGHT
     ready_before = [u for u in users if (await server_model(stack.api, u) or {}).get("ready")]
     stack.hub.kill()
     assert len(ready_before) < IN_FLIGHT, "the crash must catch spawns in flight"
