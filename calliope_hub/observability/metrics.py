@@ -74,10 +74,38 @@ SPAWN_DURATION = Histogram(
     ["service", "size", "outcome"],
     buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
 )
+TIME_TO_READY = Histogram(
+    "calliope_time_to_ready_seconds",
+    "Time from a spawn's start to its server answering, by service, size and start (warm, cold)",
+    ["service", "size", "start"],
+    buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 45, 60, 90, 120, 300),
+)
 
 # calliope_hub.ecs.orphans
 ORPHANS = Counter(
     "calliope_orphans",
     "Tasks started by this hub that no spawner owned, by action (found, stopped, adopted)",
     ["action"],
+)
+
+# calliope_hub.pool.keeper
+POOL_TASKS = Gauge(
+    "calliope_pool_tasks",
+    "Warm tasks this hub keeps, by pool (SERVICE/SIZE) and state (starting, idle, claiming)",
+    ["pool", "state"],
+)
+POOL_CLAIMS = Counter(
+    "calliope_pool_claims",
+    "Claims of warm tasks by spawns, by pool and outcome (claimed; refused, unreachable, untagged: failures)",
+    ["pool", "outcome"],
+)
+POOL_FALLBACKS = Counter(
+    "calliope_pool_fallbacks",
+    "Spawns of a pooled service and size that cold-started instead, by pool and reason (empty, failed)",
+    ["pool", "reason"],
+)
+POOL_LOST = Counter(
+    "calliope_pool_lost",
+    "Warm tasks that ended before a claim, by pool and reason (stopped, not-ready, recycled, surplus, failed-claim)",
+    ["pool", "reason"],
 )

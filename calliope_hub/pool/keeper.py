@@ -42,10 +42,10 @@ from ..ecs.snapshot import TaskSnapshot
 from ..ecs.status import TaskWatcher
 from ..ecs.taskdefs import TaskDefinitions
 from ..ecsfacts import Quota, TokenBucket
+from ..observability.metrics import POOL_CLAIMS, POOL_FALLBACKS, POOL_LOST, POOL_TASKS
 from .config import PoolSettings, PoolSpec
 from .definition import CLAIMED, IDLE, POOL_TAG, key_parameter, pool_definition, pool_run_task, pool_state, task_nonce
 from .launcher import CLAIM_PATH, STATUS_PATH
-from .metrics import POOL_CLAIMS, POOL_FALLBACKS, POOL_LOST, POOL_TASKS
 from .secret import AUTH_SCHEME, KEY_VARIABLE, claim_secret, new_nonce, pool_key
 
 log = logging.getLogger(__name__)
