@@ -320,7 +320,7 @@ class PoolKeeper:
         old = [t for t in idle if now - t.born >= pool.max_idle_age]
         target = pool.target(datetime.fromtimestamp(self._wall(), self._zone))
         young = [t for t in idle if t not in old]
-        surplus = young[: max(0, len(young) + len(self.tasks(pool, STARTING)) - target)]
+        surplus = young[: max(0, len(young) - target)]  # starting ones are counted once they are idle
         for warm, reason in [*((t, "recycled") for t in old), *((t, "surplus") for t in surplus)]:
             self._drop(warm)
             POOL_LOST.labels(pool.name, reason).inc()

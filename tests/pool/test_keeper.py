@@ -220,3 +220,16 @@ async def test_the_orphan_sweep_leaves_idle_warm_tasks_alone_and_sweeps_a_claime
 
     assert report.stopped == [claimed], "a claimed task is a server like any other: unowned, it is swept"
     assert described(rig, idle)["desiredStatus"] == "RUNNING" and idle_arns(keeper, pool) == {idle}
+
+
+async def test_refills_wait_while_spawns_start_cold(rig: PoolRig) -> None:
+    """Spawns win the RunTask quota: after a spawn found the pool empty, no refill for spawn_priority_window."""
+    keeper = rig.keeper(spawn_priority_window=600.0)
+    choice = rig.catalog.choose({"service": "chat", "size": "small"})
+    outcome = await keeper.claim(choice, identity("alice"), user_environment("alice"))
+    assert outcome.arn is None and outcome.message == "No warm chat/small server free: starting one cold"
+
+    await keeper.fill_once()
+
+    assert keeper.tasks(CHAT_SMALL) == [], "the cold start keeps the quota"
+    assert (await rig.api.list_tasks(CLUSTER)) == []
