@@ -1,4 +1,4 @@
-"""The HA stack for the HA tests: real PostgreSQL (a database of the test's own), local ECS in sim
+"""The HA stack for the HA tests: real PostgreSQL (a database of the package's own), local ECS in sim
 mode, two configurable-http-proxy replicas, two HA JupyterHub processes and Debian's HAProxy."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+import pytest_asyncio
 
 from calliope_hub.tools.local.ha import HaSpec, HaStack, drop_database
 from tests.hubtest import require_proxy
@@ -40,31 +41,42 @@ def require_services() -> None:
         require(False, f"no PostgreSQL at 127.0.0.1:5432: {e}")
 
 
-@pytest.fixture
-def db_url() -> Iterator[str]:
-    """A database of this test's own (the stack creates it; the fixture drops it)."""
+@pytest_asyncio.fixture(scope="package", loop_scope="package")
+async def shared_ha_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[HaStack]:
+    """One HA stack for the whole package, on a database of its own (dropped after); the spawns answer
+    202 at once so a test can catch them in flight. A stack costs ~30 s to start on a loaded 2-core
+    machine, and each test only needs two hubs (one leading) and two proxies: `ha_stack` restores that."""
     require_services()
-    url = f"{PG_SERVER}/calliope_ha_{uuid.uuid4().hex[:10]}"
-    yield url
-    drop_database(url)
-
-
-@pytest.fixture
-async def ha_stack(db_url: str, tmp_path: Path) -> AsyncIterator[HaStack]:
-    """One HA stack; the spawns answer 202 at once so a test can catch them in flight."""
+    db_url = f"{PG_SERVER}/calliope_ha_{uuid.uuid4().hex[:10]}"
     spec = HaSpec(
         db_url=db_url,
-        workdir=tmp_path / "stack",
+        workdir=tmp_path_factory.mktemp("ha") / "stack",
         ecs_args=["--mode", "sim", "--throttle", "off", "--sim-provisioning", "3", "--sim-pending", "0.5"],
         extra=["c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}"],
     )
     stack = HaStack(spec)
-    await stack.start()
     try:
-        await stack.wait_for_leader()
+        await stack.start()
         yield stack
     finally:
         await stack.close()
+        drop_database(db_url)
+
+
+@pytest_asyncio.fixture(loop_scope="package")
+async def ha_stack(shared_ha_stack: HaStack) -> HaStack:
+    """The package's stack as each test expects it: both proxies and both hubs running, one of them the
+    leader and the other standing by. A test that killed or fenced a hub or a proxy had it started again
+    here (same ports, same config), as an operator's supervisor would; servers of earlier tests keep running."""
+    stack = shared_ha_stack
+    for proxy in stack.proxies:
+        if proxy.pid is None:  # killed
+            await proxy.start()
+    for hub in stack.hubs:
+        if hub.pid is None or hub.exit_code() is not None:  # killed, or fenced (it exits by itself)
+            await hub.start()  # back once its /leader answers: standing by, or leading
+    await stack.wait_for_leader()
+    return stack
 
 
 class LeaderProbe:

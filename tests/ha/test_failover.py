@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import psycopg2
+import pytest
 
 from calliope_hub.hub.ha import FENCED_EXIT
 from calliope_hub.tools.hubapi import HubApiGaveUp
@@ -28,6 +29,7 @@ from tests.hubtest import eventually
 
 RUNNING = 20
 IN_FLIGHT = 5
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # the package's one HA stack (conftest)
 
 
 async def spawn(stack: HaStack, name: str) -> None:
@@ -65,6 +67,7 @@ async def test_leader_kill_standby_serves_nothing_lost_nothing_unowned(ha_stack:
     old = await stack.wait_for_leader()
     standby = next(hub for hub in stack.hubs if hub is not old)
     running = [f"run{i}" for i in range(RUNNING)]
+    earlier = len(await asyncio.to_thread(running_task_arns, stack))  # servers of earlier tests on the stack
     await asyncio.gather(*(spawn(stack, name) for name in running))
 
     async def all_ready() -> bool:
@@ -75,7 +78,8 @@ async def test_leader_kill_standby_serves_nothing_lost_nothing_unowned(ha_stack:
     flying = [f"fly{i}" for i in range(IN_FLIGHT)]
     await asyncio.gather(*(spawn(stack, name) for name in flying))
     # Each in-flight spawn has its task (and so its ARN in the spawner's state) before the kill.
-    await eventually(lambda: _count_at_least(stack, RUNNING + IN_FLIGHT), 20, "every in-flight task submitted")
+    submitted = earlier + RUNNING + IN_FLIGHT
+    await eventually(lambda: _count_at_least(stack, submitted), 20, "every in-flight task submitted")
     assert not any(s.get("ready") for s in (await servers(stack, flying)).values()), "not in flight any more"
 
     with LeaderProbe(stack) as probe:
@@ -100,7 +104,7 @@ async def test_leader_kill_standby_serves_nothing_lost_nothing_unowned(ha_stack:
 
     # Every in-flight spawn ended ready or failed, and no task runs without a server that owns it.
     ready = sorted(name for name, s in ended.items() if s.get("ready"))
-    owned = RUNNING + len(ready)
+    owned = earlier + RUNNING + len(ready)
     assert await eventually(lambda: _count_exactly(stack, owned), 30, f"{owned} running tasks"), ended
 
 
