@@ -78,6 +78,8 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
     task_arn = Unicode("")
     #: set once RunTask answered, so progress() can follow the task it names
     _submitted = Any()
+    #: the warm pool's answer to this start (calliope_hub.ecs.launch.ClaimOutcome), None when no pool was asked
+    _claim = Any(None, allow_none=True)
     #: whether the hub wants to hear that the task stopped (between start_polling and stop_polling)
     _polling = Bool(False)
     choice_service = Unicode("")
@@ -239,6 +241,8 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
             homes=runtime.homes,
             watcher=runtime.watcher(self.cluster),
             settings=runtime.settings.launch_settings(),
+            # The pool's PoolKeeper, once the runtime holds one (calliope_hub.pool; requested of runtime.py's owner).
+            warm=getattr(runtime, "pool", None),
         )
         return Launcher(parts, name=self._log_name, persist=self._keep_record)
 
@@ -250,13 +254,14 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         # Throttles and outages are waited out while start_timeout leaves room for the task itself.
         deadline = asyncio.get_running_loop().time() + self.start_timeout * 0.8
         request = LaunchRequest(choice, self._identity(choice), self._placement(), self.get_env(), self.get_args())
-        record = self._record()
+        record, launcher = self._record(), self._launcher()
         try:
-            return await self._launcher().launch(request, record, deadline)
+            return await launcher.launch(request, record, deadline)
         except LaunchError as e:
             raise web.HTTPError(e.status, str(e), reason=e.reason or None) from None
         finally:
             self._take_record(record)
+            self._claim = launcher.claim
 
     def _record(self) -> ServerRecord:
         return ServerRecord(
@@ -296,6 +301,8 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
             metrics.SPAWN_DURATION.labels(choice.service.name, choice.size_name, outcome).observe(elapsed)
             if outcome == "ok":
                 emf.spawn_duration(choice.service.name, elapsed)
+                start = "warm" if self._claim is not None and self._claim.arn else "cold"
+                metrics.TIME_TO_READY.labels(choice.service.name, choice.size_name, start).observe(elapsed)
 
     async def _wait_until_running(self) -> TaskSnapshot:
         watcher = await self._status()
@@ -336,6 +343,8 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
     async def progress(self) -> AsyncIterator[dict]:
         await self._submitted.wait()
         yield {"progress": 10, "message": "Task submitted to ECS"}
+        if self._claim is not None and self._claim.message:  # the warm pool's word: claimed, or why not
+            yield {"progress": 15, "message": self._claim.message}
         watcher = await self._status()
         seen = ""
         while True:

@@ -75,8 +75,18 @@ class LaunchError(Exception):
         self.unsure = unsure
 
 
-def transient(error: EcsApiError | SecretStoreError) -> bool:
-    """A throttle, an AWS server-side failure or a broken connection: worth the same request again."""
+#: what a call to AWS may raise that until_taken judges
+AwsError = EcsApiError | SecretStoreError | StorageError
+
+
+def transient(error: AwsError) -> bool:
+    """A throttle, an AWS server-side failure or a broken connection: worth the same request again.
+
+    SSM and EFS errors carry their service's own rule; ECS's codes all end in "Exception", so
+    any other code (a botocore or aiohttp exception's name) means ECS never answered.
+    """
+    if not isinstance(error, EcsApiError):
+        return error.transient
     code = error.code
     return error.throttled or code in _SERVER_SIDE_CODES or not code.endswith("Exception")
 
@@ -86,18 +96,21 @@ def next_delay(delay: float) -> float:
     return min(RETRY_CAP, delay * 2) * random.uniform(0.5, 1.0)
 
 
-async def until_taken(what: str, call: Callable[[], Awaitable[T]], deadline: float, name: str = "") -> T:
+async def until_taken(
+    what: str, call: Callable[[], Awaitable[T]], deadline: float, name: str = "", *, failure: str = ""
+) -> T:
     """`call` again after throttles and AWS outages, with backoff, until `deadline` (the loop's clock).
 
-    A request AWS refuses for its own content (a bad subnet, no capacity) fails at once.
+    A request AWS refuses for its own content (a bad subnet, no capacity) fails at once, as a
+    LaunchError saying `failure` (what the user reads) or that AWS did not take `what`.
     """
     loop, delay = asyncio.get_running_loop(), 1.0
     while True:
         try:
             return await call()
-        except (EcsApiError, SecretStoreError) as e:
+        except (EcsApiError, SecretStoreError, StorageError) as e:
             if not transient(e) or loop.time() + delay > deadline:
-                message = f"AWS did not take {what}: {e}"
+                message = f"{failure}: {e}" if failure else f"AWS did not take {what}: {e}"
                 raise LaunchError(503, message, reason="AWS unavailable", unsure=transient(e)) from None
             log.warning("%s: %s not taken (%s); again in %.1fs", name, what, e, delay)
         await asyncio.sleep(delay)
@@ -148,13 +161,25 @@ class ServerRecord:
     slot_parameter: str = ""
 
 
-class WarmPool(Protocol):
-    """The seam for warm tasks (calliope_hub.pool): a task already running for this choice, or None.
+@dataclass(frozen=True)
+class ClaimOutcome:
+    """A claim's answer to the spawn: the claimed task's ARN, or None (start cold), and what to tell the user."""
 
-    A claimed task must already hold the server's secrets without the ECS API, as a launched one does.
+    arn: str | None
+    message: str = ""
+
+
+class WarmPool(Protocol):
+    """The seam for warm tasks (calliope_hub.pool): a task already running for this choice, or a cold start.
+
+    `environment` is JupyterHub's whole environment, the token included: a claimed task must get it
+    without the ECS API, as a launched one does (docs/security.md). `args` are the spawner's
+    (c.Spawner.args), which a cold start puts on the command.
     """
 
-    async def claim(self, choice: Choice, identity: TaskIdentity, environment: Mapping[str, str]) -> str | None: ...
+    async def claim(
+        self, choice: Choice, identity: TaskIdentity, environment: Mapping[str, str], args: Sequence[str]
+    ) -> ClaimOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -189,6 +214,8 @@ class Launcher:
         self.parts = parts
         self.name = name  # JupyterHub's _log_name, so our lines name the server
         self._persist = persist
+        #: the warm pool's answer to the last launch (None: no pool asked), for the spawner's progress and metrics
+        self.claim: ClaimOutcome | None = None
 
     def _prefix(self, who: ServerLabels) -> str:
         return server_prefix(self.parts.settings.secret_root, who.hub_id, who.user, who.server)
@@ -201,9 +228,10 @@ class Launcher:
         """
         settings, warm = self.parts.settings, self.parts.warm
         if warm is not None:
-            claimed = await warm.claim(request.choice, request.identity, request.environment)
-            if claimed is not None:
-                return claimed
+            outcome = await warm.claim(request.choice, request.identity, request.environment, request.args)
+            self.claim = outcome
+            if outcome.arn is not None:
+                return outcome.arn
         plain_env, secret_env = split_environment(request.environment, settings.secret_environment)
         token = slot_token(secret_env)
         if request.choice.service.storage is None and token is not None:
@@ -388,10 +416,14 @@ class Launcher:
             homes = parts.homes
             placed = storage.file_system_ids == ("auto",) or record.home_file_system in storage.file_system_ids
             if not (record.home_access_point and placed):  # none yet, or the catalog moved the user's shard
-                try:  # idempotent by ClientToken: a retry or another server of this user gets the same one
-                    home = await homes.ensure(storage, identity.user)
-                except StorageError as e:
-                    raise LaunchError(503, f"Your home directory could not be prepared: {e}") from None
+                # Idempotent by ClientToken: a retry or another server of this user gets the same one.
+                home = await until_taken(
+                    "CreateAccessPoint",
+                    lambda: homes.ensure(storage, identity.user),
+                    deadline,
+                    self.name,
+                    failure="Your home directory could not be prepared",
+                )
                 record.home_access_point, record.home_file_system = home.access_point_id, home.file_system_id
                 self._persist(record)  # recorded before anything else can fail
             definition = with_home(definition, storage.mount_path, record.home_file_system, record.home_access_point)

@@ -43,18 +43,25 @@ DELETE_BATCH = 10
 _UNESCAPED = re.compile(r"[A-Za-z0-9.-]")
 
 
+#: SSM's answers that may pass: its server-side failure, and "too many updates" of one parameter at once
+_SSM_RETRYABLE = frozenset({"InternalServerError", "TooManyUpdates"})
+
+
 class SecretStoreError(Exception):
     """A parameter could not be written or deleted: "Operation: Code: message".
 
-    `code` and `throttled` read as EcsApiError's do, so one retry rule (calliope_hub.ecs.launch.transient)
-    serves both.
+    `code` and `throttled` read as EcsApiError's do. `transient` is SSM's own rule, which the
+    launch's retry follows: a throttle, a server-side failure or no answer at all may pass; SSM's
+    other codes (ParameterLimitExceeded, AccessDeniedException...) will not. SSM's codes, unlike
+    ECS's, do not all end in "Exception", so ECS's rule cannot tell them apart.
     """
 
-    def __init__(self, operation: str, code: str, message: str):
+    def __init__(self, operation: str, code: str, message: str, *, answered: bool = True):
         super().__init__(f"{operation}: {code}: {message}")
         self.operation = operation
         self.code = code
         self.message = message
+        self.transient = self.throttled or code in _SSM_RETRYABLE or not answered
 
     @property
     def throttled(self) -> bool:
@@ -168,7 +175,7 @@ class SecretStore:
                 operation, str(error.get("Code") or "Unknown"), str(error.get("Message", ""))
             ) from None
         except BotoCoreError as e:
-            raise SecretStoreError(operation, type(e).__name__, str(e)) from None
+            raise SecretStoreError(operation, type(e).__name__, str(e), answered=False) from None
 
     async def _take_token(self, operation: str) -> None:
         """Wait for the operation's bucket; waiters queue in order, each sleeping until its token is due."""

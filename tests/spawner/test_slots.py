@@ -55,10 +55,10 @@ class SlotWrites:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         original = SecretStore.put_value
 
-        async def put_value(store: SecretStore, name: str, value: str) -> None:
+        async def put_value(store: SecretStore, name: str, value: str, *, prepaid: bool = False) -> None:
             if "/slots/" in name:
                 await asyncio.to_thread(self.check, name)
-            await original(store, name, value)
+            await original(store, name, value, prepaid=prepaid)
 
         monkeypatch.setattr(SecretStore, "put_value", put_value)
 

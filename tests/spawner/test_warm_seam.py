@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from calliope_hub.catalog import Choice, TaskIdentity
-from calliope_hub.ecs.launch import LaunchRequest, ServerRecord
+from calliope_hub.ecs.launch import ClaimOutcome, LaunchRequest, ServerRecord
 
 
 class OneWarmTask:
@@ -20,12 +20,14 @@ class OneWarmTask:
 
     def __init__(self, arn: str):
         self.arn: str | None = arn
-        self.asked: list[tuple[str, str, str]] = []
+        self.asked: list[tuple[str, ...]] = []
 
-    async def claim(self, choice: Choice, identity: TaskIdentity, environment: Mapping[str, str]) -> str | None:
-        self.asked.append((choice.service.name, identity.user, environment["JUPYTERHUB_API_TOKEN"]))
+    async def claim(
+        self, choice: Choice, identity: TaskIdentity, environment: Mapping[str, str], args: Sequence[str]
+    ) -> ClaimOutcome:
+        self.asked.append((choice.service.name, identity.user, environment["JUPYTERHUB_API_TOKEN"], *args))
         arn, self.arn = self.arn, None
-        return arn
+        return ClaimOutcome(arn, "Warm server claimed" if arn else "No warm server free: starting one cold")
 
 
 async def test_a_claimed_warm_task_is_the_launch_and_no_claim_launches(local_ecs, spawners_on) -> None:
@@ -37,15 +39,17 @@ async def test_a_claimed_warm_task_is_the_launch_and_no_claim_launches(local_ecs
     launcher = spawner._launcher()
     launcher.parts = dataclasses.replace(launcher.parts, warm=pool)
     choice = spawner.choose(spawner.user_options)
-    request = LaunchRequest(choice, spawner._identity(choice), spawner._placement(), spawner.get_env(), [])
+    request = LaunchRequest(choice, spawner._identity(choice), spawner._placement(), spawner.get_env(), ["--x"])
     deadline = asyncio.get_running_loop().time() + 20
 
     claimed = await launcher.launch(request, ServerRecord(), deadline)
     assert claimed == "arn:aws:ecs:us-east-1:000000000000:task/calliope/warm"
-    assert pool.asked == [("chat", "ada", "t" * 32)], "the pool gets the choice, who, and the token to deliver"
+    assert pool.asked == [("chat", "ada", "t" * 32, "--x")], "the pool gets the choice, who, the token and args"
+    assert launcher.claim == ClaimOutcome(claimed, "Warm server claimed"), "what the spawner tells the user"
     calls = local_ecs.stats()["calls"]
     assert "RunTask" not in calls and "PutParameter" not in calls, "a claim reaches neither ECS nor SSM"
 
     launched = await launcher.launch(request, ServerRecord(), deadline)
     assert launched != claimed and launched.startswith("arn:aws:ecs:"), "no claim: a normal launch"
     assert local_ecs.stats()["calls"]["RunTask"]["ok"] == 1
+    assert launcher.claim.message == "No warm server free: starting one cold"
