@@ -82,6 +82,39 @@ class EcsApiError(Exception):
 
 _WRAPPED_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
+#: wraps one DescribeTasks call of `describe_in_chunks` (the TaskWatcher's: a timeout on its own clock)
+CallGuard = Callable[[Awaitable[DescribeResult]], Awaitable[DescribeResult]]
+
+
+async def describe_in_chunks(
+    describe: Callable[[Sequence[str]], Awaitable[DescribeResult]],
+    arns: Sequence[str],
+    *,
+    concurrency: int = 4,
+    within: CallGuard | None = None,
+) -> list[DescribeResult | EcsApiError]:
+    """The one DescribeTasks chunker: `describe` once per 100 ARNs, at most `concurrency` at once.
+
+    One answer per chunk, in order: a DescribeResult, or the EcsApiError of that chunk, so a
+    throttled chunk leaves its tasks unknown (never stopped) while the others count. `within`
+    wraps each call once it holds its turn (so a timeout counts from the call, not the queue).
+    A function, not only EcsApi's method, so a scripted ECS in the tests chunks exactly as the hub does.
+    """
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(chunk: Sequence[str]) -> DescribeResult | EcsApiError:
+        async with gate:
+            call = describe(chunk)
+            try:
+                return await (within(call) if within else call)
+            except EcsApiError as e:
+                return e
+
+    chunks = [arns[i : i + DESCRIBE_LIMIT] for i in range(0, len(arns), DESCRIBE_LIMIT)]
+    return list(await asyncio.gather(*(one(chunk) for chunk in chunks)))
+
 
 class EcsApi:
     """One aiobotocore ECS client with client-side quota buckets and call counters.
@@ -179,26 +212,12 @@ class EcsApi:
         return DescribeResult(tasks=list(response.get("tasks") or ()), missing=missing, failures=failures)
 
     async def describe_all(
-        self, cluster: str, arns: Sequence[str], *, concurrency: int = 4
+        self, cluster: str, arns: Sequence[str], *, concurrency: int = 4, within: CallGuard | None = None
     ) -> list[DescribeResult | EcsApiError]:
-        """DescribeTasks for any number of ARNs: one call per 100, at most `concurrency` at once.
-
-        One answer per chunk, in order: a DescribeResult, or the EcsApiError of that chunk, so
-        a throttled chunk leaves its tasks unknown (never stopped) while the others count.
-        """
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(chunk: Sequence[str]) -> DescribeResult | EcsApiError:
-            async with gate:
-                try:
-                    return await self.describe_tasks(cluster, chunk)
-                except EcsApiError as e:
-                    return e
-
-        chunks = [arns[i : i + DESCRIBE_LIMIT] for i in range(0, len(arns), DESCRIBE_LIMIT)]
-        return list(await asyncio.gather(*(one(chunk) for chunk in chunks)))
+        """DescribeTasks for any number of ARNs: `describe_in_chunks` over this client."""
+        return await describe_in_chunks(
+            lambda chunk: self.describe_tasks(cluster, chunk), arns, concurrency=concurrency, within=within
+        )
 
     async def stop_task(self, cluster: str, arn: str, reason: str) -> dict[str, Any] | None:
         """StopTask; the raw response, or None when ECS no longer knows the task."""

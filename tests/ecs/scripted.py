@@ -1,4 +1,4 @@
-"""A scripted ECS (DescribeTasks only) and virtual time, for the watcher and event tests.
+"""A scripted ECS (DescribeTasks only, chunked as the hub chunks) and virtual time, for the watcher and event tests.
 
 ECS is the one thing these unit tests fake: the tests assert on what the real TaskWatcher does
 with ECS's answers. `Clock` is the watcher's one clock *and* its one sleep: time moves only
@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from calliope_hub.ecs.api import DescribeResult
+from calliope_hub.ecs.api import CallGuard, DescribeResult, EcsApiError, describe_in_chunks
 from calliope_hub.ecs.status.sweeper import TaskReader
 from calliope_hub.ecsfacts import task_state_change_event
 
@@ -85,7 +85,11 @@ class Clock:
 
 
 class ScriptedEcs(TaskReader):
-    """Plays ECS for the watcher: answers from `tasks`, unknown ARNs come back MISSING."""
+    """Plays ECS for the watcher: answers from `tasks`, unknown ARNs come back MISSING.
+
+    The watcher asks through `describe_all`, chunked by the hub's own chunker; each call it
+    makes is one scripted `describe_tasks` (recorded, gated, failed as the test says).
+    """
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock
@@ -94,6 +98,13 @@ class ScriptedEcs(TaskReader):
         self.times: list[float] = []  # the virtual time of each call, when a clock is given
         self.errors: list[BaseException] = []  # raised by the next calls, in order
         self.gate: asyncio.Event | None = None  # when set, calls block until it is set
+
+    async def describe_all(
+        self, cluster: str, arns: Sequence[str], *, concurrency: int = 4, within: CallGuard | None = None
+    ) -> list[DescribeResult | EcsApiError]:
+        return await describe_in_chunks(
+            lambda chunk: self.describe_tasks(cluster, chunk), arns, concurrency=concurrency, within=within
+        )
 
     async def describe_tasks(self, cluster: str, arns: Sequence[str]) -> DescribeResult:
         assert cluster == CLUSTER and 0 < len(arns) <= 100

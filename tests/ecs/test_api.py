@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from calliope_hub.ecs.api import EcsApi, EcsApiError, EcsTarget
+from calliope_hub.ecs.api import DescribeResult, EcsApi, EcsApiError, EcsTarget
 from calliope_hub.ecs.snapshot import TaskSnapshot
 from calliope_hub.ecsfacts import Quota
 from calliope_hub.observability.metrics import ECS_API_CALLS, ECS_THROTTLES
@@ -205,6 +205,30 @@ async def test_describe_all_is_one_call_per_hundred_and_one_answer_per_chunk(
         await api.close()
     assert [len(call["tasks"]) for call in endpoint.sent("DescribeTasks")] == [100, 100, 50]
     assert isinstance(answers[1], EcsApiError) and answers[1].throttled  # that chunk is unknown, not stopped
+    assert [type(a).__name__ for a in answers] == ["DescribeResult", "EcsApiError", "DescribeResult"]
+
+
+async def test_describe_all_guards_each_call_once_it_holds_its_turn(
+    scripted: tuple[ScriptedEndpoint, EcsTarget],
+) -> None:
+    """`within` (the watcher's timeout) wraps every call; an EcsApiError it raises is that chunk's answer."""
+    endpoint, target = scripted
+    endpoint.answers["DescribeTasks"] = [(200, {"tasks": []})] * 3
+    guarded: list[int] = []
+
+    async def within(call: Awaitable[DescribeResult]) -> DescribeResult:
+        answer = await call
+        guarded.append(len(guarded))
+        if len(guarded) == 2:  # the guard refuses this one, as a timeout would
+            raise EcsApiError("DescribeTasks", "TimeoutError", "not done within 10s")
+        return answer
+
+    api = await EcsApi.create(target, max_attempts=1)
+    try:
+        answers = await api.describe_all("c", [f"arn:task/{i}" for i in range(250)], concurrency=1, within=within)
+    finally:
+        await api.close()
+    assert guarded == [0, 1, 2] and len(endpoint.sent("DescribeTasks")) == 3
     assert [type(a).__name__ for a in answers] == ["DescribeResult", "EcsApiError", "DescribeResult"]
 
 

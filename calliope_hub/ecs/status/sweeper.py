@@ -17,15 +17,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from calliope_hub.ecs.api import DescribeResult
+from calliope_hub.ecs.api import CallGuard, DescribeResult, EcsApiError
 from calliope_hub.ecs.snapshot import TaskSnapshot
 from calliope_hub.ecs.status.store import TaskStore
 from calliope_hub.ecs.status.timing import Timing
-from calliope_hub.ecsfacts import DESCRIBE_LIMIT
 from calliope_hub.observability import emf
 from calliope_hub.observability.metrics import SWEEP_DURATION, SWEEP_SIZE
 
@@ -33,9 +32,11 @@ log = logging.getLogger(__name__)
 
 
 class TaskReader(Protocol):
-    """All the watcher needs of ECS (EcsApi is one; tests script one)."""
+    """All the watcher needs of ECS (EcsApi is one; tests script one): the one chunked DescribeTasks."""
 
-    async def describe_tasks(self, cluster: str, arns: Sequence[str]) -> DescribeResult: ...
+    async def describe_all(
+        self, cluster: str, arns: Sequence[str], *, concurrency: int = ..., within: CallGuard | None = ...
+    ) -> list[DescribeResult | EcsApiError]: ...
 
 
 @dataclass
@@ -89,25 +90,35 @@ class Sweeper:
     # ---- describing -----------------------------------------------------------------------
 
     async def describe(self, arns: Sequence[str]) -> Answers:
-        """DescribeTasks over `arns`, 100 a call, at most max_concurrency at once; answers applied."""
-        gate = asyncio.Semaphore(self.cadence.max_concurrency)
-        chunks = [arns[i : i + DESCRIBE_LIMIT] for i in range(0, len(arns), DESCRIBE_LIMIT)]
-        answers = Answers(calls=len(chunks))
-        await asyncio.gather(*(self._describe_chunk(chunk, gate, answers) for chunk in chunks))
+        """DescribeTasks over `arns` (EcsApi's one chunker: 100 a call, max_concurrency at once); answers applied.
+
+        An ARN no call answered, because its call failed or timed out, is unsure: a successful
+        call answers each of its ARNs, as a task or as a failure.
+        """
+        results = await self.api.describe_all(
+            self.cluster, arns, concurrency=self.cadence.max_concurrency, within=self._bounded
+        )
+        answers = Answers(calls=len(results))
+        answered: set[str] = set()
+        for result in results:
+            if isinstance(result, EcsApiError):
+                answers.errors.append(result)
+                continue
+            answered.update(str(task.get("taskArn", "")) for task in result.tasks)
+            answered.update(str(failure.get("arn", "")) for failure in result.failures)
+            self._observe(result, answers)
+        answers.unsure.update(arn for arn in arns if arn not in answered)
         return answers
 
-    async def _describe_chunk(self, arns: Sequence[str], gate: asyncio.Semaphore, answers: Answers) -> None:
-        """One DescribeTasks; a failure marks its ARNs unsure and never ends the round."""
-        async with gate:
-            try:
-                result = await self.timing.within(
-                    self.api.describe_tasks(self.cluster, arns), self.cadence.call_timeout
-                )
-            except Exception as e:
-                answers.errors.append(e)
-                answers.unsure.update(arns)
-                return
-        self._observe(result, answers)
+    async def _bounded(self, call: Awaitable[DescribeResult]) -> DescribeResult:
+        """One DescribeTasks within call_timeout on the watcher's clock. Whatever it raises, a timeout
+        or a bug below, comes back as that chunk's EcsApiError: a failed call never ends the round."""
+        try:
+            return await self.timing.within(call, self.cadence.call_timeout)
+        except EcsApiError:
+            raise
+        except Exception as e:
+            raise EcsApiError.from_exception("DescribeTasks", e) from e
 
     def _observe(self, result: DescribeResult, answers: Answers) -> None:
         now = self.timing.clock()
