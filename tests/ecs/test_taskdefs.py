@@ -14,7 +14,16 @@ import pytest
 
 from calliope_hub.catalog import Catalog
 from calliope_hub.ecs.api import EcsApi, EcsTarget
-from calliope_hub.ecs.secrets import ServerSecrets, escape_name_part, server_prefix, split_environment
+from calliope_hub.ecs.launch import slot_token, transient
+from calliope_hub.ecs.secrets import (
+    SecretStoreError,
+    ServerSecrets,
+    escape_name_part,
+    server_prefix,
+    split_environment,
+    ssm_quotas,
+)
+from calliope_hub.ecs.slots import slot_parameter
 from calliope_hub.ecs.taskdefs import (
     HASH_TAG,
     ServerLabels,
@@ -22,6 +31,7 @@ from calliope_hub.ecs.taskdefs import (
     prepare_cluster,
     server_definition,
     server_family,
+    slot_family,
     spec_hash,
 )
 
@@ -151,3 +161,46 @@ def test_the_token_leaves_the_environment_and_is_written_once() -> None:
 async def test_definitions_of_other_families_with_a_shared_prefix_are_not_taken(api: EcsApi, family: str) -> None:
     await TaskDefinitions(api).ensure(lab_definition(f"{family}-longer"))
     assert await TaskDefinitions(api).find(family, spec_hash(lab_definition(family))) is None
+
+
+def test_slot_names_never_meet_a_servers_and_slot_families_are_ecs_names() -> None:
+    slots = {slot_parameter("/calliope", "hub", "chat", size, k) for size in ("small", "s/m") for k in range(3)}
+    servers = {
+        server_prefix("/calliope", "hub", "slots", "chat") + "/small",
+        server_prefix("/calliope", "hub", "x", ""),
+    }
+    assert len(slots) == 6 and not slots & servers
+    assert all(name.count("/") == 6 for name in slots), "one level deeper than <root>/<hub>/<user>/<server>/<NAME>"
+    families = {
+        slot_family("calliope-chat", hub, size, k)
+        for hub in ("h", "h.")
+        for size in ("small", "x" * 300)
+        for k in (0, 1)
+    }
+    assert len(families) == 8
+    assert all(len(f) <= 255 and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in f) for f in families)
+
+
+def test_a_slot_carries_the_token_and_nothing_else() -> None:
+    assert slot_token({"JUPYTERHUB_API_TOKEN": "t", "JPY_API_TOKEN": "t"}) == "t"
+    assert slot_token({"JUPYTERHUB_API_TOKEN": "t"}) == "t"
+    assert slot_token({}) is None, "no token: the server's own definition"
+    assert slot_token({"JUPYTERHUB_API_TOKEN": "t", "DB_PASSWORD": "p"}) is None, "more secrets: its own definition"
+    assert slot_token({"JUPYTERHUB_API_TOKEN": "t", "JPY_API_TOKEN": "u"}) is None
+
+
+def test_ssm_errors_retry_by_ssms_own_rule() -> None:
+    assert SecretStoreError("PutParameter", "ThrottlingException", "Rate exceeded").transient
+    assert SecretStoreError("PutParameter", "TooManyUpdates", "").transient
+    assert SecretStoreError("PutParameter", "InternalServerError", "").transient
+    assert SecretStoreError("PutParameter", "EndpointConnectionError", "", answered=False).transient
+    for code in ("ParameterLimitExceeded", "ParameterMaxVersionLimitExceeded", "AccessDeniedException"):
+        error = SecretStoreError("PutParameter", code, "")
+        assert not error.transient and not transient(error) and error.code == code
+
+
+def test_the_ssm_client_buckets_stay_under_ssms_write_quota() -> None:
+    standard, higher = ssm_quotas(), ssm_quotas(higher_throughput=True)
+    assert standard["ssm-put-parameter"].rate == pytest.approx(3 * 0.8)
+    assert higher["ssm-put-parameter"].rate == pytest.approx(10 * 0.8)
+    assert set(standard) == {"ssm-put-parameter", "ssm-delete-parameter"}
