@@ -102,6 +102,9 @@ async def test_burst_under_aws_quotas(local_ecs_factory: Any) -> None:
         assert "orphan task" not in log, "the sweep found no orphan and stopped none"
         assert await ready_users(api) == set(users), "no server was lost to the sweep"
         assert sorted(_task_owners(ecs)) == sorted(users), "one task per server, none unowned"
+    slots = calls(local, "RegisterTaskDefinition", "ok")
+    print(f"{SPAWNS} spawns: {slots} slot definitions registered; calls {local.stats()['calls']}")  # shown with -s
+    assert 1 <= slots <= LIMIT, "slots in use never exceed the spawns in flight, and new users register none"
     for operation in ("RunTask", "PutParameter", "RegisterTaskDefinition"):
         # The client buckets keep the hub under each quota; a throttle or two from requests bunched in
         # transit is retried away (no spawn failed, above). Without the buckets most calls would be throttled.
