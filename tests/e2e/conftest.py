@@ -10,16 +10,18 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
 import pytest
+import pytest_asyncio
 
 from calliope_hub.tools.hubapi import HubApi
 from calliope_hub.tools.local.hubconfig import HubSettings
 from calliope_hub.tools.local.hubproc import HubProcess
 from calliope_hub.tools.local.stack import LocalStack, RunningEcs, StackSpec
+from tests.conftest import FAST_LOCAL_ECS, LocalEcsHandle, fresh_cidr
 from tests.hubtest import require_proxy
 
 TOKEN = "calliope-e2e-admin-token"
@@ -98,6 +100,24 @@ async def running_stack(local_ecs_factory, tmp_path: Path, extra: list[str]) -> 
 async def stack(local_ecs_factory, tmp_path: Path) -> AsyncIterator[Stack]:
     async with running_stack(local_ecs_factory, tmp_path, []) as running:
         yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One stack for a module whose tests each use users of their own and leave no server running
+    (their module runs on the module's event loop): a stack costs 5-12 s to start on a loaded machine."""
+    handles: list[LocalEcsHandle] = []
+
+    def make(**fields: object) -> LocalEcsHandle:
+        handles.append(LocalEcsHandle(replace(FAST_LOCAL_ECS, cidr=fresh_cidr(), **fields)))
+        return handles[-1]
+
+    try:
+        async with running_stack(make, tmp_path_factory.mktemp("stack"), []) as running:
+            yield running
+    finally:
+        for handle in handles:
+            handle.stop()
 
 
 @pytest.fixture

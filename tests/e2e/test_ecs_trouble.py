@@ -23,8 +23,18 @@ import boto3
 import psutil
 import pytest
 
+from calliope_hub.ecs.identity import read_tags
 from tests.e2e.test_hub_e2e import spawn_lab
 from tests.hubtest import eventually, server_gone, server_model
+
+#: one stack for the module (tests/e2e/conftest.py): every test has users of its own, and each fault
+#: has ended by the time its test does (a stop or a spawn only completes once ECS answers again)
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture
+def stack(module_stack):
+    return module_stack
 
 
 def ecs(stack):
@@ -55,10 +65,20 @@ def task_status(stack, arn: str) -> str:
     return ecs(stack).describe_tasks(cluster="calliope", tasks=[arn])["tasks"][0]["lastStatus"]
 
 
-def only_task(stack) -> str:
-    arns = ecs(stack).list_tasks(cluster="calliope")["taskArns"]
-    assert len(arns) == 1, arns
-    return arns[0]
+def only_task(stack, user: str) -> str:
+    """The ARN of the user's one running task (other tests' tasks may run on the module's stack)."""
+    client = ecs(stack)
+    arns = client.list_tasks(cluster="calliope")["taskArns"]
+    tasks = client.describe_tasks(cluster="calliope", tasks=arns, include=["TAGS"])["tasks"] if arns else []
+    mine = [t["taskArn"] for t in tasks if read_tags(t.get("tags", [])).get("user") == user]
+    assert len(mine) == 1, mine
+    return mine[0]
+
+
+def call_counts(stack) -> tuple[int, int]:
+    """(RunTask calls answered ok, calls throttled) so far, from local ECS's own counters."""
+    calls = stack.ecs.stats()["calls"]
+    return calls.get("RunTask", {}).get("ok", 0), sum(c["throttled"] for c in calls.values())
 
 
 FAULTS = {
@@ -70,7 +90,7 @@ FAULTS = {
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_stop_in_ecs_trouble_is_honest(stack, fault):
     await spawn_lab(stack, "alice")
-    arn, token = only_task(stack), server_token("alice")
+    arn, token = only_task(stack, "alice"), server_token("alice")
     assert await token_status(stack, token) == 200
 
     path, body = FAULTS[fault]
@@ -94,15 +114,19 @@ async def _refused(stack, token: str) -> bool:
 
 
 async def test_spawn_during_throttling_waits_and_succeeds(stack):
+    runs_before, throttled_before = call_counts(stack)
     assert stack.ecs.request("POST", "/_localecs/faults/throttle", {"seconds": 12})[0] == 200
     events = await spawn_lab(stack, "carol")
     assert events[-1].get("ready"), events[-1]
-    calls = stack.ecs.stats()["calls"]
-    assert sum(c["throttled"] for c in calls.values()) >= 1, f"the spawn met the throttle and waited: {calls}"
-    assert calls["RunTask"]["ok"] == 1, "one task, however many tries"
+    runs, throttled = call_counts(stack)
+    assert throttled > throttled_before, f"the spawn met the throttle and waited: {stack.ecs.stats()['calls']}"
+    assert runs - runs_before == 1, "one task, however many tries"
+    assert (await stack.api.request("DELETE", "/users/carol/server")).status in (202, 204)
+    await eventually(lambda: server_gone(stack.api, "carol"), 60, "carol's server stopped")
 
 
 async def test_task_killed_before_its_server_answers_fails_fast_with_the_reason(stack):
+    log_from = stack.hub.log_path.stat().st_size  # this test's part of the module's hub log
     await stack.api.request("POST", "/users/dave")
     answer = await stack.api.request("POST", "/users/dave/server", {"user_options": {"service": "lab"}})
     assert answer.status == 202, answer.text
@@ -112,7 +136,7 @@ async def test_task_killed_before_its_server_answers_fails_fast_with_the_reason(
         async for event in stack.api.events("/users/dave/server/progress"):
             events.append(event)
             if event.get("message", "").startswith("RUNNING") and not killed_at:
-                task_id = only_task(stack).rsplit("/", 1)[-1]
+                task_id = only_task(stack, "dave").rsplit("/", 1)[-1]
                 assert stack.ecs.kill(task_id, 137)[0] in (200, 202)
                 killed_at = time.monotonic()
             if event.get("ready") or event.get("failed"):
@@ -123,5 +147,7 @@ async def test_task_killed_before_its_server_answers_fails_fast_with_the_reason(
     assert "exit code 137" in failed["message"] and "EssentialContainerExited" in failed["message"], failed
     assert any("exit code 137" in e.get("message", "") for e in events[:-1]), "progress said why before failing"
     await eventually(lambda: server_gone(stack.api, "dave"), 20, "the failed server is cleared")
-    log = stack.hub.log_path.read_text()
+    with stack.hub.log_path.open() as hub_log:
+        hub_log.seek(log_from)
+        log = hub_log.read()
     assert "Traceback" not in log and "InvalidStateError" not in log, log[-3000:]

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import aiohttp
 import boto3
+import pytest
 
 from tests.hubtest import eventually, server_gone, server_ready
+
+#: one stack for the module (tests/e2e/conftest.py): alice and bob, each ending with no server
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture
+def stack(module_stack):
+    return module_stack
 
 
 async def status_through_proxy(stack, user: str) -> int:
