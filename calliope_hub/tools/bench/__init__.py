@@ -23,6 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
+from calliope_hub.catalog import CatalogError, load_catalog
 from calliope_hub.localecs.config import SIM_TIMINGS
 from calliope_hub.tools.bench import phases, report
 from calliope_hub.tools.bench.stack import BenchStack, StackOptions
@@ -50,6 +51,11 @@ class BenchConfig:
     db: str = "sqlite"
     external_proxy: bool = False
     keep_logs: bool = False
+    #: what every user spawns, "service/size" from the built-in catalog. Lab has a per-user EFS
+    #: home (an access point and a task-definition revision per new user); chat has no storage.
+    service: str = "lab/small"
+    #: the account has Parameter Store's higher throughput: tokens written at 8/s, not 2.4/s
+    ssm_higher_throughput: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -68,8 +74,18 @@ class BenchConfig:
             f"--db must be among {', '.join(DATABASES)}": self.db in DATABASES,
         }
         problems = [message for message, ok in checks.items() if not ok]
+        try:
+            self.choice()
+        except CatalogError as error:
+            problems.append(f"--service {self.service!r}: {error}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def choice(self) -> tuple[str, str, bool]:
+        """(service, size, has per-user storage) of --service, checked against the built-in catalog."""
+        service, _, size = self.service.partition("/")
+        chosen = load_catalog().choose({"service": service, **({"size": size} if size else {})})
+        return chosen.service.name, chosen.size_name, chosen.service.storage is not None
 
 
 class Bench:
@@ -91,6 +107,8 @@ class Bench:
             "mode": mode,
             "servers": servers,
             "poll_interval_s": self.config.poll_interval,
+            "service": self.config.service,
+            "storage": self.config.choice()[2],
             "repeat": repeat,
             "error": None,
         }
@@ -105,8 +123,10 @@ class Bench:
             db=config.db,
             external_proxy=config.external_proxy,
             keep_logs=config.keep_logs,
+            ssm_higher_throughput=config.ssm_higher_throughput,
         )
         stack = BenchStack(mode, options)
+        record["database"] = stack.database
         began = time.monotonic()
         try:
             self._say(f"{mode} N={servers} #{repeat}: starting local ECS and the hub in {stack.workdir}")
@@ -122,7 +142,8 @@ class Bench:
     async def _phases(self, stack: BenchStack, record: dict[str, Any]) -> None:
         config, servers = self.config, record["servers"]
         self._say(f"spawning {servers} servers")
-        record["spawn"] = await phases.spawn_phase(stack, servers, config.concurrency)
+        service, size, _ = config.choice()
+        record["spawn"] = await phases.spawn_phase(stack, servers, config.concurrency, service, size)
         names = sorted(await phases.ready_names(stack, math.ceil(servers / phases.PAGE) + 2))
         if not names:
             raise RuntimeError("no server became ready; see the spawn figures")
@@ -192,6 +213,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="hub database: sqlite, or postgres (a database on 127.0.0.1:5432 per run, then dropped)")  # fmt: skip
     add("--external-proxy", action="store_true",
         help="run configurable-http-proxy beside the hub, not from it: restart then kills the hub only")  # fmt: skip
+    add("--service", default="lab/small",
+        help="what every user spawns, SERVICE/SIZE from the built-in catalog; lab has per-user EFS storage, "
+        "chat and waiide have none")  # fmt: skip
+    add("--ssm-higher-throughput", action="store_true",
+        help="c.ECSSpawner.ssm_higher_throughput: every spawn writes its token to Parameter Store, "
+        "whose PutParameter allows 3/s by default and 10/s with higher throughput")  # fmt: skip
     add("--json", type=Path, help="write the runs here")
     add("--plot", type=Path, help="write a PNG of every figure against N")
     add("--keep-logs", action="store_true", help="keep each run's hub and local ECS logs")
@@ -215,6 +242,8 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         db=args.db,
         external_proxy=args.external_proxy,
         keep_logs=args.keep_logs,
+        service=args.service,
+        ssm_higher_throughput=args.ssm_higher_throughput,
     )
 
 

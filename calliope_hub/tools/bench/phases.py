@@ -38,8 +38,8 @@ def hub_api(stack: BenchStack, retries: int = 5) -> HubApi:
     return HubApi(stack.hub.url, stack.token, max_connections=16, request_timeout=60, max_retries=retries)
 
 
-async def spawn_phase(stack: BenchStack, servers: int, concurrency: int) -> dict[str, Any]:
-    """loadtest's figures: throughput, time to ready, 429s and failures."""
+async def spawn_phase(stack: BenchStack, servers: int, concurrency: int, service: str, size: str) -> dict[str, Any]:
+    """loadtest's figures: throughput, time to ready, 429s and failures, every user spawning service/size."""
     assert stack.hub is not None
     config = LoadtestConfig(
         hub_url=stack.hub.url,
@@ -47,6 +47,8 @@ async def spawn_phase(stack: BenchStack, servers: int, concurrency: int) -> dict
         users=servers,
         prefix=USER_PREFIX,
         concurrency=concurrency,
+        service=service,
+        size=size,
         timeout=120 + servers * 1.2,  # first spawns register a task definition each: 1/s after a burst of 20
         ready_timeout=300,
     )

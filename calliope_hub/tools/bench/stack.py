@@ -80,6 +80,8 @@ class StackOptions:
     external_proxy: bool = False
     #: keep each run's working dir (hub and local ECS logs) for a post-mortem
     keep_logs: bool = False
+    #: c.ECSSpawner.ssm_higher_throughput (the floor writes no token)
+    ssm_higher_throughput: bool = False
 
 
 def loop_lag_entries(path: Path, since_wall: float) -> list[float]:
@@ -118,12 +120,14 @@ class StubServer(OwnedProcess):
             return answer.status == 200
 
 
-def _spawner_lines(mode: str, stub: StubServer | None) -> tuple[str, list[str]]:
+def _spawner_lines(mode: str, stub: StubServer | None, options: StackOptions) -> tuple[str, list[str]]:
     """The spawner class of `mode` and the config lines it needs."""
     if mode == "floor":
         assert stub is not None
         return FLOOR_SPAWNER, [f"c.FloorSpawner.stub_url = {stub.url!r}"]
-    return (NAIVE_SPAWNER if mode == "naive" else "ecs"), []
+    return (NAIVE_SPAWNER if mode == "naive" else "ecs"), [
+        f"c.ECSSpawner.ssm_higher_throughput = {options.ssm_higher_throughput!r}"
+    ]
 
 
 class BenchStack(LocalStack):
@@ -134,15 +138,17 @@ class BenchStack(LocalStack):
     def __init__(self, mode: str, options: StackOptions) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="calliope-bench-")).resolve()
         self.stub = StubServer(workdir) if mode == "floor" else None
-        spawner_class, spawner_lines = _spawner_lines(mode, self.stub)
+        spawner_class, spawner_lines = _spawner_lines(mode, self.stub, options)
         postgres = options.db == "postgres"
+        #: the PostgreSQL database this run makes and drops (None: SQLite in the hub's dir)
+        self.database = f"calliope_bench_{secrets.token_hex(4)}" if postgres else None
         hub = HubSettings(
             cluster=CLUSTER,
             hub_id=f"bench-{mode}",
             spawner_class=spawner_class,
             poll_interval=options.poll_interval,
             cleanup_servers=False,  # a kill -9 restart must find every task still running
-            db_url=POSTGRES_URL.format(name=f"calliope_bench_{secrets.token_hex(4)}") if postgres else "",
+            db_url=POSTGRES_URL.format(name=self.database) if self.database else "",
             extra=[
                 *spawner_lines,
                 # Fast 429 retries and every spawn timed through its progress stream.
