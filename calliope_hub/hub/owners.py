@@ -16,22 +16,44 @@ mean minting a token the task does not have.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from jupyterhub import orm
+from sqlalchemy import and_, bindparam, literal_column, or_
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
 
 from calliope_hub.ecs.identity import read_tags
 from calliope_hub.ecs.orphans import Ownership, ServerKey
 from calliope_hub.ecs.snapshot import task_ip
+from calliope_hub.hub.dbindexes import ensure_indexes, task_arn_sql
+
+log = logging.getLogger(__name__)
 
 
 class JupyterHubOwners:
-    """Ownership read from the hub's database and its live spawners (one hub process)."""
+    """Ownership read from the hub's database and its live spawners (one hub process).
+
+    Built at hub start, it makes sure the indexes its reads need exist (hub/dbindexes.py).
+    """
 
     def __init__(self, users: Any, db: Any, cluster: str):
         self.users = users
         self.db = db
         self.cluster = cluster
+        self._ensure_indexes()
+
+    def _ensure_indexes(self) -> None:
+        """On the hub's own session, after committing what it had pending (as JupyterHub does
+        between steps), so the index never waits on this hub's own transaction."""
+        self.db.commit()
+        try:
+            ensure_indexes(self.db.connection())
+            self.db.commit()
+        except SQLAlchemyError as error:  # no CREATE privilege, or another process holds spawners: next start
+            self.db.rollback()
+            log.warning("hub database indexes not ensured (%s); python -m calliope_hub.hub.dbindexes does it", error)
 
     def ownership(self) -> Ownership:
         """Every ARN in any spawner's state, servers starting here, and records that lost their ARN.
@@ -39,12 +61,19 @@ class JupyterHubOwners:
         The database part covers ARNs committed by any process; the live spawners cover
         this process's starts, which only it can see.
         """
+        return self._read(None)
+
+    def ownership_of(self, arn: str, key: ServerKey) -> Ownership:
+        """`ownership()` as far as one task and its server go: what the sweep re-reads before acting.
+
+        Two indexed lookups (the ARN, the server's name) instead of every spawner's row, so a
+        sweep that acts on 100 tasks reads 100 rows, not 100 tables.
+        """
+        return self._read((arn, key))
+
+    def _read(self, only: tuple[str, ServerKey] | None) -> Ownership:
         found = Ownership()
-        rows = self.db.query(orm.User.name, orm.Spawner.name, orm.Spawner.state, orm.Spawner.server_id).join(
-            orm.User, orm.Spawner.user_id == orm.User.id
-        )
-        for user_name, server_name, state, server_id in rows:
-            arn = (state or {}).get("task_arn")
+        for user_name, server_name, arn, server_id in spawner_rows(self.db, only):
             if arn:
                 found.arns.add(arn)
             elif server_id is not None:
@@ -87,3 +116,21 @@ class JupyterHubOwners:
         spawner._persist_state()
         spawner.start_polling()
         return True
+
+
+def spawner_rows(db: Any, only: tuple[str, ServerKey] | None = None) -> Any:
+    """(user name, server name, task ARN, server id) of every spawner, or only of those holding
+    `only`'s ARN or being its server. The database reads the ARN out of the JSON state, with
+    the very expression `ix_spawners_calliope_task_arn` indexes: no row's state is parsed here.
+    """
+    task_arn: ColumnElement[str] = literal_column(task_arn_sql(db.get_bind().dialect.name))
+    rows = db.query(orm.User.name, orm.Spawner.name, task_arn, orm.Spawner.server_id).join(
+        orm.User, orm.Spawner.user_id == orm.User.id
+    )
+    if only is None:
+        return rows
+    arn, (user_name, server_name) = only
+    # Both alternatives on `spawners` alone (the user by a subquery), so each can use its index.
+    user_id = db.query(orm.User.id).filter(orm.User.name == user_name).scalar_subquery()
+    server = and_(orm.Spawner.user_id == user_id, orm.Spawner.name == server_name)
+    return rows.filter(or_(task_arn == bindparam("task_arn", arn), server))
