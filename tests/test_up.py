@@ -169,3 +169,26 @@ async def test_up_serves_a_spawn_keeps_secrets_private_and_sigterm_leaves_nothin
     assert "password" in output and f"http://127.0.0.1:{port}" in output
     _, alive = psutil.wait_procs(family, timeout=10)
     assert not alive, f"left behind: {alive}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--pool", "lab/small=1"], "--pool lab/small: lab keeps each user's files on EFS"),
+        (["--pool", "chat/small"], "write SERVICE/SIZE=N"),
+        (["--pool", "chat/small=0"], "write SERVICE/SIZE=N"),
+        (["--pool", "chat/small=1", "--pool", "chat/small=2"], "given twice"),
+        (["--pool", "chat/huge=1"], "offers no size 'huge'"),
+        (["--pool", "chat/small=1", "--mode", "sim"], "--pool needs --mode process"),
+    ],
+)
+def test_a_pool_that_cannot_be_kept_is_refused_before_anything_starts(tmp_path, flags, words):
+    done = run_up(*flags, "--data-dir", str(tmp_path / "data"))
+    assert done.returncode == 2
+    assert words in " ".join(done.stdout.split()), done.stdout
+    assert not (tmp_path / "data").exists(), "nothing was created"
+
+
+def test_an_unknown_timing_preset_is_refused(tmp_path):
+    done = run_up("--sim-timing", "glacial", "--data-dir", str(tmp_path / "data"))
+    assert done.returncode == 2 and "fargate" in done.stderr

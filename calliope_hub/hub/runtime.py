@@ -41,7 +41,9 @@ import sys
 from collections.abc import Iterable, MutableMapping
 from typing import IO, TYPE_CHECKING, Any
 
-from calliope_hub.catalog import Catalog, load_catalog
+from traitlets.config import Config
+
+from calliope_hub.catalog import Catalog, Placement, load_catalog
 from calliope_hub.ecs.api import EcsApi, EcsApiError, aws_client
 from calliope_hub.ecs.orphans import OrphanSweeper, sweep_forever
 from calliope_hub.ecs.secrets import SecretStore
@@ -56,6 +58,8 @@ from calliope_hub.hub.lock import SWEEP_LOCK_SETTING, SweepLock, sweep_lock
 from calliope_hub.hub.logs import attach_to_jupyterhub_log
 from calliope_hub.hub.owners import JupyterHubOwners
 from calliope_hub.observability import emf
+from calliope_hub.pool.config import PoolSettings
+from calliope_hub.pool.keeper import PoolKeeper, PoolParts
 
 if TYPE_CHECKING:
     from calliope_hub.spawner import ECSSpawner
@@ -90,6 +94,8 @@ class HubRuntime:
         cluster: str,
         app_settings: MutableMapping[str, Any],
         log: logging.Logger | logging.LoggerAdapter[Any] = log,
+        pool_config: Config | None = None,
+        placement: Placement | None = None,
     ):
         self.settings = settings
         self.log = log  # JupyterHub's own logger in a hub: its level, format and handlers
@@ -99,6 +105,14 @@ class HubRuntime:
         #: the hub's tornado settings: `users` and `db` exist only inside a real hub
         self._app_settings = app_settings
         self.catalog: Catalog = load_catalog(settings.catalog_path)  # a bad catalog fails here, at hub start
+        #: c.CalliopePool, checked against the catalog here too: a pool on a service with EFS homes stops the start
+        self.pool_settings = PoolSettings.from_config(
+            pool_config or Config(), self.catalog, local=settings.local_commands
+        )
+        #: where the hub's tasks run (the spawners' c.ECSSpawner network settings): the warm pools' tasks run there too
+        self.placement = placement or Placement(cluster=cluster)
+        #: the warm pools' keeper (calliope_hub.pool): inside a real hub with pools configured, built by start()
+        self.pool: PoolKeeper | None = None
         self.api: EcsApi | None = None
         #: the server definitions registered (by content hash) and the secret store; built by start()
         self.task_definitions: TaskDefinitions | None = None
@@ -110,6 +124,8 @@ class HubRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._exit_stack = contextlib.AsyncExitStack()
         self._lock: SweepLock | None = None
+        #: one lock check at a time: the orphan sweep and the pool keeper share the lock's connection
+        self._lock_gate = asyncio.Lock()
         self._opening: asyncio.Task[None] | None = None
         #: the tasks prime() watches on no spawner's behalf (until a spawner claims them)
         self._primed: set[str] = set()
@@ -125,7 +141,14 @@ class HubRuntime:
         runtime = app_settings.get(SETTINGS_KEY)
         if runtime is None or runtime.closed:
             settings = RuntimeSettings.from_config(spawner, client_quotas=client_quotas)
-            runtime = cls(settings, cluster=spawner.cluster, app_settings=app_settings, log=spawner.log)
+            runtime = cls(
+                settings,
+                cluster=spawner.cluster,
+                app_settings=app_settings,
+                log=spawner.log,
+                pool_config=spawner.config,
+                placement=spawner._placement(),
+            )
             app_settings[SETTINGS_KEY] = runtime
         return runtime
 
@@ -152,6 +175,7 @@ class HubRuntime:
         app_settings[SETTINGS_KEY] = self
         if self.started:  # else start() starts it, with the users there
             self._start_orphan_sweep()
+            self._start_pool()
 
     # ---- start ----------------------------------------------------------------------------
 
@@ -204,13 +228,15 @@ class HubRuntime:
             await self.ingest.start()
             await self._start_sqs()
         self._start_orphan_sweep()
+        self._start_pool()
         self._lifetime = asyncio.get_running_loop().create_task(self._live())
         self.log.info(
-            "Calliope Hub runtime started: ECS %s, events %s, SQS %s, orphan sweep %s, EMF %s",
+            "Calliope Hub runtime started: ECS %s, events %s, SQS %s, orphan sweep %s, warm pools %s, EMF %s",
             s.target.endpoint_url or s.target.region,
             "on" if s.events.enabled else "off",
             s.events.sqs_queue_url or "off",
             s.orphan_action if self._lock is not None else "off",
+            ", ".join(pool.name for pool in self.pool_settings.pools) if self.pool is not None else "off",
             s.emf_path if s.emf_enabled else "off",
         )
 
@@ -232,18 +258,30 @@ class HubRuntime:
         self.sqs = SqsEventConsumer(client, events.sqs_queue_url, self.ingest, max_receives=events.sqs_max_receives)
         await self.sqs.start()
 
+    def _hub_lock(self) -> SweepLock | None:
+        """The lock that elects the one hub that sweeps orphans and fills pools: built once, None outside a hub."""
+        db = self._app_settings.get("db")
+        if self._lock is None and db is not None:
+            try:
+                # An HA leader hands its own lock (calliope_hub.hub.ha): the hub that serves is the one that sweeps.
+                self._lock = self._app_settings.get(SWEEP_LOCK_SETTING) or sweep_lock(
+                    str(db.get_bind().url.render_as_string(hide_password=False)), self.settings.hub_id
+                )
+            except ValueError as e:
+                self.log.error("no hub lock, so no orphan sweep and no pool filling: %s", e)
+        return self._lock
+
+    async def _holds_lock(self) -> bool:
+        lock = self._lock
+        if lock is None:
+            return False
+        async with self._lock_gate:
+            return await lock.try_acquire()
+
     def _start_orphan_sweep(self) -> None:
         """Only inside a real hub (its users and database decide ownership), and not when turned off."""
         s, users, db = self.settings, self._app_settings.get("users"), self._app_settings.get("db")
-        if users is None or db is None or s.orphan_action == "off" or self.api is None:
-            return
-        try:
-            # An HA leader hands its own lock (calliope_hub.hub.ha): the hub that serves is the one that sweeps.
-            self._lock = self._app_settings.get(SWEEP_LOCK_SETTING) or sweep_lock(
-                str(db.get_bind().url.render_as_string(hide_password=False)), s.hub_id
-            )
-        except ValueError as e:
-            self.log.error("orphan sweeping is off: %s", e)
+        if users is None or db is None or s.orphan_action == "off" or self.api is None or self._hub_lock() is None:
             return
         sweeper = OrphanSweeper(
             self.api,
@@ -254,7 +292,36 @@ class HubRuntime:
             grace_period=s.orphan_grace_period,
             action=s.orphan_action,
         )
-        self._spawn(sweep_forever(sweeper, s.orphan_interval, may_sweep=self._lock.try_acquire), "orphan sweep")
+        self._spawn(sweep_forever(sweeper, s.orphan_interval, may_sweep=self._holds_lock), "orphan sweep")
+
+    def _start_pool(self) -> None:
+        """Only inside a real hub with pools: the hub holding the lock fills them, and claims from what it filled.
+
+        The pool key derives from JupyterHub's cookie secret, which every hub of a deployment (an HA pair
+        included) shares, so a restarted or failed-over hub can still claim the warm tasks already running.
+        """
+        secret = self._app_settings.get("cookie_secret")
+        if not self.pool_settings.pools or self.pool is not None or not secret or self._hub_lock() is None:
+            return
+        s, api, definitions, secrets = self.settings, self.api, self.task_definitions, self.secrets
+        if api is None or definitions is None or secrets is None:
+            return
+        parts = PoolParts(
+            api=api,
+            watcher=self.watcher(self.cluster),
+            catalog=self.catalog,
+            definitions=definitions,
+            secrets=secrets,
+            placement=self.placement,
+            hub_id=s.hub_id,
+            secret_root=s.secret_root,
+            local=s.local_commands,
+            execution_role_arn=s.execution_role_arn,
+            task_role_arn=s.task_role_arn,
+        )
+        master = secret if isinstance(secret, bytes) else str(secret).encode()
+        self.pool = PoolKeeper(parts, self.pool_settings, master=master)
+        self._spawn(self.pool.run(may_fill=self._holds_lock), "pool keeper")
 
     def _spawn(self, coroutine: Any, what: str) -> None:
         task = asyncio.get_running_loop().create_task(coroutine, name=f"calliope {what}")
@@ -345,6 +412,8 @@ class HubRuntime:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.pool is not None:  # its warm tasks keep running: the next filling hub adopts them
+            await self.pool.close()
         if self.sqs is not None:
             await self.sqs.close()
         if self.ingest is not None:

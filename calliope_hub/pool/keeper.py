@@ -37,6 +37,7 @@ import aiohttp
 from ..catalog import Catalog, Choice, Placement, TaskIdentity
 from ..ecs.api import DescribeResult, EcsApiError
 from ..ecs.identity import read_tags, started_by
+from ..ecs.launch import ClaimOutcome
 from ..ecs.secrets import SecretStore, ServerSecrets
 from ..ecs.snapshot import TaskSnapshot
 from ..ecs.status import TaskWatcher
@@ -91,14 +92,6 @@ class PoolParts:
     local: bool
     execution_role_arn: str = ""
     task_role_arn: str = ""
-
-
-@dataclass(frozen=True)
-class ClaimOutcome:
-    """A claim's answer to the spawn: the claimed task's ARN, or None (start cold), and what to tell the user."""
-
-    arn: str | None
-    message: str
 
 
 @dataclass(eq=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import secrets
 import signal
 import stat
@@ -24,7 +25,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
+from ..catalog import load_catalog
 from ..localecs.callers import ACCESS_KEY_ENV
+from ..localecs.config import SIM_TIMINGS
+from ..pool.config import PoolConfigError, check_against_catalog, parse_pools
 from .local import ha_up
 from .local.hubconfig import HubSettings
 from .local.hubproc import private_dir, write_private
@@ -53,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the hub's database, logs and the generated password (made 0700)")  # fmt: skip
     add("--no-events", dest="events", action="store_false",
         help="no task state events from local ECS: the hub learns every change by polling")  # fmt: skip
+    add("--pool", action="append", default=[], metavar="SERVICE/SIZE=N",
+        help="keep N warm servers of SERVICE/SIZE, claimed in seconds by a spawn (process mode; repeatable), "
+        "e.g. --pool chat/small=2 (docs/pool.md)")  # fmt: skip
+    add("--sim-timing", choices=sorted(SIM_TIMINGS), default="",
+        help="local ECS's lifecycle preset: 'fargate' makes a cold start take as long as on Fargate")  # fmt: skip
     ha_up.add_arguments(parser)
 
 
@@ -86,12 +95,32 @@ def read_api_token(args: argparse.Namespace) -> str:
     return token
 
 
+def pool_config(flags: list[str], mode: str) -> dict[str, dict[str, int]]:
+    """`--pool SERVICE/SIZE=N` flags as c.CalliopePool.pools, checked as the hub will check them."""
+    pools: dict[str, dict[str, int]] = {}
+    for flag in flags:
+        name, equals, count = flag.partition("=")
+        if not equals or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--pool {flag}: write SERVICE/SIZE=N with N a whole number >= 1, e.g. chat/small=2")
+        if name in pools:
+            raise ValueError(f"--pool {name} is given twice")
+        pools[name] = {"min_idle": int(count), "max": int(count)}
+    if pools and mode != "process":
+        raise ValueError("--pool needs --mode process: a sim task runs no launcher to claim")
+    try:
+        check_against_catalog(parse_pools(pools), load_catalog(None), local=True)
+    except PoolConfigError as error:
+        raise ValueError(re.sub(r"c\.CalliopePool\.pools\['([^']*)'\]", r"--pool \1", str(error))) from None
+    return pools
+
+
 def _bad_arguments(args: argparse.Namespace) -> str:
     """What is wrong with the flags, before anything starts ('' when nothing is)."""
     if args.port == args.ecs_port:
         return "--port and --ecs-port must differ"
     try:
         read_api_token(args)
+        pool_config(args.pool, args.mode)
     except ValueError as error:
         return str(error)
     return ""
@@ -109,9 +138,11 @@ def busy_message(busy: list[BusyPort], ports: StackPorts) -> str:
 
 
 def _spec(args: argparse.Namespace, ports: StackPorts, data: Path, token: str) -> StackSpec:
+    pools = pool_config(args.pool, args.mode)
+    extra = [f"c.CalliopePool.pools = {pools!r}"] if pools else []
     return StackSpec(
-        hub=HubSettings(user_password=login_password(data)),
-        ecs=LocalEcsSpec(mode=args.mode),
+        hub=HubSettings(user_password=login_password(data), extra=extra),
+        ecs=LocalEcsSpec(mode=args.mode, sim_timing=args.sim_timing),
         ports=ports,
         workdir=data,
         events=args.events,
@@ -155,10 +186,12 @@ def _banner(stack: LocalStack, args: argparse.Namespace, data: Path, token: bool
     lines = [
         f"[bold]Calliope Hub[/] is up at [link={stack.url}]{stack.url}[/link]",
         f"log in as any user name (e.g. [bold]alice[/]) with the password [bold]{settings.user_password}[/]",
-        f"local ECS ({args.mode} mode): {stack.ecs_url}, "
+        f"local ECS ({args.mode} mode, {args.sim_timing or 'default'} timing): {stack.ecs_url}, "
         + ("task events pushed to the hub" if settings.events_secret else "no events (--no-events): polling"),
         f"logs: {stack.hub_workdir / 'jupyterhub.log'} and {data / 'local-ecs.log'}",
     ]
+    if args.pool:
+        lines.append(f"warm pools: {', '.join(args.pool)} (docs/pool.md)")
     if token:
         lines.append(f"admin API token: registered for the service '{ADMIN_SERVICE}'")
     lines.append("Ctrl-C stops everything")
