@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import boto3
 
 from calliope_hub.localecs.cli import add_arguments, config_from
 from calliope_hub.localecs.model import LIFECYCLE
-from tests.localecs.test_sim import NETWORK, wait_status
+from tests.localecs.test_sim import NETWORK, ip_of, wait_status
 from tests.localecs.test_sim_timing import EARLY, SCALED_FARGATE, record_transitions
 
 HELLO = str(Path(__file__).with_name("hello_task.py"))
@@ -36,12 +38,26 @@ def hello_client(handle):
     return ecs
 
 
+def answers(url: str, seconds: float = 10.0) -> None:
+    """Wait until `url` answers (a process's start is not timed by local ECS)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_a_process_task_dwells_in_each_state_of_the_timing(local_ecs_factory):
     handle = local_ecs_factory(mode="process", process_timing=True, **SCALED_FARGATE, sim_jitter=0.0)
     seen = record_transitions(handle)
     ecs = hello_client(handle)
     arn = ecs.run_task(taskDefinition="hello", networkConfiguration=NETWORK)["tasks"][0]["taskArn"]
-    wait_status(ecs, arn, "RUNNING")
+    running = wait_status(ecs, arn, "RUNNING")
+    answers(f"http://{ip_of(running)}:8888/")  # its SIGTERM handler is in place before it listens
     assert ecs.stop_task(task=arn, reason="culled")["task"]["lastStatus"] == "DEACTIVATING"
     stopped = wait_status(ecs, arn, "STOPPED")
     assert [status for status, _ in seen] == list(LIFECYCLE)
