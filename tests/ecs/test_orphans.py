@@ -219,7 +219,7 @@ class ThrottledAfterListing:
 
     async def list_tasks(self, cluster: str, **filters: Any) -> list[str]:
         arns = await self.api.list_tasks(cluster, **filters)
-        assert self.local_ecs.request("POST", "/_localecs/faults/throttle", {"seconds": 1})[0] == 200
+        assert self.local_ecs.request("POST", "/_localecs/faults/throttle", {"seconds": 2})[0] == 200
         return arns
 
     async def describe_all(self, cluster: str, arns: list[str]) -> list[Any]:
