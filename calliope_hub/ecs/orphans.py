@@ -69,6 +69,13 @@ class Owners(Protocol):
     def ownership(self) -> Ownership:
         """Synchronous on purpose: nothing may change between this read and a StopTask."""
 
+    def ownership_of(self, arn: str, key: ServerKey) -> Ownership:
+        """`ownership()` as far as one task and its server go: the fresh re-read before acting on it.
+
+        Synchronous for the same reason; narrow because a sweep may act on `max_actions` tasks,
+        and a whole-hub read per task would be that many full reads on the event loop.
+        """
+
     async def adopt(self, key: ServerKey, task: dict[str, Any]) -> bool:
         """Put the task back into the server's spawner; False when that is no longer safe."""
 
@@ -175,7 +182,7 @@ class OrphanSweeper:
 
     async def _act(self, due: dict[str, ServerKey], tasks: dict[str, dict[str, Any]], report: SweepReport) -> None:
         for arn, key in due.items():
-            ownership = self.owners.ownership()  # fresh, and no await before the StopTask below
+            ownership = self.owners.ownership_of(arn, key)  # fresh, and no await before the StopTask below
             if ownership.claims(arn, key):
                 self._first_seen.pop(arn, None)
                 continue

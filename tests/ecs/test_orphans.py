@@ -44,6 +44,9 @@ class TableOwners:
     def ownership(self) -> Ownership:
         return Ownership(set(self.table.arns), set(self.table.starting), set(self.table.adoptable))
 
+    def ownership_of(self, arn: str, key: ServerKey) -> Ownership:
+        return self.ownership()  # exact for a table: the whole of it includes the one task
+
     async def adopt(self, key: ServerKey, task: dict[str, Any]) -> bool:
         if key not in self.table.adoptable:
             return False
@@ -336,6 +339,9 @@ class ModelHub:
     def ownership(self) -> Ownership:
         adoptable = {k for k in self.server_ip if k not in self.state and k not in self.inflight}
         return Ownership(set(self.state.values()), set(self.inflight), adoptable)
+
+    def ownership_of(self, arn: str, key: ServerKey) -> Ownership:
+        return self.ownership()
 
     async def adopt(self, key: ServerKey, task: dict[str, Any]) -> bool:
         arn = task["taskArn"]
