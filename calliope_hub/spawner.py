@@ -241,8 +241,7 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
             homes=runtime.homes,
             watcher=runtime.watcher(self.cluster),
             settings=runtime.settings.launch_settings(),
-            # The pool's PoolKeeper, once the runtime holds one (calliope_hub.pool; requested of runtime.py's owner).
-            warm=getattr(runtime, "pool", None),
+            warm=runtime.pool,  # the warm pools' keeper (calliope_hub.pool), when the hub has pools
         )
         return Launcher(parts, name=self._log_name, persist=self._keep_record)
 
