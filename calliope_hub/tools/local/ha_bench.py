@@ -36,6 +36,8 @@ from calliope_hub.tools.local.ha import DEFAULT_DB_URL, HaHub, HaSpec, HaStack, 
 
 PAGINATION = {"Accept": "application/jupyterhub-pagination+json"}
 PAGE = 200
+#: c.CalliopeHA.fence_timeout's default: the local stack's 3 s fenced a leader busy with a spawn burst on 2 shared cores
+FENCE_TIMEOUT = 5.0
 #: the service every user spawns: one without per-user storage (see run())
 SERVICE = "chat"
 #: what a standby logs each time its primed count changes (calliope_hub.hub.ha)
@@ -89,6 +91,10 @@ async def time_takeover(stack: HaStack, servers: int, killed_at: float) -> dict[
 
 async def failover(stack: HaStack, servers: int) -> dict[str, Any]:
     """Kill the leader; time the standby's takeover; start the killed hub again as the standby, warm."""
+    for hub in stack.hubs:
+        if hub.exit_code() is not None:  # fenced (or died) since: back as the standby first, as a supervisor would
+            print(f"{hub.name} had exited ({hub.exit_code()}); starting it again as the standby", flush=True)
+            await restart_standby(hub)
     (leader,) = await stack.leaders()
     leader.kill()
     killed_at = time.monotonic()
@@ -105,9 +111,13 @@ async def restart_standby(hub: HaHub) -> None:
     await next_prime(hub, primes)
 
 
-def _primes_logged(hub: HaHub) -> int:
+def _log(hub: HaHub) -> str:
     log = hub.log_path
-    return log.read_text(errors="replace").count(PRIMED) if log is not None and log.exists() else 0
+    return log.read_text(errors="replace") if log is not None and log.exists() else ""
+
+
+def _primes_logged(hub: HaHub) -> int:
+    return _log(hub).count(PRIMED)
 
 
 async def next_prime(hub: HaHub, primes: int) -> None:
@@ -139,6 +149,7 @@ async def run(servers: int, repeats: int, concurrency: int) -> dict[str, Any]:
     # 1/s); with Parameter Store's higher throughput the tokens' PutParameter allows 8 spawns/s.
     spec = HaSpec(
         db_url=db_url,
+        fence_timeout=FENCE_TIMEOUT,
         ecs_args=["--mode", "sim", "--throttle", "aws"],
         extra=["c.ECSSpawner.ssm_higher_throughput = True"],
     )
@@ -161,13 +172,15 @@ async def run(servers: int, repeats: int, concurrency: int) -> dict[str, Any]:
         ready = spawned["ready"]
         leaders = await stack.leaders()
         standby = next(hub for hub in stack.hubs if hub not in leaders)
-        await next_prime(standby, _primes_logged(standby))  # it stood by before the servers existed
+        if standby.exit_code() is None:
+            await next_prime(standby, _primes_logged(standby))  # it stood by before the servers existed
         failovers = []
         for i in range(repeats):
             failovers.append(await failover(stack, ready))
             print(f"failover {i + 1}: {failovers[-1]}", flush=True)
         cold = await cold_restart(stack, ready)
         print(f"cold restart: {cold}", flush=True)
+        fenced = sum(_log(hub).count("Calliope HA: fenced") for hub in stack.hubs)
     finally:
         await stack.close()
         drop_database(db_url)
@@ -181,6 +194,7 @@ async def run(servers: int, repeats: int, concurrency: int) -> dict[str, Any]:
         "cold_restart": cold,
         "standby_prime_interval_s": STANDBY_PRIME_INTERVAL,
         "fence_timeout_s": spec.fence_timeout,
+        "leaders_fenced": fenced,
     }
 
 
