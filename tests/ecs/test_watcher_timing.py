@@ -91,7 +91,7 @@ async def test_a_new_watch_wakes_an_idle_loop(ecs: ScriptedEcs, clock: Clock, ma
     watcher.watch(b)
     await clock.advance(BUSY)
     assert len(ecs.calls) == 2 and ecs.times[-1] == ecs.times[0] + 5 + BUSY
-    assert sorted(ecs.calls[-1]) == sorted([a, b])
+    assert ecs.calls[-1] == [b]  # the settled task waits for the full sweep
 
 
 async def test_a_waited_for_task_is_swept_at_the_busy_cadence_until_it_settles(
@@ -124,11 +124,14 @@ async def test_the_loop_survives_a_failing_sweep(
     assert len(ecs.calls) == 2 and watcher.get(a) is not None
 
 
-async def test_with_events_busy_sweeps_describe_only_tasks_in_flux_and_reconcile_describes_all(
-    ecs: ScriptedEcs, clock: Clock, make: Callable[..., TaskWatcher]
+@pytest.mark.parametrize("events", [True, False], ids=["events", "polling"])
+async def test_busy_sweeps_describe_only_tasks_in_flux_and_the_full_sweep_describes_all(
+    ecs: ScriptedEcs, clock: Clock, make: Callable[..., TaskWatcher], events: bool
 ) -> None:
+    """With events the full sweep is the reconcile; polling, it is the poll: either way a spawn
+    in progress costs one DescribeTasks per busy sweep, not one per 100 watched tasks."""
     reconcile = 300.0
-    watcher = make(sweep_interval=reconcile, events=True)
+    watcher = make(sweep_interval=reconcile, events=events)
     settled = [arn(i) for i in range(150)]
     for a in settled:
         ecs.tasks[a] = ecs_task(a)
@@ -144,7 +147,7 @@ async def test_with_events_busy_sweeps_describe_only_tasks_in_flux_and_reconcile
     await clock.advance(BUSY)
     quiet = len(ecs.calls)
     await clock.advance(reconcile * (1 - JITTER) - 0.01)
-    assert len(ecs.calls) == quiet  # with events, nothing between reconciles
+    assert len(ecs.calls) == quiet  # nothing between full sweeps once nothing is in flux
     await clock.advance(reconcile * 2 * JITTER + 0.02)
     assert len(ecs.calls) == quiet + 2 and sorted([a for call in ecs.calls[quiet:] for a in call]) == sorted(
         [*settled, starting]
