@@ -372,7 +372,9 @@ class PoolKeeper:
         """POST the claim; None when the launcher took it, else the failure's name (the task is dealt with)."""
         port = self.parts.catalog.services[warm.pool.service].port
         secret = claim_secret(self._keys[warm.pool.name], warm.nonce)
-        body = {"environment": {k: v for k, v in environment.items() if k != KEY_VARIABLE}, "args": list(args)}
+        # As a cold start does (catalog.run_task_request): spawner args follow the service's own command only.
+        passed = list(args) if self.parts.catalog.services[warm.pool.service].command else []
+        body = {"environment": {k: v for k, v in environment.items() if k != KEY_VARIABLE}, "args": passed}
         try:
             async with self._session().post(
                 f"http://{warm.ip}:{port}{CLAIM_PATH}",

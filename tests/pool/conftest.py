@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -66,6 +67,20 @@ async def eventually(check: Callable[[], Awaitable[Any] | Any], timeout: float, 
         await asyncio.sleep(0.1)
 
 
+async def hub_counts_idle(stack: Any, pool: str, count: int, timeout: float = 120) -> None:
+    """Wait for the hub's own gauge: `count` idle warm tasks of `pool`, their launchers answering."""
+    import aiohttp
+
+    sample = f'calliope_pool_tasks{{pool="{pool}",state="idle"}} {float(count)}'
+
+    async def counted() -> bool:
+        headers = {"Authorization": f"token {stack.token}"}
+        async with aiohttp.ClientSession() as http, http.get(f"{stack.hub.url}/hub/metrics", headers=headers) as answer:
+            return sample in await answer.text()
+
+    await eventually(counted, timeout, f"the hub counts {count} idle warm {pool}")
+
+
 async def filled(keeper: PoolKeeper, pool: PoolSpec, idle: int, timeout: float = 60) -> None:
     """Fill rounds until `idle` tasks of `pool` are idle (launchers answering)."""
 
@@ -97,10 +112,24 @@ def user_environment(user: str, port: int = 8000) -> dict[str, str]:
 
 
 @pytest.fixture
-async def rig(local_ecs_factory: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PoolRig]:
+def process_ecs_factory(local_ecs_factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Local ECS whose tasks take a random /24 far from tests.conftest's 127.100.x.0 sequence.
+
+    Every pytest session on this shared machine starts that sequence at 127.100.0.0, so another
+    engineer's sim tasks may already listen on 127.100.0.2:8000, where a launcher must bind.
+    """
+
+    def make(**fields: Any) -> Any:
+        return local_ecs_factory(**{"cidr": f"127.{random.randint(160, 250)}.{random.randint(0, 255)}.0/24", **fields})
+
+    return make
+
+
+@pytest.fixture
+async def rig(process_ecs_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PoolRig]:
     # process mode runs the stand-in's `python -m ...` from local ECS's PATH
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    local = local_ecs_factory(mode="process")
+    local = process_ecs_factory(mode="process")
     target = EcsTarget(region="us-east-1", endpoint_url=local.endpoint_url)
     api = await EcsApi.create(target, max_attempts=2)
     async with contextlib.AsyncExitStack() as stack:

@@ -198,6 +198,9 @@ class NobodyOwnsAnything:
     def ownership(self) -> Ownership:
         return Ownership()
 
+    def ownership_of(self, arn: str, key: ServerKey) -> Ownership:
+        return Ownership()
+
     async def adopt(self, key: ServerKey, task: dict) -> bool:
         return False
 

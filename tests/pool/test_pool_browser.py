@@ -20,7 +20,7 @@ import yaml
 from calliope_hub.catalog import BUILTIN_DIRECTORY
 from tests.e2e.conftest import running_stack, scripts_on_path  # noqa: F401 (the fixture puts Lab on PATH)
 from tests.e2e.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, PASSWORD
-from tests.pool.conftest import eventually
+from tests.pool.conftest import eventually, hub_counts_idle
 
 
 def catalog_without_lab_storage(directory: Path) -> Path:
@@ -33,7 +33,7 @@ def catalog_without_lab_storage(directory: Path) -> Path:
 
 
 @pytest.mark.browser
-async def test_with_a_pool_of_one_lab_opens_from_a_warm_task(local_ecs_factory, tmp_path):
+async def test_with_a_pool_of_one_lab_opens_from_a_warm_task(process_ecs_factory, tmp_path):
     from playwright.async_api import async_playwright
 
     catalog = catalog_without_lab_storage(tmp_path / "catalog")
@@ -42,7 +42,7 @@ async def test_with_a_pool_of_one_lab_opens_from_a_warm_task(local_ecs_factory, 
         "c.CalliopePool.pools = {'lab/small': {'min_idle': 1, 'max': 1}}",
         "c.CalliopePool.interval = 1",
     ]
-    async with running_stack(local_ecs_factory, tmp_path / "hub", extra) as stack:
+    async with running_stack(process_ecs_factory, tmp_path / "hub", extra) as stack:
         ecs = boto3.client("ecs", endpoint_url=stack.ecs.endpoint_url, region_name="us-east-1")
 
         def warm_arns(state: str) -> list[str]:
@@ -55,7 +55,7 @@ async def test_with_a_pool_of_one_lab_opens_from_a_warm_task(local_ecs_factory, 
             ]
 
         (warm,) = await eventually(lambda: warm_arns("idle"), 120, "a warm Lab task RUNNING")
-        await _launcher_waiting(stack)
+        await hub_counts_idle(stack, "lab/small", 1)
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             try:
@@ -88,18 +88,3 @@ async def test_with_a_pool_of_one_lab_opens_from_a_warm_task(local_ecs_factory, 
         )
         print(f"warm Lab: {seconds:.2f} s from Start to JupyterLab")
         await eventually(lambda: warm_arns("idle"), 120, "the pool refilled")
-
-
-async def _launcher_waiting(stack) -> None:
-    """Wait for the keeper's probe: the hub's metrics say one idle lab/small task."""
-    import aiohttp
-
-    async def idle() -> bool:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"{stack.hub.url}/hub/metrics", headers={"Authorization": f"token {stack.token}"}) as answer,
-        ):
-            text = await answer.text()
-        return 'calliope_pool_tasks{pool="lab/small",state="idle"} 1.0' in text
-
-    await eventually(idle, 120, "the hub counts one idle warm Lab")

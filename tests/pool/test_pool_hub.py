@@ -1,0 +1,77 @@
+"""Warm pools in a real hub (JupyterHub + CHP + local ECS in process mode): races, restarts, the orphan sweep.
+
+Two users start Chat at once with one warm task: one gets it, the other starts cold, both end
+ready. Then the hub is killed (-9) and started again: both servers are still there, the idle
+warm task the pool refilled is adopted (not stopped, not doubled), and the orphan sweep, run
+every second with a 2 s grace, leaves the idle task and both servers alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import boto3
+
+from tests.e2e.conftest import running_stack, scripts_on_path  # noqa: F401 (the fixture puts the stand-ins on PATH)
+from tests.hubtest import server_ready
+from tests.pool.conftest import eventually, hub_counts_idle
+
+EXTRA = [
+    "c.CalliopePool.pools = {'chat/small': {'min_idle': 1, 'max': 1}}",
+    "c.CalliopePool.interval = 1",
+    "c.OrphanSweep.interval = 1",
+    "c.OrphanSweep.grace_period = 2",
+]
+USERS = ("fay", "gus")
+
+
+def tasks_by_state(ecs: Any) -> dict[str, list[dict]]:
+    """Running tasks, by their calliope:pool tag ('' for a task no pool started)."""
+    arns = ecs.list_tasks(cluster="calliope")["taskArns"]
+    found: dict[str, list[dict]] = {"idle": [], "claimed": [], "": []}
+    for task in ecs.describe_tasks(cluster="calliope", tasks=arns, include=["TAGS"])["tasks"] if arns else []:
+        tags = {tag["key"]: tag["value"] for tag in task.get("tags", [])}
+        if task["lastStatus"] == "RUNNING" and task["desiredStatus"] == "RUNNING":
+            found[tags.get("calliope:pool", "")].append({**task, "tagged": tags})
+    return found
+
+
+async def test_two_spawns_race_for_one_warm_task_both_end_ready_and_a_restart_keeps_everything(
+    process_ecs_factory: Any, tmp_path: Any
+) -> None:
+    async with running_stack(process_ecs_factory, tmp_path, EXTRA) as stack:
+        ecs = boto3.client("ecs", endpoint_url=stack.ecs.endpoint_url, region_name="us-east-1")
+        await hub_counts_idle(stack, "chat/small", 1)
+        (warm,) = tasks_by_state(ecs)["idle"]
+        for user in USERS:
+            assert (await stack.api.request("POST", f"/users/{user}")).status == 201
+
+        answers = await asyncio.gather(*(
+            stack.api.request("POST", f"/users/{user}/server", {"user_options": {"service": "chat", "size": "small"}})
+            for user in USERS
+        ))  # fmt: skip
+
+        assert {answer.status for answer in answers} <= {201, 202}
+        for user in USERS:
+            await eventually(lambda user=user: server_ready(stack.api, user), 120, f"{user}'s Chat ready")
+        running = tasks_by_state(ecs)
+        (claimed,) = running["claimed"]
+        assert claimed["taskArn"] == warm["taskArn"], "one spawn got the warm task"
+        assert claimed["tagged"]["calliope:user"] in USERS
+        (cold,) = running[""]
+        assert {cold["tagged"]["calliope:user"], claimed["tagged"]["calliope:user"]} == set(USERS)
+        await hub_counts_idle(stack, "chat/small", 1)
+        (refill,) = tasks_by_state(ecs)["idle"]
+
+        stack.hub.kill()
+        await stack.hub.start(timeout=120)
+
+        for user in USERS:
+            await eventually(lambda user=user: server_ready(stack.api, user), 120, f"{user}'s Chat after the restart")
+        await asyncio.sleep(5)  # several orphan sweeps (every 1 s, 2 s grace) and pool rounds
+        after = tasks_by_state(ecs)
+        assert [t["taskArn"] for t in after["idle"]] == [refill["taskArn"]], "the idle task adopted, none added"
+        assert [t["taskArn"] for t in after["claimed"]] == [warm["taskArn"]]
+        assert [t["taskArn"] for t in after[""]] == [cold["taskArn"]]
+        assert ecs.list_tasks(cluster="calliope", desiredStatus="STOPPED")["taskArns"] == [], "nothing was stopped"
