@@ -16,7 +16,8 @@ The size: every spawn writes its token to SSM, and PutParameter's quota (3 TPS, 
 Parameter Store's higher throughput; calliope_hub.ecsfacts) caps spawns at 2.4/s at the hub's
 0.8 share. The issue's 600 spawns therefore take over four minutes of writes alone, too long
 for `make test`; this test runs 120 by default (more than the limit, so the limit is met), and
-the full size with CALLIOPE_BURST_SPAWNS=600 (docs/security.md, "Throughput").
+the full size with `CALLIOPE_BURST_SPAWNS=600 pytest tests/hub/test_spawn_burst.py --timeout 1200`
+under the bench lock (600 servers; the suite's 300 s per-test timeout is too short for it).
 """
 
 from __future__ import annotations
