@@ -17,7 +17,7 @@ poll of a restored task would wait for the watcher's first sweep. The app starts
 and describes every task the database records as running (`HubRuntime.prime`, ⌈N/100⌉
 DescribeTasks) before `init_spawners`, so those polls are dictionary reads; the same one query
 for the running users also holds them so that JupyterHub's loop over them stops costing
-statements per server (`_running_users`). With a spawner that is not ours it changes
+statements per server (`running_users`). With a spawner that is not ours it changes
 nothing: that is JupyterHub's own start, which the bench's floor measures. The HA app
 (calliope_hub.hub.ha) builds on this one.
 """
@@ -29,7 +29,7 @@ from typing import Any
 
 from jupyterhub import orm
 from jupyterhub.app import JupyterHub
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 from traitlets import TraitError
 
 from calliope_hub.hub.runtime import SETTINGS_KEY, HubRuntime
@@ -37,6 +37,37 @@ from calliope_hub.spawner import ECSSpawner
 
 #: the exit status of a hub whose config cannot run
 BAD_CONFIG_EXIT = 1
+
+
+def running_users(db: Session) -> list[orm.User]:
+    """Every user with a running server and their spawners, in one query, to hold through JupyterHub's check.
+
+    JupyterHub's `init_spawners` selects the running spawners with `selectinload` of their
+    users, but the session's identity map holds objects weakly and its loop finds them gone:
+    each `orm_spawner.user` lazy-loads the user and its spawners again, 5 statements per
+    server (5,012 at 1,000 servers; 11 with these held), most of its restart time on
+    PostgreSQL. While the caller holds the list, those reads are identity-map hits.
+    """
+    users: list[orm.User] = (
+        db.query(orm.User)
+        .join(orm.Spawner, orm.Spawner.user_id == orm.User.id)
+        .filter(orm.Spawner.server_id.isnot(None))
+        .options(selectinload(orm.User._orm_spawners))
+        .all()
+    )
+    return users
+
+
+def recorded_tasks(users: list[orm.User], cluster: str) -> set[str]:
+    """The task of every running server of `users` in `cluster`, as the spawners' state records it."""
+    return {
+        state["task_arn"]
+        for user in users
+        for orm_spawner in user._orm_spawners
+        if orm_spawner.server_id is not None
+        and (state := orm_spawner.state or {}).get("task_arn")
+        and state.get("cluster", cluster) == cluster
+    }
 
 
 class _SettingsHolder:
@@ -93,43 +124,13 @@ class CalliopeHub(JupyterHub):
             stock: int = await super().init_spawners()
             return stock
         await self.runtime.start()
-        held = self._running_users()
-        primed = await self.runtime.prime(self._recorded_tasks(held, self.runtime.cluster))
+        held = running_users(self.db)
+        primed = await self.runtime.prime(recorded_tasks(held, self.runtime.cluster))
         self.log.info("Calliope Hub: primed the status of %d running tasks (%d users)", len(primed), len(held))
         checked: int = await super().init_spawners()
         del held
         self.runtime.hand_over(self._claimed_tasks())
         return checked
-
-    def _running_users(self) -> list[orm.User]:
-        """Every user with a running server and their spawners, in one query, held through JupyterHub's check.
-
-        JupyterHub's `init_spawners` selects the running spawners with `selectinload` of their
-        users, but the session's identity map holds objects weakly and its loop finds them gone:
-        each `orm_spawner.user` lazy-loads the user and its spawners again, 5 statements per
-        server (5,012 at 1,000 servers; 11 with these held), most of its restart time on
-        PostgreSQL. Holding them (the caller keeps the list) makes those reads identity-map hits.
-        """
-        users: list[orm.User] = (
-            self.db.query(orm.User)
-            .join(orm.Spawner, orm.Spawner.user_id == orm.User.id)
-            .filter(orm.Spawner.server_id.isnot(None))
-            .options(selectinload(orm.User._orm_spawners))
-            .all()
-        )
-        return users
-
-    @staticmethod
-    def _recorded_tasks(users: list[orm.User], cluster: str) -> set[str]:
-        """The task of every running server of `users` in `cluster`, as the spawners' state records it."""
-        return {
-            state["task_arn"]
-            for user in users
-            for orm_spawner in user._orm_spawners
-            if orm_spawner.server_id is not None
-            and (state := orm_spawner.state or {}).get("task_arn")
-            and state.get("cluster", cluster) == cluster
-        }
 
     def _claimed_tasks(self) -> set[str]:
         """The task of every ECS spawner JupyterHub holds after its check."""
