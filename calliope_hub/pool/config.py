@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -33,6 +33,7 @@ from ..catalog import Catalog
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 #: what a pool entry may say
 POOL_FIELDS = frozenset({"min_idle", "max", "max_idle_age", "schedule"})
 WINDOW_FIELDS = frozenset({"days", "start", "end", "min_idle"})
@@ -192,11 +193,27 @@ class CalliopePool(Configurable):
         help="Seconds refills pause after a spawn found no warm task, so cold starts get the RunTask quota.",
     ).tag(config=True)
     timezone = Unicode("UTC", help="The time zone of the pools' schedules (an IANA name).").tag(config=True)
+    entry_points = Dict(
+        {},
+        help="SERVICE -> MODULE:FUNCTION its command runs (e.g. {'lab': 'jupyterhub.singleuser:main'}): a warm "
+        "task imports it while it waits and calls it once claimed, so the server's imports are paid before the user "
+        "arrives. Services not named here exec their command after the claim.",
+    ).tag(config=True)
 
     @validate("pools")
     def _validate_pools(self, proposal: dict[str, Any]) -> dict[str, Any]:
         parse_pools(proposal["value"])  # PoolConfigError names the pool and the field
         return dict(proposal["value"])
+
+    @validate("entry_points")
+    def _validate_entry_points(self, proposal: dict[str, Any]) -> dict[str, str]:
+        for service, entry in proposal["value"].items():
+            if not isinstance(entry, str) or not _ENTRY.match(entry):
+                raise PoolConfigError(
+                    f"c.CalliopePool.entry_points[{service!r}]: MODULE:FUNCTION, e.g. 'jupyterhub.singleuser:main', "
+                    f"not {entry!r}"
+                )
+        return {str(service): str(entry) for service, entry in proposal["value"].items()}
 
     @validate("timezone")
     def _validate_timezone(self, proposal: dict[str, Any]) -> str:
@@ -217,6 +234,8 @@ class PoolSettings:
     refill_rate: float = 2.0
     spawn_priority_window: float = 15.0
     timezone: str = "UTC"
+    #: service -> MODULE:FUNCTION the launcher preloads and calls (launcher.py --entry)
+    entry_points: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Config, catalog: Catalog, *, local: bool) -> PoolSettings:
@@ -231,4 +250,5 @@ class PoolSettings:
             refill_rate=chosen.refill_rate,
             spawn_priority_window=chosen.spawn_priority_window,
             timezone=chosen.timezone,
+            entry_points=dict(chosen.entry_points),
         )

@@ -77,11 +77,12 @@ def pool_definition(
     return request
 
 
-def launcher_command(choice: Choice, *, local: bool) -> list[str]:
+def launcher_command(choice: Choice, *, local: bool, entry: str = "") -> list[str]:
     """The launcher, then the service's command: what a warm task runs.
 
     Locally the launcher runs in this interpreter (process mode runs commands on this host); on ECS
-    the image's `python3` runs it, so a pooled image needs this package installed.
+    the image's `python3` runs it, so a pooled image needs this package installed. With `entry`
+    (MODULE:FUNCTION), the launcher preloads it and calls it instead of exec'ing the command.
     """
     service = choice.service
     command = service.local.command if local else service.command
@@ -89,7 +90,8 @@ def launcher_command(choice: Choice, *, local: bool) -> list[str]:
         raise ValueError(f"{service.name} has no command to launch")
     python = sys.executable if local else "python3"
     port = str(service.port)
-    return [python, "-m", "calliope_hub.pool.launcher", "--bind", "0.0.0.0", "--port", port, "--", *command]
+    preload = ["--entry", entry] if entry else []
+    return [python, "-m", "calliope_hub.pool.launcher", "--bind", "0.0.0.0", "--port", port, *preload, "--", *command]
 
 
 def pool_tags(hub_id: str, choice: Choice) -> list[dict[str, str]]:
@@ -100,13 +102,13 @@ def pool_tags(hub_id: str, choice: Choice) -> list[dict[str, str]]:
 
 
 def pool_run_task(
-    choice: Choice, placement: Placement, *, hub_id: str, definition: str, nonce: str, local: bool
+    choice: Choice, placement: Placement, *, hub_id: str, definition: str, nonce: str, local: bool, entry: str = ""
 ) -> dict[str, Any]:
     """RunTask for one warm task; retries of it carry the same clientToken (from the nonce)."""
     environment = {NONCE_VARIABLE: nonce, "CALLIOPE_SERVICE": choice.service.name, "CALLIOPE_SIZE": choice.size_name}
     container = {
         "name": choice.service.container_name,
-        "command": launcher_command(choice, local=local),
+        "command": launcher_command(choice, local=local, entry=entry),
         "environment": [{"name": name, "value": value} for name, value in environment.items()],
     }
     return {

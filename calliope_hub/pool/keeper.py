@@ -244,6 +244,7 @@ class PoolKeeper:
             definition=self._definitions[pool.name],
             nonce=nonce,
             local=parts.local,
+            entry=self.settings.entry_points.get(pool.service, ""),
         )
         try:
             answer = await parts.api.run_task(request)

@@ -18,6 +18,13 @@ Requests are served one at a time, so two claims can never both succeed: the fir
 ends the loop before the next is read. Standard library only, so an image needs nothing but
 Python and this package (or these two files) to be pooled.
 
+`--entry MODULE:FUNCTION` (optional) imports MODULE while the task waits and, once claimed,
+calls FUNCTION with `sys.argv` and `os.environ` set as the server's, in this same process,
+instead of exec'ing `command` (which then only names argv[0]). For a Python server whose start
+is mostly imports (jupyterhub-singleuser: `jupyterhub.singleuser:main`, ~3.5 s of imports here)
+that cost is paid before the user arrives. A module that reads the environment at import time
+sees the task's own environment, not the claim's.
+
 `--bind` is the address the task's server binds. On ECS (awsvpc) it is 0.0.0.0, the task's
 own interface; local ECS's process mode rewrites 0.0.0.0 in argv to the task's loopback
 address, and the launcher applies the same rewrite to what the claim hands over, so the
@@ -27,11 +34,12 @@ server binds where the launcher did.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
@@ -163,21 +171,45 @@ def wait_for_claim(bind: str, port: int, key: str, nonce: str) -> Claim:
         server.server_close()
 
 
+def load_entry(entry: str) -> Callable[[], Any]:
+    """MODULE:FUNCTION, imported now: the server's imports happen before the claim."""
+    module, colon, function = entry.partition(":")
+    if not colon or not module or not function:
+        raise ValueError(f"--entry {entry!r}: write MODULE:FUNCTION, e.g. jupyterhub.singleuser:main")
+    found: Callable[[], Any] = getattr(importlib.import_module(module), function)
+    return found
+
+
+def become(function: Callable[[], Any], argv: list[str], environment: dict[str, str]) -> int:
+    """Run the server in this process, as if exec'd with `argv` and `environment`."""
+    os.environ.clear()
+    os.environ.update(environment)
+    sys.argv = argv
+    answer = function()
+    return answer if isinstance(answer, int) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m calliope_hub.pool.launcher", description=__doc__.split("\n")[0])
     parser.add_argument("--bind", default="0.0.0.0", help="the address the server binds (default: 0.0.0.0)")
     parser.add_argument("--port", type=int, required=True, help="the service's port")
+    parser.add_argument("--entry", default="", help="MODULE:FUNCTION to import now and call after the claim")
     parser.add_argument("command", nargs="+", help="the server's command, after --")
     options = parser.parse_args(argv)
     key, nonce = os.environ.get(KEY_VARIABLE, ""), os.environ.get(NONCE_VARIABLE, "")
     if not key or not nonce:
         print(f"calliope pool launcher: {KEY_VARIABLE} and {NONCE_VARIABLE} must be set", file=sys.stderr)
         return 2
+    entry = load_entry(options.entry) if options.entry else None
     claim = wait_for_claim(options.bind, options.port, key, nonce)
     argv_out = server_argv(options.command, claim, options.bind)
+    environment = server_environment(os.environ, claim, options.bind)
+    if entry is not None:
+        print(f"calliope pool launcher: claimed; running {options.entry}", file=sys.stderr, flush=True)
+        return become(entry, argv_out, environment)
     print(f"calliope pool launcher: claimed; exec {argv_out[0]}", file=sys.stderr, flush=True)
     try:
-        os.execvpe(argv_out[0], argv_out, server_environment(os.environ, claim, options.bind))
+        os.execvpe(argv_out[0], argv_out, environment)
     except OSError as e:
         print(f"calliope pool launcher: cannot exec {argv_out[0]}: {e}", file=sys.stderr)
         return 127

@@ -77,3 +77,11 @@ def test_a_bad_time_zone_or_interval_is_refused() -> None:
         settings({}, timezone="Mars/Olympus")
     with pytest.raises(Exception, match="interval"):
         settings({}, interval=0.01)
+
+
+def test_an_entry_point_is_module_colon_function() -> None:
+    assert settings({}, entry_points={"lab": "jupyterhub.singleuser:main"}).entry_points == {
+        "lab": "jupyterhub.singleuser:main"
+    }
+    with pytest.raises(PoolConfigError, match=r"entry_points\['lab'\]: MODULE:FUNCTION"):
+        settings({}, entry_points={"lab": "jupyterhub-singleuser"})

@@ -42,12 +42,13 @@ def free_port() -> int:
 
 
 class Launcher:
-    def __init__(self, tmp: Path, bind: str = "127.0.0.1"):
-        self.port, self.bind = free_port(), bind
+    def __init__(self, tmp: Path, *, entry: str = "", extra_env: dict[str, str] | None = None):
+        self.port, self.bind = free_port(), "127.0.0.1"
         self.record = tmp / "record.json"
         env = {"PATH": os.environ["PATH"], KEY_VARIABLE: KEY, NONCE_VARIABLE: NONCE, "KEPT": "from the task"}
-        argv = [sys.executable, "-m", "calliope_hub.pool.launcher", "--bind", bind, "--port", str(self.port)]
-        self.process = subprocess.Popen([*argv, "--", sys.executable, "-c", SERVER], env=env)
+        argv = [sys.executable, "-m", "calliope_hub.pool.launcher", "--bind", self.bind, "--port", str(self.port)]
+        command = ["--entry", entry, "--", "warm-server"] if entry else ["--", sys.executable, "-c", SERVER]
+        self.process = subprocess.Popen([*argv, *command], env={**env, **(extra_env or {})})
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 20
         while self.status() is None:
@@ -139,3 +140,44 @@ def test_without_its_key_the_launcher_refuses_to_start(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "calliope_hub.pool.launcher", "--port", str(free_port()), "--", "true"]
     done = subprocess.run(argv, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=20)
     assert done.returncode == 2 and KEY_VARIABLE in done.stderr
+
+
+ENTRY_MODULE = """
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+IMPORTED_WITH_TOKEN = "JUPYTERHUB_API_TOKEN" in os.environ
+open(os.environ["IMPORTED"], "w").write(str(os.getpid()))
+def main():
+    json.dump({"argv": sys.argv, "env": dict(os.environ), "pid": os.getpid(), "token_at_import": IMPORTED_WITH_TOKEN},
+              open(os.environ["RECORD"], "w"))
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.send_header("Content-Length", "6"); self.end_headers()
+            self.wfile.write(b"server")
+    HTTPServer((os.environ["BIND"], int(os.environ["PORT"])), Answer).handle_request()
+"""
+
+
+def test_with_an_entry_point_the_server_is_imported_before_the_claim_and_run_in_place(tmp_path: Path) -> None:
+    (tmp_path / "warmserver.py").write_text(ENTRY_MODULE)
+    imported = tmp_path / "imported"
+    extra = {"PYTHONPATH": str(tmp_path), "IMPORTED": str(imported)}
+    launcher = Launcher(tmp_path, entry="warmserver:main", extra_env=extra)
+    try:
+        assert imported.read_text() == str(launcher.process.pid), "the module was imported while the task waited"
+        assert launcher.claim(claim_body(launcher))[0] == 200
+        deadline = time.monotonic() + 20
+        while not launcher.record.exists():
+            assert time.monotonic() < deadline, "the entry point never ran"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        ran = json.loads(launcher.record.read_text())
+        assert ran["pid"] == launcher.process.pid, "run in place, not exec'd"
+        assert ran["argv"] == ["warm-server", "--listen=127.0.0.1", "--allow-root"]
+        assert ran["env"]["JUPYTERHUB_API_TOKEN"] == "the-users-token" and KEY_VARIABLE not in ran["env"]
+        assert ran["token_at_import"] is False, "imports ran before any user's environment existed"
+        with urllib.request.urlopen(launcher.url + "/anything", timeout=5) as answer:
+            assert answer.read() == b"server"
+    finally:
+        launcher.process.kill()
+        launcher.process.wait(10)

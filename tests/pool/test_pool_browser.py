@@ -41,6 +41,8 @@ async def test_with_a_pool_of_one_lab_opens_from_a_warm_task(process_ecs_factory
         f"c.ECSSpawner.catalog_path = {str(catalog)!r}",
         "c.CalliopePool.pools = {'lab/small': {'min_idle': 1, 'max': 1}}",
         "c.CalliopePool.interval = 1",
+        # jupyterhub-singleuser's own entry point: the warm task imports Lab while it waits
+        "c.CalliopePool.entry_points = {'lab': 'jupyterhub.singleuser:main'}",
     ]
     async with running_stack(process_ecs_factory, tmp_path / "hub", extra) as stack:
         ecs = boto3.client("ecs", endpoint_url=stack.ecs.endpoint_url, region_name="us-east-1")
