@@ -189,19 +189,45 @@ def become(function: Callable[[], Any], argv: list[str], environment: dict[str, 
     return answer if isinstance(answer, int) else 0
 
 
+def without_key_in_environ(argv: list[str], key: str) -> None:
+    """Exec this launcher again with the pool key on a pipe instead of in the environment.
+
+    With an entry point the launcher's process becomes the user's server, and Linux keeps a
+    process's original environment block readable at /proc/<pid>/environ by the same Unix user
+    whatever the process later unsets: the user's own code would find the key there. Only the
+    environment of the exec that started the process is kept, so the serving process is started
+    without it and reads the key from a pipe once.
+    """
+    read_end, write_end = os.pipe()
+    os.write(write_end, key.encode())  # 64 bytes: far below a pipe's buffer, never blocks
+    os.close(write_end)
+    os.set_inheritable(read_end, True)
+    environment = {name: value for name, value in os.environ.items() if name != KEY_VARIABLE}
+    launcher = [sys.executable, "-m", "calliope_hub.pool.launcher", "--key-fd", str(read_end), *argv]
+    os.execve(sys.executable, launcher, environment)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m calliope_hub.pool.launcher", description=__doc__.split("\n")[0])
     parser.add_argument("--bind", default="0.0.0.0", help="the address the server binds (default: 0.0.0.0)")
     parser.add_argument("--port", type=int, required=True, help="the service's port")
     parser.add_argument("--entry", default="", help="MODULE:FUNCTION to import now and call after the claim")
+    parser.add_argument("--key-fd", type=int, default=-1, help=argparse.SUPPRESS)  # set by the launcher itself
     parser.add_argument("command", nargs="+", help="the server's command, after --")
-    options = parser.parse_args(argv)
+    options = parser.parse_args(arguments)
     key, nonce = os.environ.get(KEY_VARIABLE, ""), os.environ.get(NONCE_VARIABLE, "")
+    if options.key_fd >= 0:
+        key = os.read(options.key_fd, 4096).decode()
+        os.close(options.key_fd)
     if not key or not nonce:
         print(f"calliope pool launcher: {KEY_VARIABLE} and {NONCE_VARIABLE} must be set", file=sys.stderr)
         return 2
+    if options.entry and KEY_VARIABLE in os.environ:
+        without_key_in_environ(arguments, key)  # does not return
     entry = load_entry(options.entry) if options.entry else None
     claim = wait_for_claim(options.bind, options.port, key, nonce)
+    del key  # the server that follows has no use for it
     argv_out = server_argv(options.command, claim, options.bind)
     environment = server_environment(os.environ, claim, options.bind)
     if entry is not None:

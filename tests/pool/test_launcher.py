@@ -165,6 +165,8 @@ def test_with_an_entry_point_the_server_is_imported_before_the_claim_and_run_in_
     launcher = Launcher(tmp_path, entry="warmserver:main", extra_env=extra)
     try:
         assert imported.read_text() == str(launcher.process.pid), "the module was imported while the task waited"
+        environ = Path(f"/proc/{launcher.process.pid}/environ").read_bytes()
+        assert KEY.encode() not in environ, "the serving process never had the key in its environment block"
         assert launcher.claim(claim_body(launcher))[0] == 200
         deadline = time.monotonic() + 20
         while not launcher.record.exists():
