@@ -41,6 +41,7 @@ from ..ecs.launch import ClaimOutcome
 from ..ecs.secrets import SecretStore, ServerSecrets
 from ..ecs.snapshot import TaskSnapshot
 from ..ecs.status import TaskWatcher
+from ..ecs.status.store import TaskNotWatched
 from ..ecs.taskdefs import TaskDefinitions
 from ..ecsfacts import Quota, TokenBucket
 from ..observability.metrics import POOL_CLAIMS, POOL_FALLBACKS, POOL_LOST, POOL_TASKS
@@ -263,10 +264,7 @@ class PoolKeeper:
 
     async def _until_waiting(self, warm: WarmTask) -> None:
         """RUNNING by ECS's word, then the launcher's "waiting": only then may a spawn claim it."""
-        try:
-            snapshot = await self.parts.watcher.wait_for(warm.arn, lambda s: s.running, READY_TIMEOUT)
-        except TimeoutError:
-            snapshot = None
+        snapshot = await self._until_running(warm)
         if snapshot is not None and snapshot.stopped:
             return  # _on_stopped drops it
         if snapshot is not None and await self._waiting(warm.pool, snapshot.ip):
@@ -278,6 +276,19 @@ class PoolKeeper:
             POOL_LOST.labels(warm.pool.name, "not-ready").inc()
             await self._stop_if_still_idle(warm, NOT_READY_REASON)
             self._wake.set()
+
+    async def _until_running(self, warm: WarmTask) -> TaskSnapshot | None:
+        """ECS's RUNNING (or STOPPED) for `warm`, None on READY_TIMEOUT; watched again if someone unwatched it."""
+        watcher = self.parts.watcher
+        while True:
+            try:
+                return await watcher.wait_for(warm.arn, lambda s: s.running, READY_TIMEOUT)
+            except TimeoutError:
+                return None
+            except TaskNotWatched:
+                if self._tasks.get(warm.arn) is not warm:
+                    return None  # dropped meanwhile
+                watcher.watch(warm.arn, on_stopped=self._on_stopped)  # the keeper owns its warm tasks
 
     async def _waiting(self, pool: PoolSpec, ip: str | None) -> bool:
         """Whether the launcher at `ip` answers "waiting" within PROBE_TIMEOUT."""

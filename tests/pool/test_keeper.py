@@ -236,3 +236,15 @@ async def test_refills_wait_while_spawns_start_cold(rig: PoolRig) -> None:
 
     assert keeper.tasks(CHAT_SMALL) == [], "the cold start keeps the quota"
     assert (await rig.api.list_tasks(CLUSTER)) == []
+
+
+async def test_a_warm_task_unwatched_by_someone_else_while_starting_still_becomes_idle(rig: PoolRig) -> None:
+    """The runtime's release of primed tasks may unwatch any task; the keeper watches its own again."""
+    keeper = rig.keeper()
+    await keeper.fill_once()
+    (starting,) = keeper.tasks(CHAT_SMALL, STARTING)
+    rig.watcher.unwatch(starting.arn)
+
+    await filled(keeper, CHAT_SMALL, 1)
+
+    assert idle_arns(keeper) == {starting.arn}, "the same task, not a replacement"
