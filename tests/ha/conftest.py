@@ -1,4 +1,4 @@
-"""The HA stack for the HA tests: real PostgreSQL (a database of the package's own), local ECS in sim
+"""The HA stack for the HA tests: real PostgreSQL (a database of the module's own), local ECS in sim
 mode, two configurable-http-proxy replicas, two HA JupyterHub processes and Debian's HAProxy."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import boto3
 import pytest
 import pytest_asyncio
 
 from calliope_hub.tools.local.ha import HaSpec, HaStack, drop_database
-from tests.hubtest import require_proxy
+from tests.hubtest import eventually, require_proxy
 
 PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
@@ -41,11 +42,12 @@ def require_services() -> None:
         require(False, f"no PostgreSQL at 127.0.0.1:5432: {e}")
 
 
-@pytest_asyncio.fixture(scope="package", loop_scope="package")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared_ha_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[HaStack]:
-    """One HA stack for the whole package, on a database of its own (dropped after); the spawns answer
-    202 at once so a test can catch them in flight. A stack costs ~30 s to start on a loaded 2-core
-    machine, and each test only needs two hubs (one leading) and two proxies: `ha_stack` restores that."""
+    """One HA stack for a test module, on a database of its own (dropped after); the spawns answer 202
+    at once so a test can catch them in flight. A stack costs ~30 s to start on a loaded 2-core machine,
+    and each test only needs two hubs (one leading) and two proxies: `ha_stack` restores that. Module,
+    not package, scope: tests/ is no Python package, so a package fixture here would live all session."""
     require_services()
     db_url = f"{PG_SERVER}/calliope_ha_{uuid.uuid4().hex[:10]}"
     spec = HaSpec(
@@ -63,9 +65,9 @@ async def shared_ha_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
         drop_database(db_url)
 
 
-@pytest_asyncio.fixture(loop_scope="package")
+@pytest_asyncio.fixture(loop_scope="module")
 async def ha_stack(shared_ha_stack: HaStack) -> HaStack:
-    """The package's stack as each test expects it: both proxies and both hubs running, one of them the
+    """The module's stack as each test expects it: both proxies and both hubs running, one of them the
     leader and the other standing by. A test that killed or fenced a hub or a proxy had it started again
     here (same ports, same config), as an operator's supervisor would; servers of earlier tests keep running."""
     stack = shared_ha_stack
@@ -76,7 +78,18 @@ async def ha_stack(shared_ha_stack: HaStack) -> HaStack:
         if hub.pid is None or hub.exit_code() is not None:  # killed, or fenced (it exits by itself)
             await hub.start()  # back once its /leader answers: standing by, or leading
     await stack.wait_for_leader()
+    await eventually(lambda: api_answers(stack), 30, "the hub API through the balancer")  # HAProxy saw it too
     return stack
+
+
+async def api_answers(stack: HaStack) -> bool:
+    """The hub API answers through HAProxy (a 503 while the balancer has no healthy hub yet)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        try:
+            async with session.get(f"{stack.url}/hub/api/") as answer:
+                return answer.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
 
 class LeaderProbe:

@@ -29,7 +29,7 @@ from tests.hubtest import eventually
 
 RUNNING = 20
 IN_FLIGHT = 5
-pytestmark = pytest.mark.asyncio(loop_scope="package")  # the package's one HA stack (conftest)
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # the module's one HA stack (conftest)
 
 
 async def spawn(stack: HaStack, name: str) -> None:

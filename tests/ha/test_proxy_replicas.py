@@ -12,7 +12,7 @@ from tests.ha.test_failover import answers_through_balancer, servers, spawn
 from tests.hubtest import eventually
 
 USERS = ["pa", "pb", "pc"]
-pytestmark = pytest.mark.asyncio(loop_scope="package")  # the package's one HA stack (conftest)
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # the module's one HA stack (conftest)
 
 
 async def user_routes(stack: HaStack, i: int) -> set[str]:
