@@ -12,6 +12,7 @@ import signal
 import aiohttp
 import boto3
 import psutil
+from prometheus_client import REGISTRY
 
 from calliope_hub.ecs.identity import read_tags, started_by
 from calliope_hub.ecs.orphans import OrphanSweeper, Ownership, ServerKey
@@ -185,9 +186,12 @@ async def test_an_idle_task_past_its_age_is_recycled(rig: PoolRig) -> None:
     keeper = rig.keeper(pool)
     await filled(keeper, pool, 1)
     (old,) = keeper.tasks(pool, WAITING)
+    recycled = {"pool": pool.name, "reason": "recycled"}
+    before = REGISTRY.get_sample_value("calliope_pool_lost_total", recycled) or 0.0
     await asyncio.sleep(1.1)
     await keeper.fill_once()
     assert old.arn not in {t.arn for t in keeper.tasks(pool)}
+    assert REGISTRY.get_sample_value("calliope_pool_lost_total", recycled) == before + 1, "counted as recycled"
     assert [t.state for t in keeper.tasks(pool)] == [STARTING], "a fresh one is on its way"
     await eventually(lambda: described(rig, old.arn)["desiredStatus"] == "STOPPED", 10, "the old one stopped")
 

@@ -9,9 +9,11 @@ every second with a 2 s grace, leaves the idle task and both servers alone.
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any
 
 import boto3
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import running_stack, scripts_on_path  # noqa: F401 (the fixture puts the stand-ins on PATH)
 from tests.hubtest import server_ready
@@ -35,6 +37,19 @@ def tasks_by_state(ecs: Any) -> dict[str, list[dict]]:
         if task["lastStatus"] == "RUNNING" and task["desiredStatus"] == "RUNNING":
             found[tags.get("calliope:pool", "")].append({**task, "tagged": tags})
     return found
+
+
+async def pool_metrics(stack: Any) -> dict[tuple[str, str], float]:
+    """The hub's pool and time-to-ready samples from /hub/metrics, summed by (name, claim outcome or start)."""
+    answer = await stack.api.request("GET", "/../metrics")
+    assert answer.status == 200, answer.text
+    shown: dict[tuple[str, str], float] = collections.defaultdict(float)
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            if sample.name.startswith(("calliope_pool_", "calliope_time_to_ready_seconds_count")):
+                key = sample.labels.get("outcome") or sample.labels.get("start") or ""
+                shown[(sample.name, key)] += sample.value
+    return shown
 
 
 async def test_two_spawns_race_for_one_warm_task_both_end_ready_and_a_restart_keeps_everything(
@@ -63,6 +78,11 @@ async def test_two_spawns_race_for_one_warm_task_both_end_ready_and_a_restart_ke
         assert {cold["tagged"]["calliope:user"], claimed["tagged"]["calliope:user"]} == set(USERS)
         await hub_counts_idle(stack, "chat/small", 1)
         (refill,) = tasks_by_state(ecs)["idle"]
+        shown = await pool_metrics(stack)
+        assert shown[("calliope_pool_claims_total", "claimed")] == 1
+        assert shown[("calliope_pool_fallbacks_total", "")] == 1, "the loser started cold, counted once"
+        assert shown[("calliope_time_to_ready_seconds_count", "warm")] == 1
+        assert shown[("calliope_time_to_ready_seconds_count", "cold")] == 1
 
         stack.hub.kill()
         await stack.hub.start(timeout=120)
