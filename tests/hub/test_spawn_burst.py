@@ -69,7 +69,11 @@ def calls(local: Any, operation: str, outcome: str) -> int:
 
 async def test_burst_under_aws_quotas(local_ecs_factory: Any) -> None:
     require_proxy()
-    local = local_ecs_factory(mode="sim", throttle="aws", sim_provisioning_s=0.3, sim_pending_s=0.5)
+    # A /22 of task addresses: a /24 holds 254 ENIs and local ECS refuses the rest (RESOURCE:ENI), as a full
+    # subnet would. Sim mode binds none of them, so the range may overlap another test's.
+    local = local_ecs_factory(
+        mode="sim", throttle="aws", sim_provisioning_s=0.3, sim_pending_s=0.5, cidr="127.96.0.0/22"
+    )
     ecs = boto3.client("ecs", endpoint_url=local.endpoint_url, region_name="us-east-1")
     ecs.create_cluster(clusterName="calliope")
     token = secrets.token_hex(16)
@@ -86,7 +90,9 @@ async def test_burst_under_aws_quotas(local_ecs_factory: Any) -> None:
     async with HubProcess(render(settings)) as hub, HubApi(hub.url, token) as api:
         assert (await api.request("POST", "/users", {"usernames": users})).status == 201
         headers = {"Authorization": f"token {token}"}
-        connector = aiohttp.TCPConnector(limit=SPAWNS)
+        # A connection per request: the proxy (node) closes idle keep-alive connections after 5 s, and a
+        # client that reuses one at that moment reads "Server disconnected" (seen at 600 spawns).
+        connector = aiohttp.TCPConnector(limit=SPAWNS, force_close=True)
         async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
             statuses = await asyncio.gather(
                 *(spawn_until_accepted(session, f"{hub.url}/hub/api/users/{u}/server", retry_afters) for u in users)
