@@ -21,6 +21,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from calliope_hub.catalog import CatalogConfigError
+from calliope_hub.ecsfacts import CLIENT_QUOTA_SHARE
 from calliope_hub.hub.config import CalliopeEvents, CloudWatchEmf, ECSSpawnerConfig, OrphanSweep
 from calliope_hub.hub.runtime import HubRuntime
 from calliope_hub.observability import emf
@@ -192,3 +193,20 @@ def test_help_lists_the_allowed_values() -> None:
     assert "'dry-run'" in OrphanSweep.class_get_help()
     assert "namespace" in CloudWatchEmf.class_get_help()
     assert issubclass(ECSSpawner, ECSSpawnerConfig)
+
+
+@pytest.mark.parametrize(("higher", "rate"), [(False, 3 * CLIENT_QUOTA_SHARE), (True, 10 * CLIENT_QUOTA_SHARE)])
+async def test_the_secret_store_writes_at_the_accounts_parameter_store_throughput(
+    local_ecs: Any, higher: bool, rate: float
+) -> None:
+    """c.ECSSpawner.ssm_higher_throughput reaches the SSM client's bucket: PutParameter caps spawns (ecsfacts)."""
+    await prepare(local_ecs.endpoint_url)
+    maker = SpawnerMaker(local_ecs.endpoint_url)
+    spawner = maker(ssm_higher_throughput=higher)
+    try:
+        await spawner.runtime.start()
+        buckets = spawner.runtime.secrets._buckets
+        assert buckets is not None
+        assert buckets.buckets["ssm-put-parameter"].quota.rate == pytest.approx(rate)
+    finally:
+        await maker.close()
