@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from calliope_hub.ecsfacts import started_by
 
 __all__ = [
+    "POOL_CLAIMED",
+    "POOL_IDLE",
+    "POOL_TAG",
     "TAG_FIELDS",
     "TAG_PREFIX",
     "TaskIdentity",
@@ -27,6 +30,10 @@ __all__ = [
 
 TAG_PREFIX = "calliope:"
 TAG_FIELDS = ("hub", "user", "server", "service", "size")
+#: the tag that marks a warm-pool task (calliope_hub.pool), and its values: an idle one belongs to the
+#: pool keeper (the orphan sweep leaves it alone); a claimed one carries its user and is a server like any other
+POOL_TAG = TAG_PREFIX + "pool"
+POOL_IDLE, POOL_CLAIMED = "idle", "claimed"
 #: ECS: a tag value has at most 256 characters.
 MAX_TAG_VALUE = 256
 

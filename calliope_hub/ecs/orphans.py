@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from calliope_hub.ecs.api import EcsApi, EcsApiError
-from calliope_hub.ecs.identity import TAG_PREFIX, read_tags
+from calliope_hub.ecs.identity import POOL_IDLE, POOL_TAG, read_tags
 from calliope_hub.observability.metrics import ORPHANS
 
 log = logging.getLogger(__name__)
 
 ORPHAN_STOP_REASON = "Orphan stopped by Calliope Hub"
-#: the tag calliope_hub.pool.definition puts on a warm task no user has claimed (ecs/ does not import pool/)
-IDLE_POOL_TAG = {"key": TAG_PREFIX + "pool", "value": "idle"}
+#: a warm task no user has claimed: the pool keeper's (calliope_hub.pool), never an orphan
+IDLE_POOL_TAG = {"key": POOL_TAG, "value": POOL_IDLE}
 ACTIONS = ("stop", "dry-run", "off")
 
 #: (user name, server name): the identity a task's calliope:user/server tags carry

@@ -21,15 +21,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..catalog import Catalog, Choice, Placement
-from ..ecs.identity import TAG_PREFIX, encode_tag_value, started_by
+from ..ecs.identity import POOL_CLAIMED, POOL_IDLE, POOL_TAG, TAG_PREFIX, encode_tag_value, started_by
 from ..ecs.secrets import escape_name_part
 from ..ecs.taskdefs import server_definition
 from .config import PoolSpec
 from .secret import KEY_VARIABLE, NONCE_VARIABLE
 
-#: the tag that marks a pool task, and its values
-POOL_TAG = TAG_PREFIX + "pool"
-IDLE, CLAIMED = "idle", "claimed"
+#: the pool tag's values, as the keeper names them (the tag itself: calliope_hub.ecs.identity)
+IDLE, CLAIMED = POOL_IDLE, POOL_CLAIMED
 _NOT_FAMILY = re.compile(r"[^A-Za-z0-9_-]")
 #: ECS: a family has at most 255 letters, digits, hyphens and underscores
 MAX_FAMILY = 255
