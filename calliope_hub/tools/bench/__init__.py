@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from calliope_hub.catalog import CatalogError, load_catalog
 from calliope_hub.localecs.config import SIM_TIMINGS
 from calliope_hub.tools.bench import phases, report
 from calliope_hub.tools.bench.stack import BenchStack, StackOptions
+from calliope_hub.tools.interrupt import exit_status, run_interruptible
 from calliope_hub.tools.machine import machine
 
 MODES = ("batched", "floor", "naive")
@@ -247,11 +246,6 @@ def _config(args: argparse.Namespace) -> BenchConfig:
     )
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM stops the bench as Ctrl-C does: the stack is torn down, results still printed."""
-    os.kill(os.getpid(), signal.SIGINT)
-
-
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     try:
@@ -261,14 +255,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     document: dict[str, Any] = {"machine": machine(), "config": vars(config), "runs": []}
     bench = Bench(config, console)
-    interrupted = False
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    stopped_by = 0  # the exit status a signal asks for (tools/interrupt.py): 130 Ctrl-C, 143 SIGTERM
     try:
-        asyncio.run(bench.execute())
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        run_interruptible(bench.execute())
+    except KeyboardInterrupt as stop:
+        stopped_by = exit_status(stop)
+    interrupted = bool(stopped_by)
     document["runs"] = bench.runs
     document["interrupted"] = interrupted
     Console().print(report.render_table(bench.runs, interrupted))
@@ -277,5 +269,5 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         report.save_plot(args.plot, bench.runs)
     if interrupted:
-        return 130
+        return stopped_by
     return 1 if any(run["error"] for run in bench.runs) else 0
