@@ -17,6 +17,7 @@ from calliope_hub.ecsfacts import started_by
 
 __all__ = [
     "POOL_CLAIMED",
+    "POOL_DEFINITION",
     "POOL_IDLE",
     "POOL_TAG",
     "TAG_FIELDS",
@@ -34,6 +35,8 @@ TAG_FIELDS = ("hub", "user", "server", "service", "size")
 #: pool keeper (the orphan sweep leaves it alone); a claimed one carries its user and is a server like any other
 POOL_TAG = TAG_PREFIX + "pool"
 POOL_IDLE, POOL_CLAIMED = "idle", "claimed"
+#: the pool tag's value on a pool's task definition (not a task)
+POOL_DEFINITION = "definition"
 #: ECS: a tag value has at most 256 characters.
 MAX_TAG_VALUE = 256
 

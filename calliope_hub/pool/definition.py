@@ -21,14 +21,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..catalog import Catalog, Choice, Placement
-from ..ecs.identity import POOL_CLAIMED, POOL_IDLE, POOL_TAG, TAG_PREFIX, encode_tag_value, started_by
+from ..ecs.identity import POOL_DEFINITION, POOL_IDLE, POOL_TAG, TAG_PREFIX, encode_tag_value, started_by
 from ..ecs.secrets import escape_name_part
 from ..ecs.taskdefs import server_definition
 from .config import PoolSpec
 from .secret import KEY_VARIABLE, NONCE_VARIABLE
 
-#: the pool tag's values, as the keeper names them (the tag itself: calliope_hub.ecs.identity)
-IDLE, CLAIMED = POOL_IDLE, POOL_CLAIMED
 _NOT_FAMILY = re.compile(r"[^A-Za-z0-9_-]")
 #: ECS: a family has at most 255 letters, digits, hyphens and underscores
 MAX_FAMILY = 255
@@ -41,11 +39,12 @@ def pool_family(base_family: str, hub_id: str, size: str) -> str:
 
 
 def key_parameter(secret_root: str, hub_id: str, pool: PoolSpec) -> str:
-    """The SSM parameter of the pool's key: `<root>/<hub>/_pool/<service>-<size>/CALLIOPE_POOL_KEY`.
+    """The SSM parameter of the pool's key: `<root>/<hub>/_pool/<service>/<size>/CALLIOPE_POOL_KEY`.
 
-    `_` is escaped in a user's name part (calliope_hub.ecs.secrets), so no user's prefix is `_pool`.
+    `_` is escaped in a user's name part (calliope_hub.ecs.secrets), so no user's prefix is `_pool`; service and
+    size are levels of their own, since either may contain '-' (pools a-b/c and a/b-c must not share a key).
     """
-    parts = (escape_name_part(hub_id), "_pool", f"{escape_name_part(pool.service)}-{escape_name_part(pool.size)}")
+    parts = (escape_name_part(hub_id), "_pool", escape_name_part(pool.service), escape_name_part(pool.size))
     return "/".join((secret_root.rstrip("/"), *parts, KEY_VARIABLE))
 
 
@@ -71,7 +70,7 @@ def pool_definition(
     )
     request["tags"] = [
         {"key": TAG_PREFIX + "hub", "value": encode_tag_value(hub_id)},
-        {"key": POOL_TAG, "value": "definition"},
+        {"key": POOL_TAG, "value": POOL_DEFINITION},
     ]
     return request
 
@@ -97,7 +96,7 @@ def pool_tags(hub_id: str, choice: Choice) -> list[dict[str, str]]:
     """An idle pool task's tags: this hub's, its service and size, no user."""
     values = {"hub": hub_id, "service": choice.service.name, "size": choice.size_name}
     tags = [{"key": TAG_PREFIX + field, "value": encode_tag_value(value)} for field, value in values.items()]
-    return [*tags, {"key": POOL_TAG, "value": IDLE}]
+    return [*tags, {"key": POOL_TAG, "value": POOL_IDLE}]
 
 
 def pool_run_task(

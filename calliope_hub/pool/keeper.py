@@ -36,7 +36,7 @@ import aiohttp
 
 from ..catalog import Catalog, Choice, Placement, TaskIdentity
 from ..ecs.api import DescribeResult, EcsApiError
-from ..ecs.identity import read_tags, started_by
+from ..ecs.identity import POOL_CLAIMED, POOL_IDLE, POOL_TAG, read_tags, started_by
 from ..ecs.launch import ClaimOutcome
 from ..ecs.secrets import SecretStore, ServerSecrets
 from ..ecs.snapshot import TaskSnapshot
@@ -46,7 +46,7 @@ from ..ecs.taskdefs import TaskDefinitions
 from ..ecsfacts import Quota, TokenBucket
 from ..observability.metrics import POOL_CLAIMS, POOL_FALLBACKS, POOL_LOST, POOL_TASKS
 from .config import PoolSettings, PoolSpec
-from .definition import CLAIMED, IDLE, POOL_TAG, key_parameter, pool_definition, pool_run_task, pool_state, task_nonce
+from .definition import key_parameter, pool_definition, pool_run_task, pool_state, task_nonce
 from .launcher import CLAIM_PATH, STATUS_PATH
 from .secret import AUTH_SCHEME, KEY_VARIABLE, claim_secret, new_nonce, pool_key
 
@@ -221,7 +221,7 @@ class PoolKeeper:
     def _adopt_one(self, task: Mapping[str, Any]) -> None:
         raw_tags = task.get("tags") or ()
         tags = read_tags(raw_tags)
-        if pool_state(raw_tags) != IDLE or tags.get("hub") != self.parts.hub_id:
+        if pool_state(raw_tags) != POOL_IDLE or tags.get("hub") != self.parts.hub_id:
             return
         pool = self._pools.get((tags.get("service", ""), tags.get("size", "")))
         nonce = task_nonce(task)
@@ -400,7 +400,8 @@ class PoolKeeper:
                 log.warning("warm task %s refused its claim: HTTP %d", warm.arn, response.status)
         except (aiohttp.ClientError, TimeoutError) as e:
             failure = "unreachable"
-            log.warning("warm task %s did not take its claim: %r", warm.arn, e)
+            # str(), never repr(): aiohttp's repr of a response error carries the request's headers, the claim secret
+            log.warning("warm task %s did not take its claim: %s: %s", warm.arn, type(e).__name__, e)
         self._drop(warm)
         self._in_background(self._stop_if_still_idle(warm, FAILED_REASON, grace=self.suspect_grace))
         return failure
@@ -419,13 +420,13 @@ class PoolKeeper:
             log.warning("warm task %s: not described after its failed claim (%s); left to the recycle", warm.arn, e)
             return
         for task in described.tasks:
-            if pool_state(task.get("tags") or ()) == IDLE and task.get("lastStatus") != "STOPPED":
+            if pool_state(task.get("tags") or ()) == POOL_IDLE and task.get("lastStatus") != "STOPPED":
                 await self._stop(warm.arn, reason)
 
     async def _retag(self, warm: WarmTask, identity: TaskIdentity) -> str | None:
         """The user's calliope:* tags and calliope:pool=claimed: from now on the task is a server like any other."""
         try:
-            await self.parts.api.tag_resource(warm.arn, [*identity.tags(), {"key": POOL_TAG, "value": CLAIMED}])
+            await self.parts.api.tag_resource(warm.arn, [*identity.tags(), {"key": POOL_TAG, "value": POOL_CLAIMED}])
         except EcsApiError as e:
             # An untagged server would be invisible to adoption: it holds the user's token, so it goes.
             log.error("warm task %s claimed but not retagged (%s): stopped, the spawn starts cold", warm.arn, e)
