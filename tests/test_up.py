@@ -180,6 +180,11 @@ async def test_up_serves_a_spawn_keeps_secrets_private_and_sigterm_leaves_nothin
         (["--pool", "chat/small=1", "--pool", "chat/small=2"], "given twice"),
         (["--pool", "chat/huge=1"], "offers no size 'huge'"),
         (["--pool", "chat/small=1", "--mode", "sim"], "--pool needs --mode process"),
+        (
+            ["--ha", "--pool", "chat/small=1", "--mode", "process"],
+            "--pool and --sim-timing are not supported with --ha",
+        ),
+        (["--ha", "--sim-timing", "fargate"], "--pool and --sim-timing are not supported with --ha"),
     ],
 )
 def test_a_pool_that_cannot_be_kept_is_refused_before_anything_starts(tmp_path, flags, words):

@@ -118,6 +118,8 @@ def _bad_arguments(args: argparse.Namespace) -> str:
     """What is wrong with the flags, before anything starts ('' when nothing is)."""
     if args.port == args.ecs_port:
         return "--port and --ecs-port must differ"
+    if args.ha and (args.pool or args.sim_timing):
+        return "--pool and --sim-timing are not supported with --ha (its stack is fixed: docs/ha.md)"
     try:
         read_api_token(args)
         pool_config(args.pool, args.mode)
