@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from calliope_hub.ecsfacts import AWS_QUOTAS, Quota
+from calliope_hub.ecsfacts import AWS_QUOTAS, SSM_PUT_HIGHER_THROUGHPUT, Quota
 from calliope_hub.localecs.dwell import Dwell
 
 #: the short names `--throttle` accepts, mapped to the AWS quota categories.
@@ -18,6 +18,8 @@ THROTTLE_NAMES = {
     "ssm-put": "ssm-put-parameter",
     "ssm-delete": "ssm-delete-parameter",
 }
+#: `--throttle` for an account with Parameter Store's higher throughput: AWS's quotas but that PutParameter quota
+HIGHER_THROUGHPUT_THROTTLE = f"ssm-put={SSM_PUT_HIGHER_THROUGHPUT.burst:g}:{SSM_PUT_HIGHER_THROUGHPUT.rate:g}"
 
 
 #: named sim timings (`--sim-timing`). `fargate` is a cold start as Fargate users report it for a notebook

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from calliope_hub.ecsfacts import SSM_PUT_HIGHER_THROUGHPUT
+from calliope_hub.localecs.config import HIGHER_THROUGHPUT_THROTTLE
 from calliope_hub.tools.local.hubconfig import HubSettings
 from calliope_hub.tools.local.procs import LOOPBACK, OwnedProcess, child_env, free_port
 from calliope_hub.tools.local.stack import LocalEcsSpec, LocalStack, StackSpec
@@ -29,8 +29,6 @@ FLOOR_SPAWNER = "calliope_hub.tools.baseline.FloorSpawner"
 #: --db postgres: each run's own database on the developer machine's PostgreSQL (trust auth)
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
 SERVICE = "bench"
-#: local ECS's `--throttle` for an account with Parameter Store's higher throughput: AWS's quotas but PutParameter's
-HIGHER_THROUGHPUT_THROTTLE = f"ssm-put={SSM_PUT_HIGHER_THROUGHPUT.burst:g}:{SSM_PUT_HIGHER_THROUGHPUT.rate:g}"
 LAG_FILE = "loop-lag.log"
 #: A loop tick later than this is written to the lag file (the log stays tiny).
 LAG_THRESHOLD_S = 0.1

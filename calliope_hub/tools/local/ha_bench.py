@@ -30,14 +30,17 @@ from typing import Any
 
 import aiohttp
 
+from calliope_hub.hub.config import CalliopeHA
 from calliope_hub.hub.runtime import STANDBY_PRIME_INTERVAL
+from calliope_hub.localecs.config import HIGHER_THROUGHPUT_THROTTLE
+from calliope_hub.tools.interrupt import exit_status, run_interruptible
 from calliope_hub.tools.loadtest import Loadtest, LoadtestConfig
 from calliope_hub.tools.local.ha import DEFAULT_DB_URL, HaHub, HaSpec, HaStack, drop_database
 
 PAGINATION = {"Accept": "application/jupyterhub-pagination+json"}
 PAGE = 200
 #: c.CalliopeHA.fence_timeout's default: the local stack's 3 s fenced a leader busy with a spawn burst on 2 shared cores
-FENCE_TIMEOUT = 5.0
+FENCE_TIMEOUT: float = CalliopeHA.fence_timeout.default_value
 #: the service every user spawns: one without per-user storage (see run())
 SERVICE = "chat"
 #: what a standby logs each time its primed count changes (calliope_hub.hub.ha)
@@ -150,7 +153,7 @@ async def run(servers: int, repeats: int, concurrency: int) -> dict[str, Any]:
     spec = HaSpec(
         db_url=db_url,
         fence_timeout=FENCE_TIMEOUT,
-        ecs_args=["--mode", "sim", "--throttle", "aws"],
+        ecs_args=["--mode", "sim", "--throttle", HIGHER_THROUGHPUT_THROTTLE],
         extra=["c.ECSSpawner.ssm_higher_throughput = True"],
     )
     stack = HaStack(spec)
@@ -207,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.servers < 1 or args.repeats < 1 or args.concurrency < 1:
         parser.error("--servers, --repeats and --concurrency must be at least 1")
-    record = asyncio.run(run(args.servers, args.repeats, args.concurrency))
+    try:  # SIGTERM or Ctrl-C: the stack is closed and its database dropped by run()'s own teardown
+        record = run_interruptible(run(args.servers, args.repeats, args.concurrency))
+    except KeyboardInterrupt as stop:
+        return exit_status(stop)
     text = json.dumps(record, indent=2)
     if args.json:
         args.json.write_text(text + "\n")
