@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from jupyterhub import orm
 from jupyterhub.spawner import Spawner
-from jupyterhub.utils import make_ssl_context, url_path_join, wait_for_http_server
+from jupyterhub.utils import make_ssl_context, maybe_future, url_path_join, wait_for_http_server
 from sqlalchemy import inspect as orm_session_of
 from tornado import web
 from traitlets import Any, Bool, Integer, Unicode, default
@@ -82,6 +82,8 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
     _claim = Any(None, allow_none=True)
     #: whether the hub wants to hear that the task stopped (between start_polling and stop_polling)
     _polling = Bool(False)
+    #: stop() ran and did not end with ECS's word that the task is gone: keep the token and its secrets
+    _stop_unconfirmed = Bool(False)
     choice_service = Unicode("")
     choice_size = Unicode("")
     #: the server's own task-definition revision and its content hash (calliope_hub.ecs.taskdefs)
@@ -464,10 +466,9 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         its API answers 202 (stop pending). `now` is accepted and changes nothing: a token must
         not be revoked while its task still runs.
         """
-        if not self.task_arn:  # a start that failed before RunTask answered
-            await self._ecs()
-            await self._launcher().forget_secrets(self._labels(), self._record())
+        if not self.task_arn:  # a start that failed before RunTask answered: run_post_stop_hook cleans up
             return
+        self._stop_unconfirmed = True
         watcher = await self._status()
         watcher.watch(self.task_arn)
         while True:
@@ -478,8 +479,24 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
             if not await self._stop_task() or await self._stopped_within(watcher):
                 break
         watcher.unwatch(self.task_arn)
-        await self._launcher().forget_secrets(self._labels(), self._record())
-        self._revoke_restored_token()
+        self._stop_unconfirmed = False
+
+    async def run_post_stop_hook(self) -> None:
+        """The task is gone: its secrets go from SSM and, after a hub restart, its API token is revoked.
+
+        Here and not in stop(), because JupyterHub awaits this on every stop path (User.stop's
+        `finally`, before clear_state), while it calls stop() only when poll() says the task still
+        runs: a task that crashed, or one a restarted hub found stopped, never gets a stop(). Only
+        a stop() that was interrupted before ECS confirmed the task gone keeps both.
+        """
+        if self._stop_unconfirmed:
+            self.log.warning("%s: stop not confirmed by ECS: the server's token and secrets are kept", self._log_name)
+        else:
+            await self._ecs()
+            await self._launcher().forget_secrets(self._labels(), self._record())
+            self._revoke_restored_token()
+        self._stop_unconfirmed = False
+        await maybe_future(super().run_post_stop_hook())
 
     def _revoke_restored_token(self) -> None:
         """After a hub restart `api_token` is empty, so JupyterHub's own revocation finds nothing: revoke by ID.
