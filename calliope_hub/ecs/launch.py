@@ -21,7 +21,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ..catalog import Catalog, Choice, Placement, TaskIdentity, encode_tag_value, run_task_request
@@ -189,7 +189,7 @@ class LaunchRequest:
     choice: Choice
     identity: TaskIdentity
     placement: Placement
-    environment: Mapping[str, str]
+    environment: Mapping[str, str] = field(repr=False)  # it holds the server's API token: never in a repr
     args: Sequence[str]
 
     @property
@@ -234,14 +234,15 @@ class Launcher:
                 return outcome.arn
         plain_env, secret_env = split_environment(request.environment, settings.secret_environment)
         token = slot_token(secret_env)
+        # No slot until one is leased: a start that fails from here on leaves forget_secrets the server's own
+        # parameters to delete, not a slot's (a slot's lease clears its own).
+        record.slot_parameter = ""
         if request.choice.service.storage is None and token is not None:
-            record.slot_parameter = ""
             return await self._launch_in_slot(request, plain_env, token, record, deadline)
         secrets = ServerSecrets.plan(self._prefix(request.labels), secret_env)
         store = self.parts.secrets
         await until_taken("PutParameter", lambda: store.put(secrets), deadline, self.name)
         definition = await self._server_definition(request, secrets, record, deadline)
-        record.slot_parameter = ""
         return await self._run_task(request, plain_env, definition, deadline)
 
     # ---- slots: the shared definition, one lease per spawn in flight ------------------------
@@ -308,7 +309,12 @@ class Launcher:
             slot = pool.take_unvetted(key)
             if slot is None:
                 slot = await self._grow(choice, key, deadline)
-            if await self._idle(slot, deadline):
+            try:
+                idle = await self._idle(slot, deadline)
+            except BaseException:  # failed, or cancelled (JupyterHub cancels a start at start_timeout): vet again
+                pool.suspect(slot)
+                raise
+            if idle:
                 return slot
 
     async def _grow(self, choice: Choice, key: SlotKey, deadline: float) -> Slot:
@@ -320,7 +326,7 @@ class Launcher:
             arn = await until_taken(
                 "RegisterTaskDefinition", lambda: definitions.ensure(definition), deadline, self.name
             )
-        except LaunchError:
+        except BaseException:  # refused, or the start was cancelled: the index is not reused
             pool.abandon()
             raise
         parameter = slot_parameter(settings.secret_root, settings.hub_id, choice.service.name, choice.size_name, index)
@@ -334,11 +340,7 @@ class Launcher:
         until they are not (then freed), and False sends the spawn to another slot.
         """
         api, cluster, watcher = self.parts.api, self.parts.watcher.cluster, self.parts.watcher
-        try:
-            arns = await until_taken("ListTasks", lambda: api.list_tasks(cluster, family=slot.family), deadline)
-        except LaunchError:
-            self.parts.definitions.slots.suspect(slot)
-            raise
+        arns = await until_taken("ListTasks", lambda: api.list_tasks(cluster, family=slot.family), deadline, self.name)
         if not arns:
             return True
         for arn in arns:

@@ -3,11 +3,12 @@
 RunTask overrides come back verbatim in every DescribeTasks answer, and a task definition's
 `environment` in every DescribeTaskDefinition, so anyone with those read permissions would
 hold every server's JupyterHub API token (docs/security.md). Instead, before RunTask, the
-hub writes each secret value to a SecureString parameter under a name that is stable per
-(hub, user, server); the server's own task definition names it in the container's
-`secrets`; ECS (the task execution role) resolves it as the task starts. The value is
-rotated on every start (a new token is written over the old one) and deleted once the task
-is gone. docs/security.md is the threat model.
+hub writes each secret value to a SecureString parameter, and a task definition names it in
+the container's `secrets`; ECS (the task execution role) resolves it as the task starts.
+Which parameter: a leased slot's, for a service without per-user storage (calliope_hub.ecs.slots:
+deleted once the task has left PENDING), else one stable per (hub, user, server), named by the
+server's own definition, rotated on every start and deleted once the task is gone.
+docs/security.md is the threat model.
 """
 
 from __future__ import annotations

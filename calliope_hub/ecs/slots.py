@@ -139,7 +139,7 @@ class SlotPool:
         self.in_use -= 1
 
     def hold(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        """Keep `work` (a lease waiting for ECS) alive in the loop; close() cancels what is left."""
+        """Keep `work` (a lease waiting for ECS) alive; it ends when the watcher closes and cancels its waits."""
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._holds.add(task)
         task.add_done_callback(self._holds.discard)

@@ -11,10 +11,11 @@ and read; the watcher is a facade over three parts, each with one concern:
 - `Lookout` (lookout.py): events are hints. An event never changes the store; it can only make
   the watcher ask ECS sooner, and a STOPPED one is confirmed by ECS until ECS answers.
 
-All three time themselves with one injected `clock` and `sleep` (timing.py). With events on
-(`events=True`) the full sweep runs at the reconcile cadence (`sweep_interval`, 5 min) because
-events can be lost, and busy sweeps describe only the tasks in flux; `sweeping=False` turns
-sweeps off entirely, for a hub fed by `calliope-hub monitor`.
+All three time themselves with one injected `clock` and `sleep` (timing.py). Busy sweeps
+describe only the tasks in flux, with or without events; every task is described once per
+`sweep_interval`. With events on (`events=True`) that full sweep runs at the reconcile cadence
+(5 min) because events can be lost; `sweeping=False` turns sweeps off entirely, for a hub fed
+by `calliope-hub monitor`.
 """
 
 from __future__ import annotations
