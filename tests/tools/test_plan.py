@@ -106,8 +106,12 @@ def test_the_plan_json_has_the_documented_shape(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["servers"] == 3000
     assert {"vcpu", "memory_gib", "cpu_pct_idle", "cpu_pct_loaded", "rss_mib"} <= set(result["hub"])
-    assert {"DescribeTasks", "ListTasks", "RunTask", "RegisterTaskDefinition"} <= set(result["ecs_calls_per_min"])
-    assert set(result["quota_headroom"]) == {"read", "modify", "fargate_launch", "efs_access_points"}
+    calls = {"DescribeTasks", "ListTasks", "RunTask", "StopTask", "PutParameter", "DeleteParameters",
+             "RegisterTaskDefinition", "CreateAccessPoint"}  # fmt: skip
+    assert set(result["ecs_calls_per_min"]) == calls
+    assert set(result["quota_headroom"]) == {"read", "modify", "fargate_launch", "task_definitions", "ssm_put",
+                                             "ssm_delete", "efs_create", "efs_access_points"}  # fmt: skip
+    assert {"spawns_per_s", "paced_by", "ssm_higher_throughput", "spawn_limit", "steps_s"} <= set(result["burst"])
     for key in ("restart_s", "failover_s", "burst_ready_s", "detect_s"):
         assert isinstance(result[key], (int, float)) and result[key] > 0, key
     cost = result["cost_per_month"]

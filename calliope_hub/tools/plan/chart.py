@@ -12,7 +12,7 @@ from typing import Any
 
 from calliope_hub.ecsfacts import AWS_QUOTAS
 from calliope_hub.tools.plan.inputs import PlanError, PlanInputs, Prices
-from calliope_hub.tools.plan.model import ecs_calls_per_min, hub_figures, plan
+from calliope_hub.tools.plan.model import hub_figures, plan
 
 #: N axis of the chart.
 SERVERS = (100, 250, 500, 1000, 2000, 3000, 5000, 7500, 10000, 15000, 20000)
@@ -34,13 +34,14 @@ def series(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices
     seeds: dict[str, list[float]] = {k: [] for k in ("cpu_pct", "memory_mib", "reads_per_s", "hubs")}
     for n in SERVERS:
         at_n = replace(inputs, servers=n)
-        hub, calls = hub_figures(at_n, coefficients), ecs_calls_per_min(at_n)
+        hub, result = hub_figures(at_n, coefficients), plan(at_n, coefficients, prices)
+        calls = result["ecs_calls_per_min"]
         out["idle"].append(hub["cpu_pct_idle"])
         out["loaded"].append(hub["cpu_pct_loaded"])
         out["rss"].append(hub["rss_mib"])
         out["reads"].append((calls["DescribeTasks"] + calls["ListTasks"]) / 60)
         out["restart"].append(hub["restart_s"])
-        out["hubs"].append(plan(at_n, coefficients, prices)["hub"]["count"])
+        out["hubs"].append(result["hub"]["count"])
         for key, value in seed_formulas(n, inputs.poll_interval).items():
             seeds[key].append(value)
     return {**out, **{f"seed_{k}": v for k, v in seeds.items()}}

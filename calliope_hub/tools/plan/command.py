@@ -44,6 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, type=float, default=DEFAULTS[name], dest=name, help=text)
     for flag, name, text in SWITCHES:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=False, dest=name, help=text)
+    parser.add_argument(
+        "--ssm-higher-throughput",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        dest="ssm_higher_throughput",
+        help="Parameter Store's higher throughput on or off "
+        "(c.ECSSpawner.ssm_higher_throughput; default: on only if it serves the burst sooner)",
+    )
     parser.add_argument("--region", default=DEFAULTS["region"], help="region in the prices file")
     parser.add_argument("--prices", type=Path, help="prices JSON (default: the packaged prices.json)")
     parser.add_argument("--mix", default="lab/small", help="user servers by size, e.g. lab/small=0.7,chat/small=0.3")
@@ -125,4 +133,5 @@ def _inputs(args: argparse.Namespace, servers: int) -> PlanInputs:
             chosen[name] = float(value)
         except ValueError:
             raise PlanError(f"--set {item!r}: {value!r} is not a number") from None
-    return PlanInputs(servers=servers, region=args.region, size_mix=parse_size_mix(args.mix), **chosen)
+    return PlanInputs(servers=servers, region=args.region, size_mix=parse_size_mix(args.mix),
+                      ssm_higher_throughput=args.ssm_higher_throughput, **chosen)  # fmt: skip

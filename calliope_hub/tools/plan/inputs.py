@@ -45,6 +45,10 @@ INPUT_SOURCES: dict[str, str] = {
     "server_hours_month": "730 = every planned server runs all month (an upper bound); culling lowers it",
     "target_cpu_pct": "seed 001 'Target 60-70% CPU utilization': scale before one core passes this",
     "memory_free_pct": "seed 001 'Keep 30-40% memory free'",
+    "new_user_share": "your class: 1 = every user of the burst starts for the first time (a term's first session, "
+    "the worst case); with --storage only a new user registers a task definition and creates an access point",
+    "slots": "slot definitions already registered for the service and size (storage off): 0 = a new deployment or a "
+    "changed catalog (the worst case); the pool keeps its largest size across restarts",
 }
 
 
@@ -72,6 +76,10 @@ class PlanInputs:
     server_hours_month: float = 730.0
     target_cpu_pct: float = 70.0
     memory_free_pct: float = 35.0
+    new_user_share: float = 1.0
+    slots: float = 0.0
+    #: c.ECSSpawner.ssm_higher_throughput; None: the plan turns it on when it serves the burst sooner
+    ssm_higher_throughput: bool | None = None
     azs: int = 2
 
     def __post_init__(self) -> None:
@@ -89,9 +97,11 @@ class PlanInputs:
             if not value > 0 or math.isinf(value):
                 raise PlanError(f"the {name} must be a finite number above 0, not {value}")
         others = (self.burst_per_min, self.api_rps, self.image_gib, self.efs_gib_per_user, self.health_check_s,
-                  self.starts_per_server_month, self.server_hours_month)  # fmt: skip
+                  self.starts_per_server_month, self.server_hours_month, self.slots)  # fmt: skip
         if any(not 0 <= value < math.inf for value in others):
-            raise PlanError("burst, API rate, image and EFS sizes, health check, starts and hours must be >= 0")
+            raise PlanError("burst, API rate, image and EFS sizes, health check, starts, hours and slots must be >= 0")
+        if not 0 <= self.new_user_share <= 1:
+            raise PlanError(f"new_user_share must be from 0 to 1, not {self.new_user_share}")
         if not 0 <= self.memory_free_pct < 100:
             raise PlanError(f"memory_free_pct must be from 0 to below 100, not {self.memory_free_pct}")
         unknown = sorted(set(self.size_mix) - set(SERVER_SIZES))
@@ -138,6 +148,7 @@ class Prices:
 PRICE_KEYS = (
     "fargate_vcpu_hour", "fargate_gib_hour", "rds_storage_gib_month", "efs_gib_month", "nat_gateway_hour",
     "nat_gib_processed", "sqs_per_million_requests", "ecs_api_per_million_calls",
+    "ssm_higher_throughput_per_10k_interactions",
 )  # fmt: skip
 
 

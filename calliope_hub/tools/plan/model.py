@@ -12,7 +12,16 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from calliope_hub.ecsfacts import AWS_QUOTAS, DESCRIBE_LIMIT, LIST_PAGE_LIMIT
+from calliope_hub.ecsfacts import AWS_QUOTAS, CATEGORIES, DESCRIBE_LIMIT, LIST_PAGE_LIMIT, SSM_PUT_HIGHER_THROUGHPUT
+from calliope_hub.tools.plan.burst import (
+    ARRIVAL_S,
+    JUPYTERHUB_START_TIMEOUT,
+    Burst,
+    plan_burst,
+    ready_s,
+    start_timeout,
+)
+from calliope_hub.tools.plan.burst import calls_per_min as burst_calls
 from calliope_hub.tools.plan.calibrate import predict_target
 from calliope_hub.tools.plan.inputs import SERVER_SIZES, PlanInputs, Prices, fargate_task_size
 
@@ -30,33 +39,51 @@ RDS_STORAGE_GIB = 20
 EFS_ACCESS_POINTS = 10_000
 #: ECS Task State Change events one task emits from PROVISIONING to STOPPED (one per lifecycle step).
 EVENTS_PER_TASK = 8
+#: Parameter Store API interactions one start makes: the hub's PutParameter and DeleteParameters, and the
+#: GetParameters ECS makes to resolve the token; billed only with higher throughput on (prices.json).
+SSM_INTERACTIONS_PER_START = 3
 
 
-def ecs_calls_per_min(inputs: PlanInputs) -> dict[str, float]:
-    """Steady ECS calls per minute by operation, plus the burst's launches (per minute, while it lasts)."""
+def ecs_calls_per_min(inputs: PlanInputs, burst: Burst) -> dict[str, float]:
+    """AWS calls per minute by operation: the steady reads, and the burst's calls while it lasts (burst.py)."""
     pages = math.ceil(inputs.servers / DESCRIBE_LIMIT)
     calls = {
         "DescribeTasks": pages * 60.0 / inputs.sweep_interval,
         "ListTasks": math.ceil(inputs.servers / LIST_PAGE_LIMIT) * 60.0 / inputs.orphan_interval,
-        "RunTask": inputs.burst_per_min,
-        "StopTask": inputs.burst_per_min,
+        **burst_calls(inputs, burst),
     }
-    if inputs.storage:  # per user: a task-definition revision (RunTask cannot override volumes), an EFS access point
-        calls["RegisterTaskDefinition"] = inputs.burst_per_min
-        calls["CreateAccessPoint"] = inputs.burst_per_min
     return {op: round(value, 2) for op, value in calls.items()}
 
 
-def quota_headroom(inputs: PlanInputs, calls: dict[str, float]) -> dict[str, float]:
-    """Share of each quota left over (1 = unused, below 0 = over): ECS rates, EFS access points per file system."""
-    read = (calls["DescribeTasks"] + calls["ListTasks"]) / 60.0
-    modify = (calls["RunTask"] + calls["StopTask"]) / 60.0
-    launch = calls["RunTask"] / 60.0
-    headroom = {
-        "read": round(1 - read / AWS_QUOTAS["cluster-read"].rate, 4),
-        "modify": round(1 - modify / AWS_QUOTAS["cluster-modify"].rate, 4),
-        "fargate_launch": round(1 - launch / AWS_QUOTAS["fargate-run-task"].rate, 4),
-    }
+#: quota_headroom key -> its quota category in ecsfacts.AWS_QUOTAS (ecsfacts.CATEGORIES: which calls draw on it)
+HEADROOM_OF = {
+    "read": "cluster-read",
+    "modify": "cluster-modify",
+    "fargate_launch": "fargate-run-task",
+    "task_definitions": "task-definition-modify",
+    "ssm_put": "ssm-put-parameter",
+    "ssm_delete": "ssm-delete-parameter",
+    "efs_create": "efs-access-point-create",
+}
+
+
+def account_quota(category: str, higher_throughput: bool) -> float:
+    """Calls a second AWS allows the account for `category` (PutParameter's with higher throughput if on)."""
+    return (
+        SSM_PUT_HIGHER_THROUGHPUT if higher_throughput and category == "ssm-put-parameter" else AWS_QUOTAS[category]
+    ).rate
+
+
+def quota_headroom(inputs: PlanInputs, calls: dict[str, float], higher_throughput: bool) -> dict[str, float]:
+    """Share of each quota left over (1 = unused, below 0 = over) at the busiest minute: AWS's rates, and
+    EFS access points per file system. The hub keeps itself to CLIENT_QUOTA_SHARE, so a step that paces a
+    burst shows 1 - that share."""
+    headroom = {}
+    for key, category in HEADROOM_OF.items():
+        operations = [op for op in calls if category in CATEGORIES.get(op, ())]
+        if operations:
+            per_s = sum(calls[op] for op in operations) / 60.0
+            headroom[key] = round(1 - per_s / account_quota(category, higher_throughput), 4)
     if inputs.storage:
         headroom["efs_access_points"] = round(1 - inputs.servers / EFS_ACCESS_POINTS, 4)
     return headroom
@@ -87,24 +114,6 @@ def hubs_needed(inputs: PlanInputs, cpu_pct_loaded: float) -> int:
     return max(1, math.ceil(cpu_pct_loaded / inputs.target_cpu_pct))
 
 
-def spawn_slots(inputs: PlanInputs) -> int:
-    """concurrent_spawn_limit for the burst: a spawn holds its slot a whole cold start (JupyterHub's default: 100)."""
-    return max(100, math.ceil(inputs.burst_per_min / 60 * inputs.cold_start_s * 1.2))
-
-
-def burst_ready_s(inputs: PlanInputs, spawn_s: float) -> float:
-    """Seconds from a class start until the last of `burst_per_min` users is ready.
-
-    Spawns finish at the slowest of: the hub's own rate (fitted), JupyterHub's concurrent spawn
-    limit (spawn_slots) over the cold start, and Fargate's launch quota.
-    """
-    if inputs.burst_per_min <= 0:
-        return 0.0
-    rate = min(1.0 / spawn_s, spawn_slots(inputs) / inputs.cold_start_s, AWS_QUOTAS["fargate-run-task"].rate)
-    arrivals = 60.0
-    return round(max(arrivals, inputs.burst_per_min / rate) + inputs.cold_start_s, 1)
-
-
 def detect_s(inputs: PlanInputs, sweep_s: float) -> tuple[float, float]:
     """(typical, worst) seconds until a stopped server is noticed."""
     if inputs.events:
@@ -123,23 +132,27 @@ def database(inputs: PlanInputs, hubs: int) -> dict[str, Any]:
             "writes_per_s": round(writes, 2)}  # fmt: skip
 
 
-def api_calls_per_month(inputs: PlanInputs, calls: dict[str, float], hours: float) -> dict[str, float]:
-    """Billable request counts a month: ECS calls, and SQS requests when events come through a queue."""
+def api_calls_per_month(
+    inputs: PlanInputs, calls: dict[str, float], hours: float, higher_throughput: bool
+) -> dict[str, float]:
+    """Billable request counts a month: ECS calls, SQS requests when events come through a queue, and
+    Parameter Store interactions when its higher throughput is on (then every interaction is billed)."""
     starts = inputs.servers * inputs.starts_per_server_month
     per_start = 2 + (1 if inputs.storage else 0)  # RunTask, StopTask (+ RegisterTaskDefinition)
     steady = (calls["DescribeTasks"] + calls["ListTasks"]) * 60 * hours
     # EventBridge -> SQS: about EVENTS_PER_TASK state changes a task, each a send, a receive and a delete.
     sqs = starts * EVENTS_PER_TASK * 3 if inputs.events else 0.0
-    return {"ecs": steady + starts * per_start, "sqs": sqs}
+    ssm = starts * SSM_INTERACTIONS_PER_START if higher_throughput else 0.0
+    return {"ecs": steady + starts * per_start, "sqs": sqs, "ssm": ssm}
 
 
 def monthly_cost(
     inputs: PlanInputs, prices: Prices, hub_size: tuple[float, float], hubs: int, db: dict[str, Any],
-    calls: dict[str, float],
+    calls: dict[str, float], higher_throughput: bool,
 ) -> dict[str, float]:  # fmt: skip
     """USD per month by line."""
     hours = prices.hours_per_month
-    requests = api_calls_per_month(inputs, calls, hours)
+    requests = api_calls_per_month(inputs, calls, hours, higher_throughput)
     starts = inputs.servers * inputs.starts_per_server_month
     per_server = sum(
         share * prices.fargate_month(SERVER_SIZES[name][0] / 1024, SERVER_SIZES[name][1] / 1024)
@@ -151,7 +164,8 @@ def monthly_cost(
         "database": rds if db["engine"] == "postgresql" else 0.0,
         "efs": inputs.servers * inputs.efs_gib_per_user * prices["efs_gib_month"] if inputs.storage else 0.0,
         "api_calls": requests["ecs"] / 1e6 * prices["ecs_api_per_million_calls"]
-        + requests["sqs"] / 1e6 * prices["sqs_per_million_requests"],
+        + requests["sqs"] / 1e6 * prices["sqs_per_million_requests"]
+        + requests["ssm"] / 1e4 * prices["ssm_higher_throughput_per_10k_interactions"],
         "nat": inputs.azs * prices["nat_gateway_hour"] * hours
         + starts * inputs.image_gib * prices["nat_gib_processed"],
         "user_servers": per_server * inputs.servers * inputs.server_hours_month / hours,
@@ -161,16 +175,21 @@ def monthly_cost(
     return cost
 
 
-def config_lines(inputs: PlanInputs, db: dict[str, Any]) -> list[str]:
+def config_lines(inputs: PlanInputs, db: dict[str, Any], burst: Burst) -> list[str]:
     """The jupyterhub_config.py lines this plan assumes."""
     lines = [
         'c.JupyterHub.spawner_class = "ecs"',
         f"c.Spawner.poll_interval = {inputs.poll_interval:g}",
-        f"c.JupyterHub.concurrent_spawn_limit = {spawn_slots(inputs)}",
+        f"c.JupyterHub.concurrent_spawn_limit = {burst.spawn_limit}",
         f"c.JupyterHub.last_activity_interval = {max(300, inputs.activity_interval):g}",
         f"c.OrphanSweep.interval = {inputs.orphan_interval:g}",
         "c.JupyterHub.cleanup_servers = False  # a restart keeps every server",
     ]
+    timeout = start_timeout(inputs, burst.seconds)
+    if timeout > JUPYTERHUB_START_TIMEOUT:  # the last of the burst queues for the quota before its cold start
+        lines.append(f"c.Spawner.start_timeout = {timeout}")
+    if burst.higher_throughput:  # the account's Parameter Store higher throughput must be on to match
+        lines.append("c.ECSSpawner.ssm_higher_throughput = True")
     if inputs.events:
         lines += [
             "c.CalliopeEvents.enabled = True",
@@ -179,6 +198,18 @@ def config_lines(inputs: PlanInputs, db: dict[str, Any]) -> list[str]:
     if db["engine"] == "postgresql":
         lines.append('c.JupyterHub.db_url = "postgresql://hub@<rds-endpoint>:5432/jupyterhub"')
     return lines
+
+
+def burst_summary(inputs: PlanInputs, burst: Burst) -> dict[str, Any]:
+    """What serves the burst: its pace, the step that sets it, and each step's seconds for the whole burst."""
+    return {
+        "users_per_min": inputs.burst_per_min,
+        "spawns_per_s": round(burst.spawns / max(ARRIVAL_S, burst.seconds), 2),
+        "paced_by": burst.paced_by if burst.seconds > ARRIVAL_S else "arrivals",
+        "ssm_higher_throughput": burst.higher_throughput,
+        "spawn_limit": burst.spawn_limit,
+        "steps_s": {step: round(seconds, 1) for step, seconds in burst.steps_s.items()},
+    }
 
 
 def plan(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: Prices) -> dict[str, Any]:
@@ -192,7 +223,8 @@ def plan(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: 
     cores = (hub["cpu_pct_loaded"] + hub["proxy_cpu_pct"]) / inputs.target_cpu_pct
     gib = hub["rss_mib"] / 1024 / (1 - inputs.memory_free_pct / 100)
     size = fargate_task_size(max(MIN_HUB_VCPU, cores), gib)
-    calls = ecs_calls_per_min(inputs)
+    burst = plan_burst(inputs, hub["spawn_s"])
+    calls = ecs_calls_per_min(inputs, burst)
     db = database(inputs, hubs)
     typical, worst = detect_s(inputs, hub["sweep_s"])
     restart = hub["restart_s"]
@@ -213,13 +245,14 @@ def plan(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: 
         },
         "database": db,
         "ecs_calls_per_min": calls,
-        "quota_headroom": quota_headroom(inputs, calls),
+        "quota_headroom": quota_headroom(inputs, calls, burst.higher_throughput),
         "restart_s": round(restart, 1),
         "failover_s": round(failover, 1),
-        "burst_ready_s": burst_ready_s(inputs, hub["spawn_s"]),
+        "burst_ready_s": ready_s(inputs, burst),
+        "burst": burst_summary(inputs, burst),
         "detect_s": round(worst, 1),
         "detect_typical_s": round(typical, 2),
         "sweep_s": round(hub["sweep_s"], 2),
-        "cost_per_month": monthly_cost(inputs, prices, size, hubs, db, calls),
-        "config": config_lines(inputs, db),
+        "cost_per_month": monthly_cost(inputs, prices, size, hubs, db, calls, burst.higher_throughput),
+        "config": config_lines(inputs, db, burst),
     }

@@ -12,17 +12,17 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from calliope_hub.ecsfacts import AWS_QUOTAS
+from calliope_hub.ecsfacts import CATEGORIES
 from calliope_hub.tools.plan.inputs import INPUT_SOURCES, PlanInputs, Prices
-from calliope_hub.tools.plan.model import plan
+from calliope_hub.tools.plan.model import EFS_ACCESS_POINTS, HEADROOM_OF, account_quota, plan
 
 #: scale bands of the decision matrix (servers).
 BANDS = (100, 500, 1000, 2000, 3000, 5000, 10000, 20000)
 #: longest outage (restart) an operator accepts before a hot standby is worth it; an input of the matrix.
 MAX_OUTAGE_S = 60.0
 
-QUOTA_OF = {"DescribeTasks": "cluster-read", "ListTasks": "cluster-read", "RunTask": "cluster-modify",
-            "StopTask": "cluster-modify"}  # fmt: skip
+#: the calls counted over the sweeps' steady minute; every other is counted while a burst of starts or stops lasts
+STEADY = ("DescribeTasks", "ListTasks")
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -38,7 +38,8 @@ def render_plan(result: dict[str, Any], inputs: PlanInputs) -> Group:
     head = Text(
         f"Plan for {inputs.servers:,} servers: poll {inputs.poll_interval:g} s, events "
         f"{'on' if inputs.events else 'off'}, activity {inputs.activity_interval:g} s, burst "
-        f"{inputs.burst_per_min:g}/min, storage {'on' if inputs.storage else 'off'}, {inputs.region}",
+        f"{inputs.burst_per_min:g}/min, storage {'on' if inputs.storage else 'off'}, cold start "
+        f"{inputs.cold_start_s:g} s, {inputs.region}",
         style="bold",
     )
     sizing = _table("Hub and database", "figure", "value", "note")
@@ -47,36 +48,46 @@ def render_plan(result: dict[str, Any], inputs: PlanInputs) -> Group:
     sizing.add_row("hub CPU idle / loaded", f"{hub['cpu_pct_idle']:.1f} / {hub['cpu_pct_loaded']:.1f} %",
                    f"of one core; {hub['requests_per_s']:g} req/s")  # fmt: skip
     sizing.add_row("hub RSS", f"{hub['rss_mib']:.0f} MiB", f"proxy CPU {hub['proxy_cpu_pct']:.1f} %")
-    sizing.add_row("database", db["class"], f"{db['connections']} connections, {db['writes_per_s']:g} writes/s")
-    calls = _table("ECS API calls", "operation", "per min", "quota", "headroom")
-    headroom = result["quota_headroom"]
-    for op, per_min in result["ecs_calls_per_min"].items():
-        label = f"{op} (burst)" if op not in QUOTA_OF or QUOTA_OF[op] == "cluster-modify" else op
-        category = QUOTA_OF.get(op, "—")
-        quota = AWS_QUOTAS.get(category)
-        left = headroom["read"] if category == "cluster-read" else headroom["modify"] if quota else None
-        calls.add_row(label, f"{per_min:,.1f}", f"{category} {quota.rate:g}/s" if quota else "—",
-                      f"{left:.0%}" if left is not None else "")  # fmt: skip
-    calls.add_row("Fargate launches", f"{result['ecs_calls_per_min']['RunTask']:,.1f}", "fargate 20/s",
-                  f"{headroom['fargate_launch']:.0%}")  # fmt: skip
-    if "efs_access_points" in headroom:
-        calls.add_row("EFS access points", f"{inputs.servers:,} total", "10,000 per FS",
-                      f"{headroom['efs_access_points']:.0%}")  # fmt: skip
+    connections = f"{db['connections']} connection{'s' if db['connections'] != 1 else ''}"
+    sizing.add_row("database", db["class"], f"{connections}, {db['writes_per_s']:g} writes/s")
+    calls = render_calls(result, inputs)
     times = _table("Times", "event", "seconds", "how")
     times.add_row("restart (every server ready)", f"{result['restart_s']:.0f}", "fitted from bench")
     times.add_row("failover", f"{result['failover_s']:.0f}", "health check + start + restart")
+    burst = result["burst"]
     times.add_row(
-        "burst served (last ready)", f"{result['burst_ready_s']:.0f}", f"cold start {inputs.cold_start_s:g} s"
+        "burst served (last ready)",
+        f"{result['burst_ready_s']:.0f}",
+        f"{burst['paced_by']}, {burst['spawns_per_s']:g} spawns/s",
     )
-    times.add_row("dead server noticed", f"{result['detect_typical_s']:g} / {result['detect_s']:g}", "typical / worst")
+    times.add_row(
+        "dead server noticed", f"{result['detect_typical_s']:.3g} / {result['detect_s']:.3g}", "typical / worst"
+    )
     cost = _table("Cost per month (USD)", "line", "USD", "basis")
     basis = {"hub": "Fargate hub tasks", "database": db["class"], "efs": f"{inputs.efs_gib_per_user:g} GiB/user",
-             "api_calls": "ECS free; SQS for events", "nat": f"{inputs.azs} NAT + image pulls",
+             "api_calls": "ECS free; SQS, SSM higher throughput", "nat": f"{inputs.azs} NAT + image pulls",
              "user_servers": ", ".join(inputs.size_mix), "total": ""}  # fmt: skip
     for line, usd in result["cost_per_month"].items():
         cost.add_row(line, f"{usd:,.0f}", basis.get(line, ""))
     config = Text("jupyterhub_config.py\n", style="bold") + Text("\n".join(result["config"]))
     return Group(head, sizing, calls, times, cost, config)
+
+
+def render_calls(result: dict[str, Any], inputs: PlanInputs) -> Table:
+    """Each call a minute, against the quota it leaves least of (RunTask draws on two)."""
+    table = _table("AWS API calls a minute", "operation", "counted", "per min", "quota", "left")
+    headroom, higher = result["quota_headroom"], result["burst"]["ssm_higher_throughput"]
+    key_of = {category: key for key, category in HEADROOM_OF.items()}
+    for op, per_min in result["ecs_calls_per_min"].items():
+        key = min((key_of[c] for c in CATEGORIES[op]), key=lambda k: headroom[k])
+        stops = op == "StopTask" or (op == "DeleteParameters" and inputs.storage)  # a server's own, at its stop
+        when = "steady" if op in STEADY else "class end" if stops else "burst"
+        quota = f"{key.replace('_', ' ')} {account_quota(HEADROOM_OF[key], higher):g}/s"
+        table.add_row(op, when, f"{per_min:,.1f}", quota, f"{headroom[key]:.0%}")
+    if "efs_access_points" in headroom:
+        table.add_row("EFS access points", "total", f"{inputs.servers:,}", f"{EFS_ACCESS_POINTS:,} per FS",
+                      f"{headroom['efs_access_points']:.0%}")  # fmt: skip
+    return table
 
 
 def render_inputs() -> Table:
