@@ -106,10 +106,12 @@ def _bench(out: Path, modes: list[str], *extra: str) -> Run:
 @pytest.fixture(scope="module")
 def product_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The product beside its floor, production-shaped: PostgreSQL, configurable-http-proxy beside the hub."""
+    out = tmp_path_factory.mktemp("bench-product")
     return _bench(
-        tmp_path_factory.mktemp("bench-product"),
+        out,
         ["batched", "floor"],
         *("--db", "postgres", "--external-proxy", "--service", SERVICE, "--ssm-higher-throughput"),
+        *("--profile", str(out / "profiles")),
     )
 
 
@@ -190,6 +192,22 @@ def test_table_and_plot(product_run: Run) -> None:
     assert len(document["summary"]) == 2
 
 
+def test_profiles_of_each_phase_follow_the_restarted_hub(product_run: Run) -> None:
+    """--profile: a py-spy speedscope file per phase of each run, of that hub; the restart's is of
+    the new hub process, found while it starts."""
+    for run in product_run[0]["runs"]:
+        assert set(run["profiles"]) == {"spawn", "idle", "steady", "restart"}
+        for phase, written in run["profiles"].items():
+            path = Path(written)
+            assert path.name == f"profile-{SERVERS}-{run['mode']}-0-{phase}.speedscope.json", written
+            samples = sum(len(thread["samples"]) for thread in json.loads(path.read_text())["profiles"])
+            # py-spy records no idle samples: a hub at rest may leave its idle window empty
+            assert samples > 0 or phase == "idle", written
+        restart = json.loads(Path(run["profiles"]["restart"]).read_text())
+        frames = {frame["name"] for frame in restart["shared"]["frames"]}
+        assert "JupyterHub.initialize" in frames, "the restart profile missed the new hub's start"
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -201,6 +219,7 @@ def test_table_and_plot(product_run: Run) -> None:
         (["--concurrent-spawn-limit", "-1"], "--concurrent-spawn-limit must be 0"),
         (["--service", "jupyter/small"], "--service 'jupyter/small': unknown service"),
         (["--service", "chat/large"], "does not offer size"),
+        (["--profile", __file__], "not a directory"),
     ],
 )
 def test_bad_input_is_refused_before_anything_starts(

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from rich.console import Console
 from calliope_hub.catalog import CatalogError, load_catalog
 from calliope_hub.localecs.config import SIM_TIMINGS
 from calliope_hub.tools.bench import phases, report
+from calliope_hub.tools.bench.profile import HubProfiler, py_spy
 from calliope_hub.tools.bench.stack import BenchStack, StackOptions
 from calliope_hub.tools.interrupt import exit_status, run_interruptible
 from calliope_hub.tools.machine import machine
@@ -55,6 +59,8 @@ class BenchConfig:
     service: str = "lab/small"
     #: the account has Parameter Store's higher throughput: tokens written at 8/s, not 2.4/s
     ssm_higher_throughput: bool = False
+    #: write py-spy profiles of the hub's spawn, idle, steady and restart windows here
+    profile: Path | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -73,6 +79,13 @@ class BenchConfig:
             f"--db must be among {', '.join(DATABASES)}": self.db in DATABASES,
         }
         problems = [message for message, ok in checks.items() if not ok]
+        if self.profile is not None:
+            try:
+                py_spy()
+            except RuntimeError as error:
+                problems.append(str(error))
+            if self.profile.exists() and not self.profile.is_dir():
+                problems.append(f"--profile {self.profile}: not a directory")
         try:
             self.choice()
         except CatalogError as error:
@@ -140,17 +153,23 @@ class Bench:
 
     async def _phases(self, stack: BenchStack, record: dict[str, Any]) -> None:
         config, servers = self.config, record["servers"]
+        profiled = self._profiler(stack, record)
         self._say(f"spawning {servers} servers")
         service, size, _ = config.choice()
-        record["spawn"] = await phases.spawn_phase(stack, servers, config.concurrency, service, size)
+        async with profiled("spawn"):
+            record["spawn"] = await phases.spawn_phase(stack, servers, config.concurrency, service, size)
         names = sorted(await phases.ready_names(stack, math.ceil(servers / phases.PAGE) + 2))
         if not names:
             raise RuntimeError("no server became ready; see the spawn figures")
         # Let the spawn's busy sweeps end, as a hub at rest would have.
         await asyncio.sleep(min(config.poll_interval, 60))
-        idle = await phases.idle_cpu_pct(stack, config.idle_window) if config.idle_window else None
+        idle = None
+        if config.idle_window:
+            async with profiled("idle"):
+                idle = await phases.idle_cpu_pct(stack, config.idle_window)
         self._say(f"steady state for {config.window:g}s")
-        steady = await phases.steady_phase(stack, names, config.window, config.activity_interval)
+        async with profiled("steady"):
+            steady = await phases.steady_phase(stack, names, config.window, config.activity_interval)
         steady["hub_cpu_idle_pct"] = idle
         describes = steady["ecs_calls_per_min"].get("DescribeTasks", 0.0)
         steady["describe_per_poll"] = round(describes * config.poll_interval / 60, 2)
@@ -166,12 +185,28 @@ class Bench:
             expected = set(names) - set(record["detect_s"]["users"])
         patience = 120 + servers * 0.05
         self._say("kill -9 of the hub only" if config.external_proxy else "kill -9 of the hub and its proxy")
-        record["restart"] = await phases.restart_phase(stack, expected, patience)
+        async with profiled("restart", follow=True):
+            record["restart"] = await phases.restart_phase(stack, expected, patience)
         record["restart"]["hub_only"] = config.external_proxy
         self._say("shutdown, cleanup off then on")
         shutdown = await phases.shutdown_phase(stack, expected, patience)
         record["shutdown"] = shutdown
         record["shutdown_block_s"] = max(part["block_s"] for part in shutdown.values())
+
+    def _profiler(self, stack: BenchStack, record: dict[str, Any]) -> Callable[..., AbstractAsyncContextManager[None]]:
+        """`profiled(phase, follow=False)`: a py-spy profile of the hub around a phase when
+        --profile is on (listed in the run's `profiles`), else nothing."""
+        if self.config.profile is None:
+            return lambda *_, **__: contextlib.nullcontext()
+        self.config.profile.mkdir(parents=True, exist_ok=True)
+        stem = f"{record['servers']}-{record['mode']}-{record['repeat']}"
+        profiler = HubProfiler(self.config.profile, stem)
+        record["profiles"] = profiler.written
+
+        def hub_pid() -> int | None:
+            return stack.hub.pid if stack.hub is not None else None
+
+        return lambda name, follow=False: profiler.phase(name, hub_pid, follow=follow)
 
     def _say(self, message: str) -> None:
         self.console.log(message)
@@ -221,6 +256,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--json", type=Path, help="write the runs here")
     add("--plot", type=Path, help="write a PNG of every figure against N")
     add("--keep-logs", action="store_true", help="keep each run's hub and local ECS logs")
+    add("--profile", type=Path, metavar="DIR",
+        help="write py-spy profiles (speedscope) of the hub's spawn, idle, steady and restart windows")  # fmt: skip
 
 
 def _config(args: argparse.Namespace) -> BenchConfig:
@@ -243,6 +280,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         keep_logs=args.keep_logs,
         service=args.service,
         ssm_higher_throughput=args.ssm_higher_throughput,
+        profile=args.profile,
     )
 
 
@@ -251,9 +289,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
     except ValueError as error:
-        console.print(f"[red]calliope-hub bench: {error}")
+        console.print(f"[red]calliope-hub bench: {error}", soft_wrap=True)  # paths stay whole
         return 2
-    document: dict[str, Any] = {"machine": machine(), "config": vars(config), "runs": []}
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(config).items()}
+    document: dict[str, Any] = {"machine": machine(), "config": settings, "runs": []}
     bench = Bench(config, console)
     stopped_by = 0  # the exit status a signal asks for (tools/interrupt.py): 130 Ctrl-C, 143 SIGTERM
     try:
