@@ -160,7 +160,7 @@ def slots_registered(inputs: PlanInputs, burst: Burst) -> float:
 
 
 def calls_per_min(inputs: PlanInputs, burst: Burst) -> dict[str, float]:
-    """Calls a minute by operation while the burst lasts, as the hub's buckets let them through. StopTask
+    """Calls a minute by operation while the burst lasts, as the hub's buckets pace them (paced). StopTask
     (and with storage, the delete of a server's own parameter) come at the class end, as many within a minute."""
     users, new = burst.spawns, burst.spawns * inputs.new_user_share
     during = max(ARRIVAL_S, burst.seconds)
@@ -175,7 +175,14 @@ def calls_per_min(inputs: PlanInputs, burst: Burst) -> dict[str, float]:
             "RegisterTaskDefinition": (slots_registered(inputs, burst), during),
         }
     buckets = hub_buckets(burst.higher_throughput)
-    return {
-        operation: 60 * calls / max(seconds, *(through_bucket(calls, buckets[c]) for c in CATEGORIES[operation]))
-        for operation, (calls, seconds) in asked.items()
-    }
+    return {operation: 60 * paced(calls, seconds, [buckets[c] for c in CATEGORIES[operation]])
+            for operation, (calls, seconds) in asked.items()}  # fmt: skip
+
+
+def paced(calls: float, seconds: float, buckets: list[Quota]) -> float:
+    """Calls a second when `calls` are asked over `seconds` through the hub's `buckets`: at most the slowest
+    bucket's rate. A bucket's first burst is left out: AWS's bucket for the same quota holds a larger one."""
+    if calls <= 0:
+        return 0.0
+    spread = max(seconds, *(through_bucket(calls, bucket) for bucket in buckets))
+    return min(calls / spread, *(bucket.rate for bucket in buckets))

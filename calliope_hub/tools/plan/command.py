@@ -100,7 +100,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         written = plan(inputs, coefficients, prices)
         report.print_all(console, report.render_plan(written, inputs))
         if args.check:
-            written["check"] = check.compare(written, check.bench_run(args.check, inputs.servers))
+            run = check.bench_run(args.check, inputs.servers)
+            written["check"] = check.compare(written, run, inputs, coefficients)
             report.print_all(console, check.render(written["check"], args.check.name))
     if args.matrix:
         rows = report.matrix_rows(inputs, coefficients, prices)
