@@ -90,6 +90,30 @@ def test_noisy_runs_fit_close_and_show_their_residuals(tmp_path: Path) -> None:
     assert any(abs(o["residual"]) > 0.5 for o in rss["observations"]), "noise shows as residuals"
 
 
+def test_a_fit_over_a_folder_skips_other_json_and_spawns_the_quotas_paced(
+    bench_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--calibrate docs/benchmarks/*.json`: other results are skipped, and a spawn rate AWS's quotas set
+    (a run naming its service writes a token a spawn; 0.8/s was RegisterTaskDefinition's pace) is no hub time."""
+    other = tmp_path / "matrix.json"
+    other.write_text('{"matrix": []}')
+    tokens = {**synthetic_run(4000, 30, 800, 200), "spawn": {"per_second": 2.4}}
+    registrations = {**synthetic_run(6000, 30, 1200, 200), "spawn": {"per_second": 0.8}}
+    paced = tmp_path / "paced.json"
+    paced.write_text(json.dumps({"config": {"service": "chat/small"}, "runs": [tokens]}))
+    out = tmp_path / "c.json"
+    files = [*bench_files, other, paced, write_bench(tmp_path / "old.json", [registrations])]
+    assert main(["plan", "--calibrate", *map(str, files), "--output", str(out)]) == 0
+    assert "skipped matrix.json: no bench runs" in capsys.readouterr().out
+    document = calibrate.load_document(out)
+    assert document["files"] == ["a.json", "b.json", "paced.json", "old.json"]
+    assert [o["servers"] for o in document["targets"]["spawn_s"]["observations"]] == [1000, 3000, 2000, 5000]
+    assert calibrate.coefficients_of(document)["spawn_s"]["const"] == pytest.approx(TRUE["spawn_s"]["const"])
+    assert {o["servers"] for o in document["targets"]["restart_s"]["observations"]} >= {4000, 6000}
+    assert main(["plan", "--calibrate", str(other), "--output", str(tmp_path / "none.json")]) == 2
+    assert "no bench JSON among the calibration files" in capsys.readouterr().err
+
+
 def test_calibrate_leaves_out_the_held_out_n_and_writes_a_loadable_file(
     bench_files: list[Path], tmp_path: Path
 ) -> None:

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from calliope_hub.ecs.secrets import ssm_quotas
 from calliope_hub.ecsfacts import AWS_QUOTAS, CATEGORIES, Quota
 from calliope_hub.hub.runtime import client_quotas
-from calliope_hub.tools.plan.inputs import PlanInputs
+from calliope_hub.tools.plan.inputs import TOLERANCE, PlanInputs
 
 #: users of a burst arrive over this many seconds (the burst is given as users per minute)
 ARRIVAL_S = 60.0
-#: room over a predicted need when it becomes a setting: the planner's prediction tolerance (check.TOLERANCE)
-HEADROOM = 1.2
+#: room over a predicted need when it becomes a setting: the planner's prediction tolerance
+HEADROOM = 1 + TOLERANCE
 #: JupyterHub's defaults for the two settings a burst may need raised
 JUPYTERHUB_SPAWN_LIMIT = 100
 JUPYTERHUB_START_TIMEOUT = 60

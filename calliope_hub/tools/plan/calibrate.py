@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from calliope_hub.ecsfacts import DESCRIBE_LIMIT
+from calliope_hub.hub.runtime import client_quotas
 from calliope_hub.tools.bench.report import pick
-from calliope_hub.tools.plan.inputs import PlanError
+from calliope_hub.tools.plan.inputs import TOLERANCE, PlanError
 
 #: target -> (features, unit, what it predicts). "const" is the intercept.
 TARGETS: dict[str, tuple[tuple[str, ...], str, str]] = {
@@ -53,17 +54,26 @@ class Observation:
     weight: float = 1.0
 
 
+class NotBenchFile(PlanError):
+    """JSON of another kind (no "runs"), such as docs/benchmarks' other results: skipped by a fit over a folder."""
+
+
 def observations(path: Path, exclude_servers: frozenset[int] = frozenset()) -> list[Observation]:
     """Every usable observation in one bench JSON file; PlanError when it is not one."""
     try:
         document = json.loads(path.read_text())
-        idle_window = float(pick(document, ("config", "idle_window")) or 60.0)  # bench's default
+        if isinstance(document, dict) and "runs" not in document:
+            raise NotBenchFile(f"skipped {path.name}: no bench runs")
+        config = dict(document.get("config") or {})
+        idle_window = float(config.get("idle_window", 60.0))  # bench's default
         return [
             obs
             for run in document["runs"]
             if _usable(run, exclude_servers)
-            for obs in _run_observations(path.name, run, idle_window)
+            for obs in _run_observations(path.name, run, idle_window, _quota_paced(run, config))
         ]
+    except PlanError:
+        raise
     except OSError as exc:
         raise PlanError(f"calibration file {path}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -74,7 +84,19 @@ def _usable(run: dict[str, Any], exclude_servers: frozenset[int]) -> bool:
     return run.get("mode") == "batched" and not run.get("error") and int(run["servers"]) not in exclude_servers
 
 
-def _run_observations(name: str, run: dict[str, Any], idle_window: float) -> list[Observation]:
+def _quota_paced(run: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether AWS's quotas, not the hub, paced the run's spawns: then its spawn rate measures the quotas (which
+    burst.py predicts from ecsfacts) and says nothing of the hub's own time per spawn. So paced: a run naming its
+    service (bench records it since every spawn writes its token to Parameter Store), and one within TOLERANCE
+    of the hub's RegisterTaskDefinition pace (before slot definitions, every spawn registered its own)."""
+    if config.get("service"):
+        return True
+    rate = pick(run, ("spawn", "per_second"))
+    registrations = client_quotas()["task-definition-modify"].rate
+    return isinstance(rate, (int, float)) and abs(rate / registrations - 1) <= TOLERANCE
+
+
+def _run_observations(name: str, run: dict[str, Any], idle_window: float, quota_paced: bool) -> list[Observation]:
     """One bench run -> observations; a figure the run lacks (older bench, cut short) is skipped."""
     servers, steady = float(run["servers"]), run["steady"]
     tasks = float(pick(steady, ("tasks", "RUNNING")) or servers)
@@ -93,7 +115,8 @@ def _run_observations(name: str, run: dict[str, Any], idle_window: float) -> lis
         ("rss_mib", "", {"servers": tasks}, steady.get("hub_rss_mib"), 1.0),
         ("restart_s", "", {"servers": restarted}, pick(run, ("restart", "seconds")), 1.0),
         ("sweep_s", "", {"servers": tasks}, steady.get("sweep_s_mean"), window),
-        ("spawn_s", "", {"servers": servers}, _inverse(pick(run, ("spawn", "per_second"))), 1.0),
+        ("spawn_s", "", {"servers": servers}, None if quota_paced else _inverse(pick(run, ("spawn", "per_second"))),
+         1.0),
         ("proxy_cpu_pct", "", {"requests_per_s": requests}, steady.get("proxy_cpu_pct"), window),
     ]  # fmt: skip
     return [
@@ -163,11 +186,21 @@ def calibrate(paths: list[Path], exclude_servers: frozenset[int] = frozenset()) 
     """The coefficients document for these bench files."""
     if not paths:
         raise PlanError("--calibrate needs at least one bench JSON file")
-    obs = [o for path in paths for o in observations(path, exclude_servers)]
+    obs: list[Observation] = []
+    fitted, skipped = [], []
+    for path in paths:
+        try:
+            obs += observations(path, exclude_servers)
+            fitted.append(path.name)
+        except NotBenchFile as exc:
+            skipped.append(str(exc))
+    if not fitted:
+        raise PlanError(f"no bench JSON among the calibration files: {'; '.join(skipped)}")
     return {
         "about": "Fitted by `calliope-hub plan --calibrate` from the bench runs below; see docs/capacity.md.",
         "fitted_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "files": [p.name for p in paths],
+        "files": fitted,
+        "skipped": skipped,
         "excluded_servers": sorted(exclude_servers),
         "targets": {target: fit_target(target, obs) for target in TARGETS},
     }

@@ -17,9 +17,7 @@ from calliope_hub.catalog import BUILTIN_DIRECTORY, CatalogError, load_service
 from calliope_hub.tools.bench.report import pick
 from calliope_hub.tools.plan.burst import Burst, quota_steps
 from calliope_hub.tools.plan.calibrate import predict_target
-from calliope_hub.tools.plan.inputs import PlanError, PlanInputs
-
-TOLERANCE = 0.20
+from calliope_hub.tools.plan.inputs import TOLERANCE, PlanError, PlanInputs
 
 #: figure -> (path in the plan, path in a bench run). ECS reads are DescribeTasks + ListTasks.
 FIGURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -17,6 +17,9 @@ from typing import Any
 
 from calliope_hub.ecsfacts import FARGATE_MEMORY
 
+#: how far a measurement may land from its prediction (issue 14's acceptance: +-20 %)
+TOLERANCE = 0.20
+
 
 class PlanError(ValueError):
     """Bad input to the planner: the command prints it and exits with status 2."""

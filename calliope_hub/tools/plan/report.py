@@ -109,6 +109,7 @@ def render_fit(document: dict[str, Any]) -> Group:
             table.add_row(row["source"], f"{row['observed']:.3g}", f"{row['fitted']:.3g}",
                           f"{row['residual']:+.3g} ({share:+.0%})")  # fmt: skip
         parts.append(table)
+    parts.extend(Text(line) for line in document.get("skipped", []))
     return Group(*parts)
 
 
