@@ -200,6 +200,28 @@ def test_a_malformed_coefficients_file_exits_2(tmp_path: Path, capsys: pytest.Ca
     assert "is malformed" in capsys.readouterr().err
 
 
+PACKAGED_PRICES = json.loads((ROOT / "calliope_hub/tools/plan/prices.json").read_text())["regions"]["us-east-1"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"efs_gib_month": "x"}, "['efs_gib_month'] must be numbers >= 0"),
+        ({"nat_gateway_hour": -1}, "['nat_gateway_hour'] must be numbers >= 0"),
+        ({"fargate_vcpu_hour": True}, "['fargate_vcpu_hour'] must be numbers >= 0"),
+        ({"rds_hour": 5}, "['rds_hour'] must be numbers >= 0"),
+        ({"rds_hour": {"db.t4g.small": 0.03}}, "no rds_hour for db.t4g.medium"),  # 10,000 servers need a medium
+    ],
+)
+def test_a_malformed_prices_file_exits_2(change: dict[str, Any], message: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    prices, out = tmp_path / "prices.json", tmp_path / "plan.json"
+    prices.write_text(json.dumps({"regions": {"us-east-1": {**PACKAGED_PRICES, **change}}}))
+    assert main(["plan", "--servers", "10000", "--prices", str(prices), "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not out.exists()
+
+
 def test_an_unwritable_output_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--servers", "10", "--json", str(tmp_path / "no" / "such" / "dir.json")]) == 2
     assert "cannot write" in capsys.readouterr().err

@@ -143,6 +143,12 @@ class Prices:
     def __getitem__(self, key: str) -> float:
         return float(self.values[key])
 
+    def rds_hour(self, db_class: str) -> float:
+        """USD per hour of one RDS instance of `db_class`."""
+        if db_class not in self.values["rds_hour"]:
+            raise PlanError(f"prices for {self.region} have no rds_hour for {db_class}, which this plan needs")
+        return float(self.values["rds_hour"][db_class])
+
     def fargate_month(self, vcpu: float, gib: float) -> float:
         """One Fargate task of this size running all month."""
         return (vcpu * self["fargate_vcpu_hour"] + gib * self["fargate_gib_hour"]) * self.hours_per_month
@@ -160,17 +166,29 @@ def load_prices(region: str, path: Path | None = None) -> Prices:
     try:
         text = path.read_text() if path else resources.files(__package__).joinpath("prices.json").read_text()
         document = json.loads(text)
-        regions = document["regions"]
-        hours = float(document.get("hours_per_month", 730))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        regions = dict(document["regions"])
+        hours = document.get("hours_per_month", 730)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PlanError(f"prices file {path}: cannot read it ({exc})") from None
     if region not in regions:
         raise PlanError(f"unknown region {region!r}: the prices file has {sorted(regions)} (add yours with --prices)")
     values = regions[region]
+    if not isinstance(values, dict):
+        raise PlanError(f"prices for {region} are not a JSON object of prices")
     missing = [key for key in (*PRICE_KEYS, "rds_hour") if key not in values]
     if missing:
         raise PlanError(f"prices for {region} lack {missing}")
-    return Prices(region, hours, values)
+    rds = values["rds_hour"]
+    bad = [key for key in PRICE_KEYS if not _is_price(values[key])]
+    bad += [] if isinstance(rds, dict) and all(_is_price(v) for v in rds.values()) else ["rds_hour"]
+    bad += [] if _is_price(hours) and hours > 0 else ["hours_per_month"]
+    if bad:
+        raise PlanError(f"prices for {region}: {bad} must be numbers >= 0 (rds_hour: an object of class -> USD/hour)")
+    return Prices(region, float(hours), values)
+
+
+def _is_price(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
 
 
 def fargate_task_size(vcpu_needed: float, gib_needed: float) -> tuple[float, float]:

@@ -158,10 +158,12 @@ def monthly_cost(
         share * prices.fargate_month(SERVER_SIZES[name][0] / 1024, SERVER_SIZES[name][1] / 1024)
         for name, share in inputs.size_mix.items()
     )
-    rds = prices.values["rds_hour"].get(db["class"], 0.0) * hours + RDS_STORAGE_GIB * prices["rds_storage_gib_month"]
+    rds = 0.0
+    if db["engine"] == "postgresql":
+        rds = prices.rds_hour(db["class"]) * hours + RDS_STORAGE_GIB * prices["rds_storage_gib_month"]
     cost = {
         "hub": (hubs + (1 if inputs.standby else 0)) * prices.fargate_month(*hub_size),
-        "database": rds if db["engine"] == "postgresql" else 0.0,
+        "database": rds,
         "efs": inputs.servers * inputs.efs_gib_per_user * prices["efs_gib_month"] if inputs.storage else 0.0,
         "api_calls": requests["ecs"] / 1e6 * prices["ecs_api_per_million_calls"]
         + requests["sqs"] / 1e6 * prices["sqs_per_million_requests"]
