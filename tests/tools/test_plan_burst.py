@@ -17,6 +17,7 @@ from calliope_hub.tools.plan.burst import ARRIVAL_S, Burst, quota_steps
 from calliope_hub.tools.plan.check import TOLERANCE
 from calliope_hub.tools.plan.inputs import PlanInputs, load_prices
 from calliope_hub.tools.plan.model import plan
+from calliope_hub.tools.plan.report import matrix_rows
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 COEFFICIENTS = calibrate.coefficients_of(calibrate.load_document())
@@ -134,3 +135,16 @@ def test_bad_burst_input_exits_2(argv: list[str], message: str, tmp_path: Path,
     assert main(["plan", "--servers", "100", *argv, "--json", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not out.exists()
+
+
+def test_the_matrix_names_what_paces_a_burst_and_what_would_lift_it() -> None:
+    def first_advice(**asked: Any) -> list[str]:
+        return matrix_rows(PlanInputs(1000, burst_per_min=300, **asked), COEFFICIENTS, PRICES)[0]["advice"]
+
+    assert first_advice(storage=True) == ["burst 400 s, paced by RegisterTaskDefinition: first sessions off-peak"]
+    assert first_advice(slots=500, ssm_higher_throughput=False) == [
+        "burst 169 s, paced by PutParameter: SSM higher throughput: 105 s"
+    ]
+    # a fresh slot pool is as slow as the standard token writes: higher throughput would not help
+    assert first_advice() == ["burst 169 s, paced by PutParameter: slot definitions next, 122 s"]
+    assert first_advice(slots=500) == ["no change"]

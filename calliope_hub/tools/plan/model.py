@@ -17,6 +17,7 @@ from calliope_hub.tools.plan.burst import (
     ARRIVAL_S,
     JUPYTERHUB_START_TIMEOUT,
     Burst,
+    burst_with,
     plan_burst,
     ready_s,
     start_timeout,
@@ -202,9 +203,12 @@ def config_lines(inputs: PlanInputs, db: dict[str, Any], burst: Burst) -> list[s
     return lines
 
 
-def burst_summary(inputs: PlanInputs, burst: Burst) -> dict[str, Any]:
-    """What serves the burst: its pace, the step that sets it, and each step's seconds for the whole burst."""
+def burst_summary(inputs: PlanInputs, burst: Burst, spawn_s: float) -> dict[str, Any]:
+    """What serves the burst: its pace, the step that sets it, each step's seconds for the whole burst, and
+    the burst served with Parameter Store's other throughput setting."""
+    other = burst_with(inputs, burst.spawns, spawn_s, not burst.higher_throughput)
     return {
+        "ready_s_other_throughput": ready_s(inputs, other),
         "users_per_min": inputs.burst_per_min,
         "spawns_per_s": round(burst.spawns / max(ARRIVAL_S, burst.seconds), 2),
         "paced_by": burst.paced_by if burst.seconds > ARRIVAL_S else "arrivals",
@@ -251,7 +255,7 @@ def plan(inputs: PlanInputs, coefficients: dict[str, dict[str, float]], prices: 
         "restart_s": round(restart, 1),
         "failover_s": round(failover, 1),
         "burst_ready_s": ready_s(inputs, burst),
-        "burst": burst_summary(inputs, burst),
+        "burst": burst_summary(inputs, burst, hub["spawn_s"]),
         "detect_s": round(worst, 1),
         "detect_typical_s": round(typical, 2),
         "sweep_s": round(hub["sweep_s"], 2),

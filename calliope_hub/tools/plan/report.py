@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from calliope_hub.ecsfacts import CATEGORIES
+from calliope_hub.tools.plan.burst import HEADROOM
 from calliope_hub.tools.plan.inputs import INPUT_SOURCES, PlanInputs, Prices
 from calliope_hub.tools.plan.model import EFS_ACCESS_POINTS, HEADROOM_OF, account_quota, plan
 
@@ -20,6 +21,15 @@ from calliope_hub.tools.plan.model import EFS_ACCESS_POINTS, HEADROOM_OF, accoun
 BANDS = (100, 500, 1000, 2000, 3000, 5000, 10000, 20000)
 #: longest outage (restart) an operator accepts before a hot standby is worth it; an input of the matrix.
 MAX_OUTAGE_S = 60.0
+
+#: what lifts each quota step that may pace a burst (docs/benchmarks/storage-1000.md)
+LIFTS = {
+    "PutParameter": "SSM higher throughput: {ready_s_other_throughput:.0f} s",
+    "slot definitions": "keep the slot pool",
+    "RegisterTaskDefinition": "first sessions off-peak",
+    "CreateAccessPoint": "first sessions off-peak",
+    "RunTask": "a higher launch quota",
+}
 
 #: the calls counted over the sweeps' steady minute; every other is counted while a burst of starts or stops lasts
 STEADY = ("DescribeTasks", "ListTasks")
@@ -139,6 +149,15 @@ def advice(inputs: PlanInputs, result: dict[str, Any]) -> list[str]:
         notes.append(f"activity interval 600 s: requests are {activity_share:.0%} of hub CPU")
     if result["quota_headroom"]["read"] < 0.3:
         notes.append("events on or a longer poll: cluster-read quota under 30 % free")
+    burst = result["burst"]
+    if burst["paced_by"] in LIFTS:
+        step, lift = burst["paced_by"], LIFTS[burst["paced_by"]].format(**burst)
+        useless = step == "PutParameter" and burst["ssm_higher_throughput"]  # already on: AWS allows no more
+        if useless or burst["ready_s_other_throughput"] * HEADROOM >= result["burst_ready_s"]:
+            others = {name: secs for name, secs in burst["steps_s"].items() if name != step}
+            second = max(others, key=lambda name: others[name])
+            lift = f"{second} next, {others[second]:.0f} s" if step == "PutParameter" else lift
+        notes.append(f"burst {result['burst_ready_s']:.0f} s, paced by {step}: {lift}")
     return notes or ["no change"]
 
 
@@ -153,6 +172,7 @@ def render_matrix(rows: list[dict[str, Any]]) -> Table:
                       f"{result['cost_per_month']['hub'] + result['cost_per_month']['database']:,.0f}",
                       "; ".join(row["advice"]))  # fmt: skip
     table.caption = "hub = count x vCPU/GiB per hub; hub+DB $ = USD per month for hub tasks and database"
+    table.caption_justify = "left"
     return table
 
 
