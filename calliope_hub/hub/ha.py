@@ -10,7 +10,7 @@ stops and re-routes servers, so a standby must not run any of them until it lead
 6.1.1 has no hook before `init_db`, and all the steps up to its first `await` are synchronous,
 so this app runs its own prelude (CalliopeHub's `preflight()`, after the command line and the
 config file are parsed and the runtime is built and checked): it refuses configs that
-cannot run as a pair, and then waits, on the event loop, for the hub's advisory lock (the one
+cannot run as a pair, and then waits, on the event loop, for its fence keeper to hold the hub's advisory lock (the one
 the orphan sweep always used, calliope_hub.hub.lock). A standby is warm in the sense that
 matters: Python, JupyterHub, the spawner and its AWS libraries are imported, the config checked,
 the database answered, and the status of every task the hub started is described ahead
@@ -18,13 +18,15 @@ the database answered, and the status of every task the hub started is described
 restart pays too, minus the process and import time and the cold status sweep.
 
 Why two hubs can never serve at once (a lease argument, with monotonic clocks):
-- the leader proves its lock session alive every `fence_check_interval` from a thread of its
-  own (so a stuck event loop cannot hide a lost lock), and a watchdog thread exits the process
-  (`os._exit`, no cleanup: a fenced hub must not write anything more) when the last proof is
-  older than `fence_timeout`, or at once when the session is gone;
-- the server frees the lock only after the leader's session ended, so every proof the old
-  leader ever made started before the new leader acquired, and the old leader is gone
-  `fence_timeout` after it;
+- the leader lock's session lives in the hub's fence keeper, a small process of its own
+  (calliope_hub.hub.fence) that proves it every `fence_check_interval` and SIGKILLs the hub
+  when the session errors or no proof succeeded for `fence_timeout`. Nothing the hub does (a
+  long garbage collection, a C call, a stuck event loop: all hold its GIL) can delay a proof
+  or the kill;
+- the server frees the lock only after the keeper's session ended, so every proof the keeper
+  ever made started before the new leader acquired, and the old hub is killed `fence_timeout`
+  after the last one; the hub exits at once if its keeper does (`FenceKeeper.tie`), and the
+  keeper exits when the hub does (its stdin's end of file), freeing the lock for the standby;
 - the new leader waits `fence_timeout` after acquiring before it runs any `init_*`.
 
 The health endpoint (GET /leader on `c.CalliopeHA.health_port`) answers 200 only on the hub
@@ -41,9 +43,6 @@ import logging
 import os
 import socket
 import sys
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 from jupyterhub import orm
@@ -56,13 +55,12 @@ from traitlets.config import Config
 
 from calliope_hub.hub.app import CalliopeHub
 from calliope_hub.hub.config import CalliopeHA, ECSSpawnerConfig
-from calliope_hub.hub.lock import SWEEP_LOCK_SETTING, AdvisoryLock, hub_lock
+from calliope_hub.hub.fence import ACQUIRED, FENCED_EXIT, HELD, UNREACHABLE, FenceKeeper, KeeperSettings
+from calliope_hub.hub.lock import SWEEP_LOCK_SETTING
 from calliope_hub.hub.runtime import STANDBY_PRIME_INTERVAL
 
 log = logging.getLogger(__name__)
 
-#: the exit status of a hub that fenced itself (it lost, or could not prove, the leader lock)
-FENCED_EXIT = 75
 #: the exit status of a hub whose config cannot run as one of a pair
 PAIR_REFUSED_EXIT = 2
 #: per-instance settings two hubs of one pair may (must) differ in; everything else must match
@@ -98,54 +96,6 @@ def config_fingerprint(config: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class LeaderFence:
-    """Keeps proving the leader lock from threads, and ends the process the moment it cannot."""
-
-    def __init__(
-        self,
-        lock: AdvisoryLock,
-        *,
-        interval: float,
-        timeout: float,
-        on_fenced: Callable[[str], None],
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self._lock = lock
-        self._interval = interval
-        self._timeout = timeout
-        self._on_fenced = on_fenced
-        self._clock = clock
-        self._stopping = threading.Event()
-        self.proven_at = clock()  # the caller just acquired the lock
-
-    def start(self) -> None:
-        for target, name in ((self._prove, "calliope-fence-prover"), (self._watch, "calliope-fence-watchdog")):
-            threading.Thread(target=target, name=name, daemon=True).start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    @property
-    def holding(self) -> bool:
-        """The lock was proven within the fence timeout (what the orphan sweep asks before each sweep)."""
-        return self._clock() - self.proven_at <= self._timeout
-
-    def _prove(self) -> None:
-        while not self._stopping.wait(self._interval):
-            began = self._clock()
-            if self._lock.try_acquire_blocking():
-                self.proven_at = began
-            elif not self._stopping.is_set():
-                self._on_fenced("the leader lock's database session ended")
-                return
-
-    def _watch(self) -> None:
-        while not self._stopping.wait(min(self._interval, self._timeout) / 4):
-            if not self.holding:
-                self._on_fenced(f"could not prove the leader lock for {self._timeout:.1f}s")
-                return
-
-
 def exit_fenced(reason: str) -> None:
     """No cleanup, no flush of JupyterHub's state: a hub that may have lost the lock must not write."""
     log.critical("Calliope HA: fenced (%s); exiting so the standby can serve", reason)
@@ -153,14 +103,14 @@ def exit_fenced(reason: str) -> None:
     os._exit(FENCED_EXIT)
 
 
-class FencedSweepLock:
-    """The HubRuntime's sweep lock in HA mode: the leader's own lock, never released by the runtime."""
+class KeptSweepLock:
+    """The HubRuntime's sweep lock in HA mode: the leader's own lock, held while its keeper lives."""
 
-    def __init__(self, fence: LeaderFence):
-        self._fence = fence
+    def __init__(self, keeper: FenceKeeper):
+        self._keeper = keeper
 
     async def try_acquire(self) -> bool:
-        return self._fence.holding
+        return self._keeper.alive()
 
     async def release(self) -> None:
         return None  # the leader lock lives as long as the process
@@ -245,22 +195,34 @@ class HAJupyterHub(CalliopeHub):
         self._check_pair_config()
         fingerprint = config_fingerprint(self.config)
         hub_id = self.config.ECSSpawner.get("hub_id", ECSSpawnerConfig.class_traits()["hub_id"].default_value)
-        session = f"{SESSION_PREFIX}{fingerprint}/{self.ha.instance}"[:63]
-        lock = hub_lock(self.db_url, hub_id, application_name=session)
+        keeper = FenceKeeper(
+            KeeperSettings(
+                db_url=self.db_url,
+                lock_name=hub_id,
+                application_name=f"{SESSION_PREFIX}{fingerprint}/{self.ha.instance}"[:63],
+                poll_interval=self.ha.standby_poll_interval,
+                check_interval=self.ha.fence_check_interval,
+                timeout=self.ha.fence_timeout,
+            )
+        )
+        keeper.start()
         self._serve_health()
-        self.log.info("Calliope HA: %s stands by for hub %r (config %s)", self.ha.instance, hub_id, fingerprint)
+        self.log.info(
+            "Calliope HA: %s stands by for hub %r (config %s, fence keeper pid %s)",
+            *(self.ha.instance, hub_id, fingerprint, keeper.pid),
+        )
         warming = asyncio.ensure_future(self._keep_warm())
         try:
-            await self._wait_for_lock(lock, fingerprint)
+            await self._wait_for_lock(keeper, fingerprint)
+        except BaseException:
+            keeper.stop()  # refused or stopped while standing by: the keeper exits now, not at our exit
+            raise
         finally:
             warming.cancel()
             await asyncio.gather(warming, return_exceptions=True)
         self.ha_state = "taking-over"
-        fence = LeaderFence(
-            lock, interval=self.ha.fence_check_interval, timeout=self.ha.fence_timeout, on_fenced=exit_fenced
-        )
-        fence.start()
-        self.tornado_settings[SWEEP_LOCK_SETTING] = FencedSweepLock(fence)
+        keeper.tie(exit_fenced)
+        self.tornado_settings[SWEEP_LOCK_SETTING] = KeptSweepLock(keeper)
         self.log.info("Calliope HA: took the lock; serving in %.1fs (the old leader's fence)", self.ha.fence_timeout)
         await asyncio.sleep(self.ha.fence_timeout)
 
@@ -287,23 +249,25 @@ class HAJupyterHub(CalliopeHub):
                 self.log.warning("Calliope HA: standby could not prime its status cache: %s", e)
             await asyncio.sleep(STANDBY_PRIME_INTERVAL)
 
-    async def _wait_for_lock(self, lock: AdvisoryLock, fingerprint: str) -> None:
+    async def _wait_for_lock(self, keeper: FenceKeeper, fingerprint: str) -> None:
+        """The keeper's reports until it says it holds the lock; a wrong config or no database first refuses."""
         first = True
-        while not await lock.try_acquire():
-            if not lock.connected:
+        while (report := await asyncio.to_thread(keeper.next_report)) != ACQUIRED:
+            if not report:
+                self._refuse("the fence keeper exited before it held the lock (its log lines are above)")
+            elif report == UNREACHABLE:
                 if first:
                     self._refuse(f"cannot reach the hub database {make_url(self.db_url)!r}")
                 self.log.warning("Calliope HA: the hub database does not answer; still standing by")
             else:
-                holder = await asyncio.to_thread(lock.holder)
-                if holder and holder.startswith(SESSION_PREFIX) and holder.split("/")[1] != fingerprint:
+                holder = report.removeprefix(HELD).strip()
+                if holder.startswith(SESSION_PREFIX) and holder.split("/")[1] != fingerprint:
                     self._refuse(
                         f"this hub's config (fingerprint {fingerprint}) differs from the leader's ({holder}); "
                         "both hubs of a pair must load the same config (only c.CalliopeHA and the hub's own "
                         f"address may differ: {sorted(INSTANCE_SETTINGS['JupyterHub'])})"
                     )
             first = False
-            await asyncio.sleep(self.ha.standby_poll_interval)
 
     def _serve_health(self) -> None:
         # no access log: a balancer asks several times a second
