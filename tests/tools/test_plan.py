@@ -17,12 +17,15 @@ from prometheus_client import REGISTRY
 
 import calliope_hub.observability.metrics  # noqa: F401  (registers ours)
 from calliope_hub.cli import main
+from calliope_hub.ecsfacts import AWS_QUOTAS
 from calliope_hub.tools.plan import calibrate
 from calliope_hub.tools.plan.inputs import PlanInputs, load_prices
 from calliope_hub.tools.plan.model import plan
+from calliope_hub.tools.plan.report import MIN_READ_HEADROOM
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "docs" / "alerts" / "calliope-hub-rules.yml"
+RULE_TESTS = ROOT / "docs" / "alerts" / "calliope-hub-rules.test.yml"
 
 #: the coefficients the synthetic runs are made from.
 TRUE = {
@@ -266,7 +269,24 @@ def test_every_rule_names_only_exported_metrics(rule: dict[str, Any]) -> None:
     assert names and set(names) <= exported, f"{rule['alert']}: not exported: {set(names) - exported}"
 
 
+def test_the_thresholds_are_the_plans() -> None:
+    """The rules' numbers are the planner's: its CPU target and free memory, and the read headroom its matrix
+    warns at, of ecsfacts' cluster-read quota."""
+    by_name = {rule["alert"]: rule["expr"] for rule in rules()}
+    inputs = PlanInputs(1)
+
+    def threshold(alert: str) -> float:
+        return float(re.findall(r">\s*([0-9.]+)", by_name[alert])[-1])
+
+    assert threshold("CalliopeHubCpuHigh") == pytest.approx(inputs.target_cpu_pct / 100)
+    assert "0.65 * 2 *" in by_name["CalliopeHubMemoryHigh"] and pytest.approx(1 - inputs.memory_free_pct / 100) == 0.65
+    read = AWS_QUOTAS["cluster-read"].rate * (1 - MIN_READ_HEADROOM)
+    assert threshold("CalliopeReadQuotaHeadroomLow") == pytest.approx(read)
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: prometheus)")
-def test_promtool_accepts_the_rules() -> None:
-    result = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("command", [["check", "rules", str(RULES)], ["test", "rules", str(RULE_TESTS)]])
+def test_promtool_accepts_the_rules_and_their_unit_tests(command: list[str]) -> None:
+    """check: the rules parse; test: each fires past its threshold and stays quiet below it."""
+    result = subprocess.run(["promtool", *command], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

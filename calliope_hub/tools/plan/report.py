@@ -19,6 +19,8 @@ from calliope_hub.tools.plan.model import EFS_ACCESS_POINTS, HEADROOM_OF, accoun
 
 #: scale bands of the decision matrix (servers).
 BANDS = (100, 500, 1000, 2000, 3000, 5000, 10000, 20000)
+#: cluster-read quota left below which the matrix asks for fewer reads (docs/alerts' CalliopeReadQuotaHeadroomLow)
+MIN_READ_HEADROOM = 0.3
 #: longest outage (restart) an operator accepts before a hot standby is worth it; an input of the matrix.
 MAX_OUTAGE_S = 60.0
 
@@ -147,8 +149,8 @@ def advice(inputs: PlanInputs, result: dict[str, Any]) -> list[str]:
     activity_share = 1 - hub["cpu_pct_idle"] / hub["cpu_pct_loaded"] if hub["cpu_pct_loaded"] else 0.0
     if activity_share > 0.5 and hub["cpu_pct_loaded"] > inputs.target_cpu_pct / 2:
         notes.append(f"activity interval 600 s: requests are {activity_share:.0%} of hub CPU")
-    if result["quota_headroom"]["read"] < 0.3:
-        notes.append("events on or a longer poll: cluster-read quota under 30 % free")
+    if result["quota_headroom"]["read"] < MIN_READ_HEADROOM:
+        notes.append(f"events on or a longer poll: cluster-read quota under {MIN_READ_HEADROOM:.0%} free")
     burst = result["burst"]
     if burst["paced_by"] in LIFTS:
         step, lift = burst["paced_by"], LIFTS[burst["paced_by"]].format(**burst)
