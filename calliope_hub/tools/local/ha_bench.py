@@ -146,7 +146,7 @@ def summary(values: list[float | None]) -> dict[str, float | None]:
     return {"min": min(known), "median": statistics.median(known), "max": max(known)}
 
 
-async def run(servers: int, repeats: int, concurrency: int) -> dict[str, Any]:
+async def run(servers: int, repeats: int, concurrency: int, keep_logs: Path | None = None) -> dict[str, Any]:
     db_url = DEFAULT_DB_URL.rsplit("/", 1)[0] + f"/calliope_ha_bench_{uuid.uuid4().hex[:8]}"
     # Chat has no per-user storage, so its spawns use slot task definitions (no RegisterTaskDefinition,
     # 1/s); with Parameter Store's higher throughput the tokens' PutParameter allows 8 spawns/s.
@@ -155,6 +155,7 @@ async def run(servers: int, repeats: int, concurrency: int) -> dict[str, Any]:
         fence_timeout=FENCE_TIMEOUT,
         ecs_args=["--mode", "sim", "--throttle", HIGHER_THROUGHPUT_THROTTLE],
         extra=["c.ECSSpawner.ssm_higher_throughput = True"],
+        workdir=keep_logs,
     )
     stack = HaStack(spec)
     try:
@@ -207,11 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="failovers, for min/median/max (default: 3)")
     parser.add_argument("--concurrency", type=int, default=50, help="spawn requests in flight (default: 50)")
     parser.add_argument("--json", type=Path, help="write the run here")
+    parser.add_argument("--keep-logs", type=Path, help="run the stack in this directory and keep its logs")
     args = parser.parse_args(argv)
     if args.servers < 1 or args.repeats < 1 or args.concurrency < 1:
         parser.error("--servers, --repeats and --concurrency must be at least 1")
     try:  # SIGTERM or Ctrl-C: the stack is closed and its database dropped by run()'s own teardown
-        record = run_interruptible(run(args.servers, args.repeats, args.concurrency))
+        record = run_interruptible(run(args.servers, args.repeats, args.concurrency, args.keep_logs))
     except KeyboardInterrupt as stop:
         return exit_status(stop)
     text = json.dumps(record, indent=2)
