@@ -160,8 +160,8 @@ def slots_registered(inputs: PlanInputs, burst: Burst) -> float:
 
 
 def calls_per_min(inputs: PlanInputs, burst: Burst) -> dict[str, float]:
-    """Calls a minute by operation while the burst lasts, as the hub's buckets pace them (paced). StopTask
-    (and with storage, the delete of a server's own parameter) come at the class end, as many within a minute."""
+    """Calls a minute by operation while the burst lasts, as the hub's buckets pace them. StopTask (and with
+    storage, the delete of a server's own parameter) come at the class end, as many within a minute."""
     users, new = burst.spawns, burst.spawns * inputs.new_user_share
     during = max(ARRIVAL_S, burst.seconds)
     #: operation -> (calls, seconds they are asked over)

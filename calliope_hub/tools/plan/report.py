@@ -64,13 +64,13 @@ def render_plan(result: dict[str, Any], inputs: PlanInputs) -> Group:
     sizing.add_row("database", db["class"], f"{connections}, {db['writes_per_s']:g} writes/s")
     calls = render_calls(result, inputs)
     times = _table("Times", "event", "seconds", "how")
-    times.add_row("restart (every server ready)", f"{result['restart_s']:.0f}", "fitted from bench")
+    times.add_row("restart (all servers ready)", f"{result['restart_s']:.0f}", "fitted from bench")
     times.add_row("failover", f"{result['failover_s']:.0f}", "health check + start + restart")
     burst = result["burst"]
     times.add_row(
         "burst served (last ready)",
         f"{result['burst_ready_s']:.0f}",
-        f"{burst['paced_by']}, {burst['spawns_per_s']:g} spawns/s",
+        f"{burst['paced_by']} at {burst['spawns_per_s']:g}/s",
     )
     times.add_row(
         "dead server noticed", f"{result['detect_typical_s']:.3g} / {result['detect_s']:.3g}", "typical / worst"
