@@ -162,6 +162,7 @@ def test_batched_status_stays_within_its_describe_bound(product_run: Run) -> Non
     steady = _run(product_run[0], "batched")["steady"]
     assert steady["describe_per_poll_bound"] == math.ceil(SERVERS / 100)
     assert 0 < steady["describe_per_poll"] <= steady["describe_per_poll_bound"] + 1  # +1: a sweep at the edge
+    assert steady["sweeps"] >= 1 and 0 < steady["describe_per_sweep"] <= steady["describe_per_poll_bound"]
 
 
 def test_floor_costs_nothing_and_survives_a_restart(product_run: Run) -> None:

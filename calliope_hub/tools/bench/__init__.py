@@ -59,6 +59,8 @@ class BenchConfig:
     service: str = "lab/small"
     #: the account has Parameter Store's higher throughput: tokens written at 8/s, not 2.4/s
     ssm_higher_throughput: bool = False
+    #: local ECS posts task state changes to the hub (EventBridge's path), as well as polls
+    events: bool = False
     #: write py-spy profiles of the hub's spawn, idle, steady and restart windows here
     profile: Path | None = None
 
@@ -136,6 +138,7 @@ class Bench:
             external_proxy=config.external_proxy,
             keep_logs=config.keep_logs,
             ssm_higher_throughput=config.ssm_higher_throughput,
+            events=config.events,
         )
         stack = BenchStack(mode, options)
         record["database"] = stack.database
@@ -158,6 +161,8 @@ class Bench:
         service, size, _ = config.choice()
         async with profiled("spawn"):
             record["spawn"] = await phases.spawn_phase(stack, servers, config.concurrency, service, size)
+        if config.events and stack.mode != "floor":
+            record["spawn"]["events"] = await phases.events_received(stack)
         names = sorted(await phases.ready_names(stack, math.ceil(servers / phases.PAGE) + 2))
         if not names:
             raise RuntimeError("no server became ready; see the spawn figures")
@@ -174,6 +179,9 @@ class Bench:
         describes = steady["ecs_calls_per_min"].get("DescribeTasks", 0.0)
         steady["describe_per_poll"] = round(describes * config.poll_interval / 60, 2)
         steady["describe_per_poll_bound"] = math.ceil(servers / 100)
+        # With events the hub sweeps at the reconcile cadence, not every poll: count per sweep too.
+        sweeps = steady["sweeps"]
+        steady["describe_per_sweep"] = round(describes * steady["window_s"] / 60 / sweeps, 2) if sweeps else None
         record["steady"] = steady
         if stack.mode == "floor":
             record["detect_s"] = None  # no task to kill: the floor's servers never stop by themselves
@@ -253,6 +261,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ssm-higher-throughput", action="store_true",
         help="c.ECSSpawner.ssm_higher_throughput: every spawn writes its token to Parameter Store, "
         "whose PutParameter allows 3/s by default and 10/s with higher throughput")  # fmt: skip
+    add("--events", action="store_true",
+        help="local ECS posts every task state change to the hub's events endpoint, as EventBridge would")  # fmt: skip
     add("--json", type=Path, help="write the runs here")
     add("--plot", type=Path, help="write a PNG of every figure against N")
     add("--keep-logs", action="store_true", help="keep each run's hub and local ECS logs")
@@ -280,6 +290,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         keep_logs=args.keep_logs,
         service=args.service,
         ssm_higher_throughput=args.ssm_higher_throughput,
+        events=args.events,
         profile=args.profile,
     )
 

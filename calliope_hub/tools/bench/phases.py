@@ -125,8 +125,8 @@ def _proxy_pid(stack: BenchStack) -> int | None:
         return None
 
 
-async def _sweep_totals(stack: BenchStack) -> tuple[float, float]:
-    """(sum, count) of calliope_sweep_duration_seconds from the hub's /hub/metrics."""
+async def _hub_metrics(stack: BenchStack) -> str:
+    """The hub's /hub/metrics, as Prometheus would scrape it."""
     assert stack.hub is not None
     headers = {"Authorization": f"token {stack.token}"}
     timeout = aiohttp.ClientTimeout(total=30)
@@ -134,7 +134,23 @@ async def _sweep_totals(stack: BenchStack) -> tuple[float, float]:
         aiohttp.ClientSession(timeout=timeout, headers=headers) as session,
         session.get(f"{stack.hub.url}/hub/metrics") as answer,
     ):
-        text = await answer.text()
+        return await answer.text()
+
+
+async def events_received(stack: BenchStack) -> dict[str, int]:
+    """calliope_ecs_events_total by outcome so far: what the events path did (empty with events off)."""
+    prefix = 'calliope_ecs_events_total{outcome="'
+    received: dict[str, int] = {}
+    for line in (await _hub_metrics(stack)).splitlines():
+        if line.startswith(prefix):
+            outcome, _, value = line[len(prefix) :].partition('"} ')
+            received[outcome] = int(float(value))
+    return received
+
+
+async def _sweep_totals(stack: BenchStack) -> tuple[float, float]:
+    """(sum, count) of calliope_sweep_duration_seconds from the hub's /hub/metrics."""
+    text = await _hub_metrics(stack)
     totals = {"_sum": 0.0, "_count": 0.0}
     for line in text.splitlines():
         if line.startswith("calliope_sweep_duration_seconds") and f'cluster="{CLUSTER}"' in line:

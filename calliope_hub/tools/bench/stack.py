@@ -83,6 +83,8 @@ class StackOptions:
     keep_logs: bool = False
     #: c.ECSSpawner.ssm_higher_throughput (the floor writes no token)
     ssm_higher_throughput: bool = False
+    #: local ECS posts every task state change to the hub's events endpoint, as EventBridge would
+    events: bool = False
 
 
 def loop_lag_entries(path: Path, since_wall: float) -> list[float]:
@@ -174,6 +176,7 @@ class BenchStack(LocalStack):
             api_service=SERVICE,
             external_proxy=options.external_proxy,
             own_database=postgres,
+            events=options.events,
         )
         super().__init__(spec)
         self.mode = mode
