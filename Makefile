@@ -9,13 +9,13 @@ TEST_STAMP  := $(VENV)/.installed-test
 CHP         := node_modules/.bin/configurable-http-proxy
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: up test lint install install-test browser haproxy clean
+.PHONY: up test lint install install-test browser haproxy promtool clean
 
 up: install
 	$(VENV)/bin/calliope-hub up $(ARGS)
 
 # Every test, then lint and type checks: CI runs exactly this.
-test: install-test browser haproxy
+test: install-test browser haproxy promtool
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lint
 
@@ -58,6 +58,11 @@ browser:
 # The HA stack's load balancer (`up --ha`, tests/ha): Debian's HAProxy, never a hand-written balancer.
 haproxy:
 	@command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }
+
+# docs/alerts' own checker (`promtool check rules` and its rule unit tests): Debian's prometheus
+# package, for promtool alone; no Prometheus server is started.
+promtool:
+	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 clean:
 	rm -rf $(VENV) node_modules
