@@ -221,6 +221,13 @@ def test_profiles_of_each_phase_follow_the_restarted_hub(product_run: Run) -> No
         (["--service", "jupyter/small"], "--service 'jupyter/small': unknown service"),
         (["--service", "chat/large"], "does not offer size"),
         (["--profile", __file__], "not a directory"),
+        (["--pool", "chat/small"], "--pool chat/small: write SERVICE/SIZE=N"),
+        (["--pool", "lab/small=3", "--service", "lab/small"], "keeps each user's files on EFS"),
+        (["--pool", "chat/small=3", "--servers", "3"], "--service lab/small must be one of the pools (chat/small)"),
+        (["--pool", "chat/small=3", "--service", "chat", "--servers", "2000"], "--servers with --pool is at most"),
+        (["--pool", "chat/small=3", "--service", "chat", "--mode", "batched"], "among pool, no-pool with --pool"),
+        (["--pool", "chat/small=3", "--service", "chat", "--arrival-window", "0"], "--arrival-window must be"),
+        (["--mode", "pool"], "--mode must be among batched, floor, naive"),
     ],
 )
 def test_bad_input_is_refused_before_anything_starts(
@@ -230,3 +237,27 @@ def test_bad_input_is_refused_before_anything_starts(
     assert main(["bench", *flags, "--json", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_class_start_with_a_pool_and_without(tmp_path: Path) -> None:
+    """--pool: SERVERS users arrive within a few seconds, once with a pool of POOLED warm Chat servers and
+    once without, in local ECS's process mode (real launchers and stand-ins). The pool's warm tasks are
+    claimed and the rest start cold (the keeper refills while they arrive), counted by the hub itself."""
+    pooled = 10
+    document, _, stdout = _bench(
+        tmp_path,
+        ["pool", "no-pool"],
+        *("--pool", f"{SERVICE}={pooled}", "--service", SERVICE, "--arrival-window", "5", "--db", "postgres"),
+    )
+    warm, cold = _run(document, "pool"), _run(document, "no-pool")
+    for run in (warm, cold):
+        assert run["error"] is None, run["error"]
+        assert run["spawn"]["ready"] == SERVERS and run["spawn"]["failed"] == 0
+        assert run["pools"] == {SERVICE: pooled} and run["arrival_window_s"] == 5
+        assert set(run["load_average"]) == {"start", "end"} and run["machine"]["memory_used_gib_max"] > 0
+        assert "restart" not in run, "a class start measures the spawn only"
+    counts = warm["pool"]
+    assert counts["claimed"] >= pooled, counts
+    assert counts["claimed"] + counts["fallback-empty"] == SERVERS and counts["fallback-failed"] == 0, counts
+    assert warm["fill_s"] > 0 and "pool" not in cold and "fill_s" not in cold
+    assert "claimed warm" in stdout and "restart s" not in stdout, "the table shows what was measured, only"

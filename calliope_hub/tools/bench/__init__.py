@@ -6,6 +6,8 @@ subclass NaiveECSSpawner (naive) or FloorSpawner (floor: JupyterHub with a spawn
 nothing), then measures spawning, the steady state, detection of killed tasks, a kill -9
 restart and shutdown. Every mode runs with the same hub, proxy, database, client, catalog and
 poll interval; batched figures are also given as ratios to the floor of the same N.
+With `--pool SERVICE/SIZE=N` it measures a class start instead, with those warm pools and without
+(modes pool and no-pool, in local ECS's process mode: bench/pool.py).
 Ctrl-C stops the stack and still prints and writes what was measured.
 """
 
@@ -18,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,12 @@ from rich.console import Console
 
 from calliope_hub.catalog import CatalogError, load_catalog
 from calliope_hub.localecs.config import SIM_TIMINGS
-from calliope_hub.tools.bench import phases, report
+from calliope_hub.tools.bench import phases, pool, report
 from calliope_hub.tools.bench.profile import HubProfiler, py_spy
 from calliope_hub.tools.bench.stack import BenchStack, StackOptions
 from calliope_hub.tools.interrupt import exit_status, run_interruptible
 from calliope_hub.tools.machine import machine
+from calliope_hub.tools.up import pool_config
 
 MODES = ("batched", "floor", "naive")
 DATABASES = ("sqlite", "postgres")
@@ -63,12 +66,18 @@ class BenchConfig:
     events: bool = False
     #: write py-spy profiles of the hub's spawn, idle, steady and restart windows here
     profile: Path | None = None
+    #: SERVICE/SIZE -> warm tasks: a class start with these pools and without (modes pool, no-pool)
+    pools: dict[str, int] = field(default_factory=dict)
+    #: with pools: the --servers users arrive evenly within this many seconds
+    arrival_window: float = 60.0
 
     def __post_init__(self) -> None:
         checks = {
             "--servers needs positive counts": bool(self.servers) and min(self.servers) >= 1,
             "--servers is at most 20000 (one socket per task in local ECS)": max(self.servers, default=0) <= 20_000,
-            f"--mode must be among {', '.join(MODES)}": bool(self.modes) and set(self.modes) <= set(MODES),
+            f"--mode must be among {', '.join(self.allowed_modes)}{' with --pool' if self.pools else ''}": (
+                bool(self.modes) and set(self.modes) <= set(self.allowed_modes)
+            ),
             "--window must be positive": self.window > 0,
             "--poll-interval must be positive": self.poll_interval > 0,
             "--repeats must be at least 1": self.repeats >= 1,
@@ -80,7 +89,7 @@ class BenchConfig:
             "--concurrent-spawn-limit must be 0 (no limit) or more": self.concurrent_spawn_limit >= 0,
             f"--db must be among {', '.join(DATABASES)}": self.db in DATABASES,
         }
-        problems = [message for message, ok in checks.items() if not ok]
+        problems = [message for message, ok in checks.items() if not ok] + self._pool_problems()
         if self.profile is not None:
             try:
                 py_spy()
@@ -94,6 +103,30 @@ class BenchConfig:
             problems.append(f"--service {self.service!r}: {error}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def allowed_modes(self) -> tuple[str, ...]:
+        return pool.MODES if self.pools else MODES
+
+    def _pool_problems(self) -> list[str]:
+        """What a class-start bench (--pool) cannot run with."""
+        if not self.pools:
+            return []
+        checks = {
+            f"--servers with --pool is at most {pool.MAX_SERVERS} (each server is a process on this machine)": (
+                max(self.servers, default=0) <= pool.MAX_SERVERS
+            ),
+            f"--service {self.service} must be one of the pools ({', '.join(self.pools)})": self._pooled(),
+            "--arrival-window must be positive": self.arrival_window > 0,
+            "--profile does not apply with --pool (only the spawn is measured)": self.profile is None,
+        }
+        return [message for message, ok in checks.items() if not ok]
+
+    def _pooled(self) -> bool:
+        try:
+            return "/".join(self.choice()[:2]) in self.pools
+        except CatalogError:
+            return False  # said once, below
 
     def choice(self) -> tuple[str, str, bool]:
         """(service, size, has per-user storage) of --service, checked against the built-in catalog."""
@@ -140,6 +173,9 @@ class Bench:
             ssm_higher_throughput=config.ssm_higher_throughput,
             events=config.events,
         )
+        if mode in pool.MODES:
+            record["pools"] = config.pools
+            options = pool.stack_options(options, mode, config.pools)
         stack = BenchStack(mode, options)
         record["database"] = stack.database
         began = time.monotonic()
@@ -156,6 +192,13 @@ class Bench:
 
     async def _phases(self, stack: BenchStack, record: dict[str, Any]) -> None:
         config, servers = self.config, record["servers"]
+        if stack.mode in pool.MODES:
+            self._say(
+                f"{servers} users within {config.arrival_window:g}s"
+                + (", once the pools are idle" if stack.mode == pool.POOL else "")
+            )
+            await pool.class_start(stack, record, config.pools, config.arrival_window, *config.choice()[:2])
+            return
         profiled = self._profiler(stack, record)
         self._say(f"spawning {servers} servers")
         service, size, _ = config.choice()
@@ -237,7 +280,9 @@ def _words(text: str) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--servers", type=_counts, default="1000,2000,5000,10000", help="comma-separated N")
-    add("--mode", type=_words, default="batched,floor,naive", help="comma-separated modes: batched, floor, naive")
+    add("--mode", type=_words,
+        help="comma-separated modes: batched, floor, naive (default: all three); "
+        "with --pool: pool, no-pool (default: both)")  # fmt: skip
     add("--window", type=float, default=120.0, help="steady-state window in seconds")
     add("--poll-interval", type=float, default=30.0, help="status poll interval, both modes")
     add("--repeats", type=int, default=1, help="runs per (mode, servers), for min/median/max")
@@ -268,12 +313,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--keep-logs", action="store_true", help="keep each run's hub and local ECS logs")
     add("--profile", type=Path, metavar="DIR",
         help="write py-spy profiles (speedscope) of the hub's spawn, idle, steady and restart windows")  # fmt: skip
+    add("--pool", action="append", default=[], metavar="SERVICE/SIZE=N",
+        help="a class start instead: --servers users spawning --service within --arrival-window seconds, with N "
+        "warm servers of SERVICE/SIZE (mode pool) and without (no-pool), in local ECS's process mode; "
+        "repeatable, checked as `up --pool` is (docs/pool.md)")  # fmt: skip
+    add("--arrival-window", type=float, default=60.0,
+        help="with --pool: seconds within which the --servers users arrive, evenly")  # fmt: skip
 
 
 def _config(args: argparse.Namespace) -> BenchConfig:
+    pools = {name: entry["max"] for name, entry in pool_config(args.pool, "process").items()}  # ValueError: exit 2
     return BenchConfig(
         servers=args.servers,
-        modes=args.mode,
+        modes=args.mode or (pool.MODES if pools else MODES),
         window=args.window,
         poll_interval=args.poll_interval,
         repeats=args.repeats,
@@ -292,6 +344,8 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         ssm_higher_throughput=args.ssm_higher_throughput,
         events=args.events,
         profile=args.profile,
+        pools=pools,
+        arrival_window=args.arrival_window,
     )
 
 

@@ -38,8 +38,11 @@ def hub_api(stack: BenchStack, retries: int = 5) -> HubApi:
     return HubApi(stack.hub.url, stack.token, max_connections=16, request_timeout=60, max_retries=retries)
 
 
-async def spawn_phase(stack: BenchStack, servers: int, concurrency: int, service: str, size: str) -> dict[str, Any]:
-    """loadtest's figures: throughput, time to ready, 429s and failures, every user spawning service/size."""
+async def spawn_phase(
+    stack: BenchStack, servers: int, concurrency: int, service: str, size: str, rate: float | None = None
+) -> dict[str, Any]:
+    """loadtest's figures: throughput, time to ready, 429s and failures, every user spawning service/size
+    (at most `rate` spawn requests a second: a class arriving, for the pool bench)."""
     assert stack.hub is not None
     config = LoadtestConfig(
         hub_url=stack.hub.url,
@@ -49,6 +52,7 @@ async def spawn_phase(stack: BenchStack, servers: int, concurrency: int, service
         concurrency=concurrency,
         service=service,
         size=size,
+        rate=rate,
         timeout=120 + servers * 1.2,  # first spawns register a task definition each: 1/s after a burst of 20
         ready_timeout=300,
     )

@@ -19,7 +19,10 @@ from calliope_hub.tools.loadtest import write_json
 #: (label, path into a run record) of every figure the table, summary and plot show.
 FIGURES: list[tuple[str, tuple[str, ...]]] = [
     ("spawns/s", ("spawn", "per_second")),
+    ("ready p50 s", ("spawn", "ready_s", "p50")),
+    ("ready p95 s", ("spawn", "ready_s", "p95")),
     ("ready p99 s", ("spawn", "ready_s", "p99")),
+    ("ready max s", ("spawn", "ready_s", "max")),
     ("HTTP 429", ("spawn", "http_429")),
     ("failed", ("spawn", "failed")),
     ("DescribeTasks/min", ("steady", "ecs_calls_per_min", "DescribeTasks")),
@@ -37,6 +40,15 @@ FIGURES: list[tuple[str, tuple[str, ...]]] = [
     ("restart s", ("restart", "seconds")),
     ("lost", ("restart", "lost")),
     ("shutdown block s", ("shutdown_block_s",)),
+    # a class start (bench --pool, bench/pool.py)
+    ("claimed warm", ("pool", "claimed")),
+    ("fell back cold", ("pool", "fallback-empty")),
+    ("claims failed", ("pool", "fallback-failed")),
+    ("pool fill s", ("fill_s",)),
+    ("load 1m at start", ("load_average", "start", "1m")),
+    ("load 1m at end", ("load_average", "end", "1m")),
+    ("memory used GiB max", ("machine", "memory_used_gib_max")),
+    ("CPU busy % mean", ("machine", "cpu_busy_pct_mean")),
 ]
 
 
@@ -109,6 +121,8 @@ def render_table(runs: list[dict[str, Any]], interrupted: bool) -> Table:
     for group in against_floor:
         table.add_column(f"batched/floor N={group['servers']}", justify="right")
     for label, _ in FIGURES:
+        if not any(label in group["figures"] for group in summary):
+            continue  # a figure no run measured (a class start has no restart; a bench without pools no claims)
         cells = [_cell(group["figures"].get(label)) for group in summary]
         cells += [_ratio_cell(group["ratio_to_floor"].get(label)) for group in against_floor]
         table.add_row(label, *cells)

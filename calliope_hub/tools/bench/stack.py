@@ -1,4 +1,4 @@
-"""The whole stack one bench run measures: local ECS in sim mode and a real JupyterHub.
+"""The whole stack one bench run measures: local ECS (in sim mode, but for a pool bench) and a real JupyterHub.
 
 Each (mode, servers) run gets a fresh stack, so no run inherits another's tasks, database
 or warmed caches. Local ECS runs with ECS's own quotas (`--throttle aws`), so the stock
@@ -85,6 +85,10 @@ class StackOptions:
     ssm_higher_throughput: bool = False
     #: local ECS posts every task state change to the hub's events endpoint, as EventBridge would
     events: bool = False
+    #: local ECS's task mode: 'sim' (stub servers), or 'process' (a real process per task: a pool's launchers)
+    ecs_mode: str = "sim"
+    #: more hub config lines, after the bench's own (a pool bench's c.CalliopePool.pools)
+    hub_extra: tuple[str, ...] = ()
 
 
 def loop_lag_entries(path: Path, since_wall: float) -> list[float]:
@@ -158,10 +162,11 @@ class BenchStack(LocalStack):
                 "c.JupyterHub.tornado_settings = {'spawn_throttle_retry_range': (1, 2), 'slow_spawn_timeout': 0}",
                 f"c.JupyterHub.concurrent_spawn_limit = {options.concurrent_spawn_limit}",
                 LOOP_LAG_MONITOR.format(threshold=LAG_THRESHOLD_S, path=LAG_FILE),
+                *options.hub_extra,
             ],
         )
         ecs = LocalEcsSpec(
-            mode="sim",
+            mode=options.ecs_mode,
             # AWS's quotas; with higher throughput on, the account's PutParameter quota is that one too
             throttle=HIGHER_THROUGHPUT_THROTTLE if options.ssm_higher_throughput else "aws",
             sim_timing=options.sim_timing,
