@@ -347,18 +347,49 @@ def aws_client(service: str, target: EcsTarget, *, max_attempts: int = 5, read_t
     """An aiobotocore client (an async context manager) for another AWS service beside ECS: SSM, EFS, SQS.
 
     Same region, profile and standard retries as the ECS client; local ECS serves SSM and EFS on its own
-    endpoint, so `target` works for all of them.
+    endpoint, so `target` works for all of them. Its calls and throttles are counted in the same
+    metrics as ECS's (calliope_ecs_api_calls_total, calliope_ecs_throttles_total), by operation.
     """
     config = AioConfig(
         retries={"mode": "standard", "total_max_attempts": max_attempts}, connect_timeout=5, read_timeout=read_timeout
     )
-    return AioSession(profile=target.profile).create_client(
+    session = AioSession(profile=target.profile)
+    # Counted with ECS's calls: a cold spawn's PutParameter is what paces it, so alerts must see its throttles.
+    session.register("after-call", _count_call)
+    session.register("after-call-error", _count_failed_call)
+    session.register("response-received", _count_throttle)
+    return session.create_client(
         service,
         region_name=target.region,
         endpoint_url=target.endpoint_url,
         config=config,
         **_local_credentials(target),
     )
+
+
+def _operation(event_name: str) -> str:
+    return event_name.rsplit(".", 1)[-1]
+
+
+def _count_call(*, event_name: str, http_response: Any = None, parsed: Any = None, **_: Any) -> None:
+    """botocore emits after-call once per call, after its retries, whatever the answer."""
+    if http_response is not None and http_response.status_code < 300:
+        outcome = "ok"
+    else:
+        code = ((parsed or {}).get("Error") or {}).get("Code")
+        outcome = "throttled" if code in THROTTLE_CODES else "error"
+    ECS_API_CALLS.labels(_operation(event_name), outcome).inc()
+
+
+def _count_failed_call(*, event_name: str, **_: Any) -> None:
+    """A call that got no answer at all (connection refused, timed out)."""
+    ECS_API_CALLS.labels(_operation(event_name), "error").inc()
+
+
+def _count_throttle(*, event_name: str, parsed_response: Any = None, **_: Any) -> None:
+    """Every HTTP attempt's answer, so throttles that botocore's retries then hide are counted too."""
+    if ((parsed_response or {}).get("Error") or {}).get("Code") in THROTTLE_CODES:
+        ECS_THROTTLES.labels(_operation(event_name)).inc()
 
 
 def _local_credentials(target: EcsTarget) -> dict[str, str]:

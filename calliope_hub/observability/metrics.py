@@ -24,12 +24,13 @@ def observe_finite(histogram: Histogram, value: float) -> bool:
 # calliope_hub.ecs.api
 ECS_API_CALLS = Counter(
     "calliope_ecs_api_calls",
-    "ECS API calls made by this process, by operation and outcome (ok, throttled, error)",
+    "AWS API calls made by this process: ECS's, and the SSM, EFS and SQS calls beside them, "
+    "by operation and outcome (ok, throttled, error)",
     ["operation", "outcome"],
 )
 ECS_THROTTLES = Counter(
     "calliope_ecs_throttles",
-    "ECS ThrottlingException answers received, before botocore's retries",
+    "Throttling answers received from ECS, SSM, EFS or SQS, by operation, before botocore's retries",
     ["operation"],
 )
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from botocore.exceptions import ClientError
 
-from calliope_hub.ecs.api import DescribeResult, EcsApi, EcsApiError, EcsTarget
+from calliope_hub.ecs.api import DescribeResult, EcsApi, EcsApiError, EcsTarget, aws_client
 from calliope_hub.ecs.snapshot import TaskSnapshot
 from calliope_hub.ecsfacts import Quota
 from calliope_hub.observability.metrics import ECS_API_CALLS, ECS_THROTTLES
@@ -272,6 +273,25 @@ async def test_throttling_beyond_the_retries_is_a_throttled_error(scripted: tupl
         await api.close()
     assert caught.value.throttled and caught.value.code == "ThrottlingException"
     assert api.calls == {("DescribeTasks", "throttled"): 1} and api.throttles["DescribeTasks"] == 2
+
+
+async def test_ssm_calls_and_throttles_are_counted_with_ecs(scripted: tuple[ScriptedEndpoint, EcsTarget]) -> None:
+    """The aws_client beside ECS (SSM here) counts its calls and throttles in the same metrics."""
+    endpoint, target = scripted
+    endpoint.answers["PutParameter"] = [THROTTLED, (200, {"Version": 1})]
+    endpoint.answers["DeleteParameters"] = [THROTTLED]
+    before = [counter(ECS_API_CALLS, "PutParameter", "ok"), counter(ECS_THROTTLES, "PutParameter")]
+    failed = counter(ECS_API_CALLS, "DeleteParameters", "throttled")
+    async with aws_client("ssm", target, max_attempts=2) as ssm:
+        await ssm.put_parameter(Name="/t/a", Value="v", Type="SecureString")
+        with pytest.raises(ClientError):
+            await ssm.delete_parameters(Names=["/t/a"])
+    assert [counter(ECS_API_CALLS, "PutParameter", "ok"), counter(ECS_THROTTLES, "PutParameter")] == [
+        before[0] + 1,
+        before[1] + 1,
+    ]
+    assert counter(ECS_API_CALLS, "DeleteParameters", "throttled") == failed + 1
+    assert len(endpoint.sent("DeleteParameters")) == 2
 
 
 class FakeTime:
