@@ -330,7 +330,6 @@ class RuntimeSettings:
         return {
             "sweep_interval": self.events.reconcile_interval,
             "jitter": jitter,
-            "events": True,
             "sweeping": self.events.sweeping,
             "confirm_window": self.events.confirm_window,
         }

@@ -39,8 +39,7 @@ async def make(ecs: ScriptedEcs, clock: Clock) -> AsyncIterator[Callable[..., Ta
     made: list[TaskWatcher] = []
 
     def make_watcher(**options: Any) -> TaskWatcher:
-        options = {"sweep_interval": RECONCILE, "busy_interval": BUSY, "events": True, "confirm_window": WINDOW,
-                   **options}  # fmt: skip
+        options = {"sweep_interval": RECONCILE, "busy_interval": BUSY, "confirm_window": WINDOW, **options}
         made.append(TaskWatcher(ecs, CLUSTER, clock=clock, sleep=clock.sleep, rng=random.Random(3), **options))
         return made[-1]
 
@@ -300,7 +299,7 @@ def test_duplicated_and_reordered_events_converge_on_ecs(order: list[int], dupli
     async def scenario() -> None:
         clock = Clock()
         ecs = ScriptedEcs(clock)
-        watcher = TaskWatcher(ecs, CLUSTER, sweeping=False, events=True, clock=clock, sleep=clock.sleep)
+        watcher = TaskWatcher(ecs, CLUSTER, sweeping=False, clock=clock, sleep=clock.sleep)
         a = arn(1)
         ecs.tasks[a] = ecs_task(a, "RUNNING", version=len(LIFE), ip=REAL_IP)  # where the task now is
         watcher.watch(a)

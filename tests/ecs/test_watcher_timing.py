@@ -124,14 +124,14 @@ async def test_the_loop_survives_a_failing_sweep(
     assert len(ecs.calls) == 2 and watcher.get(a) is not None
 
 
-@pytest.mark.parametrize("events", [True, False], ids=["events", "polling"])
 async def test_busy_sweeps_describe_only_tasks_in_flux_and_the_full_sweep_describes_all(
-    ecs: ScriptedEcs, clock: Clock, make: Callable[..., TaskWatcher], events: bool
+    ecs: ScriptedEcs, clock: Clock, make: Callable[..., TaskWatcher]
 ) -> None:
-    """With events the full sweep is the reconcile; polling, it is the poll: either way a spawn
-    in progress costs one DescribeTasks per busy sweep, not one per 100 watched tasks."""
+    """The full sweep runs at sweep_interval (the poll, or with events the reconcile): between
+    full sweeps a spawn in progress costs one DescribeTasks per busy sweep, not one per 100
+    watched tasks."""
     reconcile = 300.0
-    watcher = make(sweep_interval=reconcile, events=events)
+    watcher = make(sweep_interval=reconcile)
     settled = [arn(i) for i in range(150)]
     for a in settled:
         ecs.tasks[a] = ecs_task(a)

@@ -71,15 +71,12 @@ class Cadence:
 class Sweeper:
     """Batched, single-flight DescribeTasks over a TaskStore, on one loop."""
 
-    def __init__(
-        self, api: TaskReader, store: TaskStore, cadence: Cadence, timing: Timing, *, events: bool, sweeping: bool
-    ):
+    def __init__(self, api: TaskReader, store: TaskStore, cadence: Cadence, timing: Timing, *, sweeping: bool):
         self.api = api
         self.store = store
         self.cluster = store.cluster
         self.cadence = cadence
         self.timing = timing
-        self.events = events
         self.sweeping = sweeping
         self._streaks: dict[str, int] = {}  # ARN -> MISSING answers in a row
         self._inflight: asyncio.Future[None] | None = None

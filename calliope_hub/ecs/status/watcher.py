@@ -13,9 +13,9 @@ and read; the watcher is a facade over three parts, each with one concern:
 
 All three time themselves with one injected `clock` and `sleep` (timing.py). Busy sweeps
 describe only the tasks in flux, with or without events; every task is described once per
-`sweep_interval`. With events on (`events=True`) that full sweep runs at the reconcile cadence
-(5 min) because events can be lost; `sweeping=False` turns sweeps off entirely, for a hub fed
-by `calliope-hub monitor`.
+`sweep_interval`; with events on, the hub passes the reconcile interval (5 min) as
+`sweep_interval`, because events can be lost. `sweeping=False` turns sweeps off entirely, for
+a hub fed by `calliope-hub monitor`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ class TaskWatcher:
         jitter: float = 0.1,
         max_concurrency: int = 4,
         call_timeout: float = 10.0,
-        events: bool = False,
         sweeping: bool = True,
         confirm_window: float = 0.15,
         clock: Clock | None = None,
@@ -65,7 +64,7 @@ class TaskWatcher:
         self.cluster = cluster
         self.store = TaskStore(cluster, self.timing.clock)
         cadence = Cadence(sweep_interval, busy_interval, jitter, max_concurrency, call_timeout)
-        self.sweeper = Sweeper(api, self.store, cadence, self.timing, events=events, sweeping=sweeping)
+        self.sweeper = Sweeper(api, self.store, cadence, self.timing, sweeping=sweeping)
         self.lookout = Lookout(
             self.sweeper.describe,
             self.store,
