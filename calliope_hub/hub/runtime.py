@@ -165,14 +165,13 @@ class HubRuntime:
         """Move into the hub's final settings dict, where its users, database and spawners look.
 
         Our app builds the runtime before JupyterHub's `init_tornado_settings`, which copies the
-        settings it had into a new dict; the runtime follows, and a runtime started before (an
-        HA standby priming its cache) starts the orphan sweep now that the hub's users exist.
+        settings it had into a new dict; the runtime follows. Nothing has called `start()` yet
+        (the app and the spawners first do at `init_spawners`, which JupyterHub runs later; an
+        HA standby opens only the clients), so the orphan sweep and the pools start there, with
+        the hub's users and database already in this dict.
         """
         self._app_settings = app_settings
         app_settings[SETTINGS_KEY] = self
-        if self.started:  # else start() starts it, with the users there
-            self._start_orphan_sweep()
-            self._start_pool()
 
     # ---- start ----------------------------------------------------------------------------
 
