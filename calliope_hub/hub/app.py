@@ -32,6 +32,7 @@ from jupyterhub.app import JupyterHub
 from sqlalchemy.orm import Session, selectinload
 from traitlets import TraitError
 
+from calliope_hub.hub import activity
 from calliope_hub.hub.runtime import SETTINGS_KEY, HubRuntime
 from calliope_hub.spawner import ECSSpawner
 
@@ -131,6 +132,13 @@ class CalliopeHub(JupyterHub):
         del held
         self.runtime.hand_over(self._claimed_tasks())
         return checked
+
+    async def update_last_activity(self) -> None:
+        """JupyterHub's activity poll from the users it holds, not a query per route (hub/activity.py)."""
+        if self.runtime is None:  # not our spawner: JupyterHub's own, as everywhere in this app
+            await super().update_last_activity()
+            return
+        await activity.update_last_activity(self)
 
     def _claimed_tasks(self) -> set[str]:
         """The task of every ECS spawner JupyterHub holds after its check."""
