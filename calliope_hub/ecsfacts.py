@@ -176,10 +176,30 @@ AWS_QUOTAS: dict[str, Quota] = {
 #: timing skew, and the account's other callers (the console, CI, a second hub) share it.
 CLIENT_QUOTA_SHARE = 0.8
 
-#: the quota categories of the hub's SSM client (calliope_hub.ecs.secrets.ssm_quotas)
+#: the quota categories of the calls the hub's ECS client makes (calliope_hub.ecs.api.EcsApi)
+ECS_QUOTA_CATEGORIES = ("cluster-read", "cluster-modify", "fargate-run-task", "task-definition-modify")
+#: the quota categories of the hub's SSM client (calliope_hub.ecs.secrets.SecretStore)
 SSM_QUOTA_CATEGORIES = ("ssm-put-parameter", "ssm-delete-parameter")
 #: PutParameter with Parameter Store's higher throughput turned on for the account and Region (see above)
 SSM_PUT_HIGHER_THROUGHPUT = Quota(burst=10, rate=10)
+
+
+def client_quotas(
+    categories: tuple[str, ...] = ECS_QUOTA_CATEGORIES, *, ssm_higher_throughput: bool = False
+) -> dict[str, Quota]:
+    """The token buckets one of the hub's clients keeps: AWS's quotas of `categories` at CLIENT_QUOTA_SHARE.
+
+    The one place the share is applied, so the hub's clients and the planner (tools/plan/burst.py), which
+    predicts their pace, cannot drift apart. `ssm_higher_throughput` is the account's Parameter Store
+    setting (c.ECSSpawner.ssm_higher_throughput): it raises PutParameter's quota. A burst never falls
+    below one token, or a bucket could never let a call through.
+    """
+    quotas = {category: AWS_QUOTAS[category] for category in categories}
+    if ssm_higher_throughput and "ssm-put-parameter" in quotas:
+        quotas["ssm-put-parameter"] = SSM_PUT_HIGHER_THROUGHPUT
+    share = CLIENT_QUOTA_SHARE
+    return {name: Quota(burst=max(1.0, q.burst * share), rate=q.rate * share) for name, q in quotas.items()}
+
 
 #: operation -> the categories one call draws a token from.
 CATEGORIES: dict[str, tuple[str, ...]] = {

@@ -23,14 +23,7 @@ from typing import Any
 from botocore import xform_name
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..ecsfacts import (
-    AWS_QUOTAS,
-    CLIENT_QUOTA_SHARE,
-    SSM_PUT_HIGHER_THROUGHPUT,
-    SSM_QUOTA_CATEGORIES,
-    Quota,
-    QuotaBuckets,
-)
+from ..ecsfacts import SSM_QUOTA_CATEGORIES, Quota, QuotaBuckets, client_quotas
 from .api import THROTTLE_CODES
 
 log = logging.getLogger(__name__)
@@ -117,27 +110,19 @@ class ServerSecrets:
         return cls(values=values, references=references)
 
 
-def ssm_quotas(share: float = CLIENT_QUOTA_SHARE, *, higher_throughput: bool = False) -> dict[str, Quota]:
-    """The hub's client buckets for its SSM writes: AWS's quotas (calliope_hub.ecsfacts) scaled to its share."""
-    quotas = {category: AWS_QUOTAS[category] for category in SSM_QUOTA_CATEGORIES}
-    if higher_throughput:
-        quotas["ssm-put-parameter"] = SSM_PUT_HIGHER_THROUGHPUT
-    return {name: Quota(burst=max(1.0, q.burst * share), rate=q.rate * share) for name, q in quotas.items()}
-
-
 class SecretStore:
     """Writes and deletes SecureString parameters through one shared aiobotocore `ssm` client.
 
-    Each call first takes a token from the client's own bucket (`quotas`, ssm_quotas()), and so
+    Each call first takes a token from the client's own bucket (`quotas`: ecsfacts.client_quotas), and so
     does each of botocore's own retries, so a burst of spawns queues here instead of being
     throttled by SSM, whose write quota is far below ECS's (calliope_hub.ecsfacts).
     """
 
     def __init__(self, client: Any, *, kms_key_id: str = "", quotas: dict[str, Quota] | None = None):
-        """`quotas`: ssm_quotas() unless given; {} for none (a test that meets SSM's throttle head on)."""
+        """`quotas`: SSM's at the hub's share unless given; {} for none (a test that meets SSM's throttle head on)."""
         self._client = client
         self._kms_key_id = kms_key_id
-        quotas = ssm_quotas() if quotas is None else quotas
+        quotas = client_quotas(SSM_QUOTA_CATEGORIES) if quotas is None else quotas
         self._buckets = QuotaBuckets(quotas) if quotas else None
         self._gates: dict[str, asyncio.Lock] = {}
         client.meta.events.register("before-send.ssm", self._charge_retry)

@@ -46,11 +46,11 @@ from traitlets.config import Config
 from calliope_hub.catalog import Catalog, Placement, load_catalog
 from calliope_hub.ecs.api import EcsApi, EcsApiError, aws_client
 from calliope_hub.ecs.orphans import OrphanSweeper, sweep_forever
-from calliope_hub.ecs.secrets import SecretStore, ssm_quotas
+from calliope_hub.ecs.secrets import SecretStore
 from calliope_hub.ecs.status import TaskWatcher
 from calliope_hub.ecs.storage import Homes
 from calliope_hub.ecs.taskdefs import TaskDefinitions
-from calliope_hub.ecsfacts import AWS_QUOTAS, CLIENT_QUOTA_SHARE, Quota, started_by
+from calliope_hub.ecsfacts import SSM_QUOTA_CATEGORIES, client_quotas, started_by
 from calliope_hub.events.ingest import EventIngest
 from calliope_hub.events.sqs import SqsEventConsumer, sqs_client
 from calliope_hub.hub.config import RuntimeSettings
@@ -70,11 +70,6 @@ SETTINGS_KEY = "calliope_runtime"
 #: Seconds between an HA standby's primes of its status cache: ⌈N/100⌉ ListTasks each, and
 #: DescribeTasks only for the tasks started since, so the standby's reads stay far below the leader's.
 STANDBY_PRIME_INTERVAL = 30.0
-
-
-def client_quotas(share: float = CLIENT_QUOTA_SHARE) -> dict[str, Quota]:
-    """AWS's ECS quotas scaled to the hub's share: what its client-side buckets hold."""
-    return {name: Quota(burst=quota.burst * share, rate=quota.rate * share) for name, quota in AWS_QUOTAS.items()}
 
 
 class RuntimeNotStarted(RuntimeError):
@@ -212,9 +207,8 @@ class HubRuntime:
         self._exit_stack.push_async_callback(self.api.close)
         self.task_definitions = TaskDefinitions(self.api)
         ssm = await self._exit_stack.enter_async_context(aws_client("ssm", s.ssm_target))
-        self.secrets = SecretStore(
-            ssm, kms_key_id=s.kms_key_id, quotas=ssm_quotas(higher_throughput=s.ssm_higher_throughput)
-        )
+        quotas = client_quotas(SSM_QUOTA_CATEGORIES, ssm_higher_throughput=s.ssm_higher_throughput)
+        self.secrets = SecretStore(ssm, kms_key_id=s.kms_key_id, quotas=quotas)
         self.homes = Homes(await self._exit_stack.enter_async_context(aws_client("efs", s.target)), s.hub_id)
 
     async def _start(self) -> None:

@@ -21,7 +21,6 @@ from calliope_hub.ecs.secrets import (
     escape_name_part,
     server_prefix,
     split_environment,
-    ssm_quotas,
 )
 from calliope_hub.ecs.slots import slot_parameter
 from calliope_hub.ecs.taskdefs import (
@@ -34,6 +33,7 @@ from calliope_hub.ecs.taskdefs import (
     slot_family,
     spec_hash,
 )
+from calliope_hub.ecsfacts import AWS_QUOTAS, ECS_QUOTA_CATEGORIES, SSM_QUOTA_CATEGORIES, client_quotas
 
 CATALOG = Catalog.load()
 
@@ -200,7 +200,18 @@ def test_ssm_errors_retry_by_ssms_own_rule() -> None:
 
 
 def test_the_ssm_client_buckets_stay_under_ssms_write_quota() -> None:
-    standard, higher = ssm_quotas(), ssm_quotas(higher_throughput=True)
+    standard = client_quotas(SSM_QUOTA_CATEGORIES)
+    higher = client_quotas(SSM_QUOTA_CATEGORIES, ssm_higher_throughput=True)
     assert standard["ssm-put-parameter"].rate == pytest.approx(3 * 0.8)
     assert higher["ssm-put-parameter"].rate == pytest.approx(10 * 0.8)
     assert set(standard) == {"ssm-put-parameter", "ssm-delete-parameter"}
+
+
+def test_the_ecs_client_buckets_are_ecss_quotas_at_the_hubs_share() -> None:
+    """The ECS client's buckets: its own calls' categories only, each at 0.8 of AWS's (the planner reads the same)."""
+    buckets = client_quotas()
+    assert set(buckets) == set(ECS_QUOTA_CATEGORIES) and "ssm-put-parameter" not in buckets
+    for category, bucket in buckets.items():
+        assert bucket.rate == pytest.approx(AWS_QUOTAS[category].rate * 0.8)
+        assert bucket.burst == pytest.approx(AWS_QUOTAS[category].burst * 0.8)
+    assert client_quotas(ssm_higher_throughput=True) == buckets, "higher throughput is Parameter Store's alone"

@@ -10,8 +10,8 @@ after the task left PENDING, or else a new slot is registered (calliope_hub.ecs.
 The hub keeps each call under its quota with a token bucket (a burst, then a rate), so a
 step's bucket lets B spawns through in (B - burst) / rate seconds and the slowest step paces
 the whole burst. The buckets are the hub's own: ECS's and SSM's quotas from ecsfacts at the
-hub's share, built by the functions the hub builds its clients with (client_quotas,
-ssm_quotas), so a changed quota or share changes the plan with no copy to update.
+hub's share, built by the function the hub builds its clients' buckets with
+(ecsfacts.client_quotas), so a changed quota or share changes the plan with no copy to update.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from calliope_hub.ecs.secrets import ssm_quotas
-from calliope_hub.ecsfacts import AWS_QUOTAS, CATEGORIES, Quota
-from calliope_hub.hub.runtime import client_quotas
+from calliope_hub.ecsfacts import AWS_QUOTAS, CATEGORIES, SSM_QUOTA_CATEGORIES, Quota, client_quotas
 from calliope_hub.tools.plan.inputs import TOLERANCE, PlanInputs
 
 #: users of a burst arrive over this many seconds (the burst is given as users per minute)
@@ -38,7 +36,7 @@ def hub_buckets(higher_throughput: bool) -> dict[str, Quota]:
     them, and CreateAccessPoint's whole (assumed) quota, as calliope_hub.ecs.storage.Homes keeps it."""
     return {
         **client_quotas(),
-        **ssm_quotas(higher_throughput=higher_throughput),
+        **client_quotas(SSM_QUOTA_CATEGORIES, ssm_higher_throughput=higher_throughput),
         "efs-access-point-create": AWS_QUOTAS["efs-access-point-create"],
     }
 
