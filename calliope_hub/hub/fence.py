@@ -37,7 +37,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import IO
+from typing import IO, Any
+
+from sqlalchemy.engine import make_url
 
 from calliope_hub.hub.lock import AdvisoryLock, hub_lock
 
@@ -48,6 +50,12 @@ FENCED_EXIT = 75
 UNREACHABLE = "unreachable"
 HELD = "held"
 ACQUIRED = "acquired"
+#: after ACQUIRED: the last holder's keeper said its hub had exited, so no fence wait is needed
+HANDED_OVER = "handed-over"
+#: what a keeper announces (Handover) once its hub has exited
+EXITED = "exited"
+#: the NOTIFY channel of Handover
+HANDOVER_CHANNEL = "calliope_ha_handover"
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,71 @@ class FenceKeeper:
             self._process.wait()
 
 
+class Handover:
+    """LISTEN/NOTIFY on a session of its own: when the last leader's hub has surely exited.
+
+    Every keeper announces `acquired <name>` as soon as it holds the lock, before its hub may
+    serve (it exits, lock and all, if it cannot), and `exited <name>` once its hub has exited:
+    its stdin's end of file, which the kernel gives only when the hub can no longer run. Names
+    are unique (the session name carries a nonce) and announcements arrive in commit order, so
+    the last holder a standby knows of, from an announcement or from polling `pg_locks`, is the
+    last one that could have served; if that one announced its exit, no old leader can still
+    serve and the new one need not wait `fence_timeout`. Anything less (a hub and its keeper
+    killed together, as a lost container; a partition; this session reconnected, and so perhaps
+    deaf to an announcement) leaves the standby waiting, as it always did.
+    """
+
+    def __init__(self, db_url: str):
+        self._uri = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._conn: Any = None
+        self._last_holder = ""
+        self._exited: set[str] = set()
+
+    def drain(self) -> None:
+        """Take in what was announced until now (LISTEN first, forgetting the past, on a new session)."""
+        if self._conn is None or self._conn.closed:
+            self._last_holder, self._exited = "", set()
+            self._run(f"LISTEN {HANDOVER_CHANNEL}")
+        else:
+            self._run("SELECT 1")
+
+    def saw_holder(self, holder: str) -> None:
+        """`pg_locks` named the holder after the last drain: it is the last holder known (until another)."""
+        if holder and self._conn is not None and not self._conn.closed:
+            self._last_holder = holder
+
+    def handed_over(self) -> bool:
+        """After acquiring: did the last holder that could have served announce that its hub exited?"""
+        self.drain()
+        return bool(self._last_holder) and self._last_holder in self._exited
+
+    def announce(self, event: str, name: str) -> bool:
+        return self._run("SELECT pg_notify(%s, %s)", (HANDOVER_CHANNEL, f"{event} {name}"))
+
+    def _run(self, query: str, params: tuple = ()) -> bool:
+        import psycopg2
+
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg2.connect(self._uri, connect_timeout=5, application_name="calliope-ha-handover")
+                self._conn.autocommit = True
+            with self._conn.cursor() as cursor:
+                cursor.execute(query, params)
+        except psycopg2.Error as e:  # a session that missed something makes a standby wait, never serve early
+            log.warning("Calliope HA: handover session: %s", e)
+            if self._conn is not None:
+                self._conn.close()
+            return False
+        for notice in self._conn.notifies:
+            event, _, name = notice.payload.partition(" ")
+            if event == ACQUIRED:
+                self._last_holder = name
+            elif event == EXITED:
+                self._exited.add(name)
+        self._conn.notifies.clear()
+        return True
+
+
 # ---- the keeper process -------------------------------------------------------------------
 
 
@@ -188,18 +261,30 @@ def _fence(hub: int, why: str) -> None:
 def keep(settings: KeeperSettings, stdin: IO[bytes], hub: int) -> int:
     """Stand by for the lock, then hold and prove it until the hub exits (or fence the hub)."""
     lock = hub_lock(settings.db_url, settings.lock_name, settings.application_name)
+    handover = Handover(settings.db_url)
     while not lock.try_acquire_blocking():
-        _report(f"{HELD} {lock.holder() or ''}".strip() if lock.connected else UNREACHABLE)
+        handover.drain()
+        if lock.connected:
+            holder = lock.holder() or ""
+            handover.saw_holder(holder)
+            _report(f"{HELD} {holder}".strip())
+        else:
+            _report(UNREACHABLE)
         if _hub_gone(stdin, settings.poll_interval):
             return 0
-    _report(ACQUIRED)
+    handed_over = handover.handed_over()
+    if not handover.announce(ACQUIRED, settings.application_name):
+        log.error("Calliope HA: could not announce this keeper's lock; giving it up so no unannounced hub serves")
+        return 1
+    _report(f"{ACQUIRED} {HANDED_OVER}" if handed_over else ACQUIRED)
     fence = LeaderFence(
         lock, interval=settings.check_interval, timeout=settings.timeout, on_fenced=lambda why: _fence(hub, why)
     )
     fence.start()
     while not _hub_gone(stdin, 3600.0):
         pass
-    fence.stop()  # the hub is gone: exiting ends the session and frees the lock
+    fence.stop()
+    handover.announce(EXITED, settings.application_name)  # before exiting frees the lock
     return 0
 
 

@@ -41,6 +41,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 from typing import Any
@@ -55,7 +56,15 @@ from traitlets.config import Config
 
 from calliope_hub.hub.app import CalliopeHub
 from calliope_hub.hub.config import CalliopeHA, ECSSpawnerConfig
-from calliope_hub.hub.fence import ACQUIRED, FENCED_EXIT, HELD, UNREACHABLE, FenceKeeper, KeeperSettings
+from calliope_hub.hub.fence import (
+    ACQUIRED,
+    FENCED_EXIT,
+    HANDED_OVER,
+    HELD,
+    UNREACHABLE,
+    FenceKeeper,
+    KeeperSettings,
+)
 from calliope_hub.hub.lock import SWEEP_LOCK_SETTING
 from calliope_hub.hub.runtime import STANDBY_PRIME_INTERVAL
 
@@ -199,7 +208,8 @@ class HAJupyterHub(CalliopeHub):
             KeeperSettings(
                 db_url=self.db_url,
                 lock_name=hub_id,
-                application_name=f"{SESSION_PREFIX}{fingerprint}/{self.ha.instance}"[:63],
+                # unique per keeper (a handover names the session whose hub exited), instance last for people
+                application_name=f"{SESSION_PREFIX}{fingerprint}/{secrets.token_hex(4)}/{self.ha.instance}"[:63],
                 poll_interval=self.ha.standby_poll_interval,
                 check_interval=self.ha.fence_check_interval,
                 timeout=self.ha.fence_timeout,
@@ -213,7 +223,7 @@ class HAJupyterHub(CalliopeHub):
         )
         warming = asyncio.ensure_future(self._keep_warm())
         try:
-            await self._wait_for_lock(keeper, fingerprint)
+            handed_over = await self._wait_for_lock(keeper, fingerprint)
         except BaseException:
             keeper.stop()  # refused or stopped while standing by: the keeper exits now, not at our exit
             raise
@@ -223,6 +233,9 @@ class HAJupyterHub(CalliopeHub):
         self.ha_state = "taking-over"
         keeper.tie(exit_fenced)
         self.tornado_settings[SWEEP_LOCK_SETTING] = KeptSweepLock(keeper)
+        if handed_over:
+            self.log.info("Calliope HA: took the lock from a leader whose hub has exited; serving now")
+            return
         self.log.info("Calliope HA: took the lock; serving in %.1fs (the old leader's fence)", self.ha.fence_timeout)
         await asyncio.sleep(self.ha.fence_timeout)
 
@@ -249,10 +262,13 @@ class HAJupyterHub(CalliopeHub):
                 self.log.warning("Calliope HA: standby could not prime its status cache: %s", e)
             await asyncio.sleep(STANDBY_PRIME_INTERVAL)
 
-    async def _wait_for_lock(self, keeper: FenceKeeper, fingerprint: str) -> None:
-        """The keeper's reports until it says it holds the lock; a wrong config or no database first refuses."""
+    async def _wait_for_lock(self, keeper: FenceKeeper, fingerprint: str) -> bool:
+        """The keeper's reports until it holds the lock (True: handed over by a hub that exited).
+
+        A config that differs from the leader's, or no database at the first ask, refuses.
+        """
         first = True
-        while (report := await asyncio.to_thread(keeper.next_report)) != ACQUIRED:
+        while (report := await asyncio.to_thread(keeper.next_report)).split(" ")[0] != ACQUIRED:
             if not report:
                 self._refuse("the fence keeper exited before it held the lock (its log lines are above)")
             elif report == UNREACHABLE:
@@ -268,6 +284,7 @@ class HAJupyterHub(CalliopeHub):
                         f"address may differ: {sorted(INSTANCE_SETTINGS['JupyterHub'])})"
                     )
             first = False
+        return report == f"{ACQUIRED} {HANDED_OVER}"
 
     def _serve_health(self) -> None:
         # no access log: a balancer asks several times a second

@@ -84,7 +84,7 @@ async def test_leader_kill_standby_serves_nothing_lost_nothing_unowned(ha_stack:
 
     with LeaderProbe(stack) as probe:
         killed_at = time.monotonic()
-        old.kill()
+        old.kill_process()  # kill -9 of the hub: its fence keeper sees it exit and hands the lock over
         new = await stack.wait_for_leader(60)
         assert new is standby
         api_at = await eventually(lambda: _api_answers(stack), 30, "the API through the balancer")
@@ -93,6 +93,7 @@ async def test_leader_kill_standby_serves_nothing_lost_nothing_unowned(ha_stack:
     assert probe.most_at_once == 1, probe.rounds
     # The standby primed its status cache while it stood by; its takeover primed every running task.
     takeover_log = new.log_tail(2000)
+    assert "took the lock from a leader whose hub has exited; serving now" in takeover_log
     assert "Calliope HA: standby primed" in takeover_log
     primed = re.findall(r"primed the status of (\d+) running tasks", takeover_log)
     assert primed and int(primed[-1]) >= RUNNING, takeover_log[-3000:]
@@ -142,8 +143,10 @@ async def test_partition_leader_fences_itself_and_the_standby_takes_over(ha_stac
     with LeaderProbe(stack) as probe:
         dsn = f"{PG_SERVER.replace('+psycopg2', '')}/{database}"
         with contextlib.closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cursor:
+            # this stack's database only: a bench's HA stack on the same server has a hub-a and hub-b too
             cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name LIKE %s AND datname = current_database()",
                 (f"calliope-hub/%/{old.name}",),
             )
             assert cursor.fetchall() == [(True,)], "the leader's one lock session"

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import psutil
 import psycopg2
@@ -37,10 +38,11 @@ from calliope_hub.hub.fence import ACQUIRED, FenceKeeper, KeeperSettings
 from calliope_hub.hub.ha import exit_fenced
 keeper = FenceKeeper(KeeperSettings(**json.loads(sys.argv[1])))
 keeper.start()
-while (report := keeper.next_report()) != ACQUIRED:
+while not (report := keeper.next_report()).startswith(ACQUIRED):
     assert report, "the keeper exited"
+    print("standing by", flush=True)
 keeper.tie(exit_fenced)
-print("leading", keeper.pid, flush=True)
+print("leading", keeper.pid, report, flush=True)
 if sys.argv[3] == "gil":
     ctypes.PyDLL("libc.so.6").sleep(int(float(sys.argv[2])))
 else:
@@ -66,23 +68,52 @@ def settings() -> KeeperSettings:
     )
 
 
-def start_hub(settings: KeeperSettings, seconds: float, how: str) -> tuple[subprocess.Popen[str], int]:
-    """The stand-in hub once it leads, and its keeper's pid."""
-    hub = subprocess.Popen(
+def start_hub(settings: KeeperSettings, seconds: float, how: str) -> subprocess.Popen[str]:
+    """A stand-in hub in a session of its own (so its keeper can be killed with it)."""
+    return subprocess.Popen(
         [sys.executable, "-c", HUB, json.dumps(asdict(settings)), str(seconds), how],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
+
+
+def leading(hub: subprocess.Popen[str], within: float = 30) -> tuple[int, str]:
+    """Once the hub leads: its keeper's pid and what the keeper reported ('acquired [handed-over]')."""
     assert hub.stdout is not None
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         line = hub.stdout.readline()
         if line.startswith("leading"):
-            return hub, int(line.split()[1])
+            _, pid, report = line.strip().split(" ", 2)
+            return int(pid), report
         assert line, f"the hub exited ({hub.wait()}) before it led"
     hub.kill()
-    raise AssertionError("the hub did not lead within 30 s")
+    raise AssertionError(f"the hub did not lead within {within} s")
+
+
+def standing_by(hub: subprocess.Popen[str], within: float = 30) -> None:
+    """Once the hub's keeper has seen another hold the lock."""
+    assert hub.stdout is not None
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        line = hub.stdout.readline()
+        if line.startswith("standing by"):
+            return
+        assert line, f"the hub exited ({hub.wait()}) before it stood by"
+    raise AssertionError(f"the hub did not stand by within {within} s")
+
+
+def lead(settings: KeeperSettings, seconds: float, how: str) -> tuple[subprocess.Popen[str], int]:
+    hub = start_hub(settings, seconds, how)
+    keeper, _ = leading(hub)
+    return hub, keeper
+
+
+def other(settings: KeeperSettings) -> KeeperSettings:
+    """The same lock, another instance's session name."""
+    return replace(settings, application_name=f"{settings.application_name}-{uuid.uuid4().hex[:6]}")
 
 
 def output(hub: subprocess.Popen[str], within: float) -> tuple[int, str]:
@@ -109,14 +140,14 @@ def lock_free_within(settings: KeeperSettings, seconds: float) -> bool:
 
 
 def test_a_hub_holding_its_gil_past_the_fence_timeout_keeps_the_lock(settings: KeeperSettings) -> None:
-    hub, _ = start_hub(settings, 3 * TIMEOUT, "gil")
+    hub, _ = lead(settings, 3 * TIMEOUT, "gil")
     status, out = output(hub, 20)
     assert (status, out.strip().splitlines()[-1]) == (0, "survived"), out
     assert "fenced" not in out
 
 
 def test_a_lost_session_kills_the_hub_even_while_it_holds_its_gil(settings: KeeperSettings) -> None:
-    hub, _ = start_hub(settings, 30, "gil")
+    hub, _ = lead(settings, 30, "gil")
     with contextlib.closing(psycopg2.connect(DB_URL.replace("+psycopg2", ""))) as conn, conn.cursor() as cursor:
         conn.autocommit = True
         cursor.execute(
@@ -133,7 +164,7 @@ def test_a_lost_session_kills_the_hub_even_while_it_holds_its_gil(settings: Keep
 
 
 def test_a_hub_killed_alone_takes_its_keeper_and_the_lock_with_it(settings: KeeperSettings) -> None:
-    hub, keeper = start_hub(settings, 30, "sleep")
+    hub, keeper = lead(settings, 30, "sleep")
     hub.send_signal(signal.SIGKILL)  # the hub only: the keeper must notice by itself
     output(hub, 10)
     assert lock_free_within(settings, 3)
@@ -142,8 +173,29 @@ def test_a_hub_killed_alone_takes_its_keeper_and_the_lock_with_it(settings: Keep
 
 
 def test_a_hub_whose_keeper_died_exits_fenced(settings: KeeperSettings) -> None:
-    hub, keeper = start_hub(settings, 30, "sleep")
+    hub, keeper = lead(settings, 30, "sleep")
     psutil.Process(keeper).kill()
     status, out = output(hub, 10)
     assert status == FENCED_EXIT, out
     assert "the fence keeper exited" in out
+
+
+def test_a_standby_serves_at_once_after_a_hub_that_exited_and_waits_after_a_lost_container(
+    settings: KeeperSettings,
+) -> None:
+    first, _ = lead(settings, 60, "sleep")
+    second = start_hub(other(settings), 60, "sleep")
+    standing_by(second)  # it saw the first hold the lock
+    first.send_signal(signal.SIGKILL)  # the hub alone: its keeper sees it exit and says so
+    output(first, 10)
+    _, report = leading(second, 10)
+    assert report == "acquired handed-over"
+
+    third = start_hub(other(settings), 60, "sleep")
+    standing_by(third)
+    os.killpg(second.pid, signal.SIGKILL)  # hub and keeper at once, as a lost container: nobody says so
+    output(second, 10)
+    _, report = leading(third, 10)
+    assert report == "acquired", "a standby may skip the fence wait only for a hub known to have exited"
+    third.kill()
+    output(third, 10)

@@ -151,6 +151,34 @@ class HaHub(OwnedProcess):
     def exit_code(self) -> int | None:
         return self._process.poll() if self._process is not None else None
 
+    def kill_process(self) -> None:
+        """SIGKILL the hub alone, as `kill -9 <pid>` does: its fence keeper sees it exit and says so."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+
+
+class PlainHub(OwnedProcess):
+    """Our app without HA (`python -m calliope_hub.hub.app`) on an HA hub's config: a plain restart to compare."""
+
+    what = "plain hub"
+    start_timeout = 600.0
+
+    def __init__(self, *, config_path: Path, hub_port: int, workdir: Path, env: dict):
+        super().__init__(port=hub_port, log_path=workdir / "plain-hub.log", cwd=workdir, env=child_env([], env))
+        self.config_path = config_path
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "calliope_hub.hub.app", "-f", str(self.config_path)]
+
+    async def answers(self, session: aiohttp.ClientSession) -> bool:
+        async with session.get(f"{self.url}/hub/api/") as answer:
+            return answer.status == 200
+
 
 class HAProxy(OwnedProcess):
     """Debian's HAProxy in the foreground (-db), with the stack's generated config."""
@@ -338,6 +366,15 @@ class HaStack:
         hub = HaHub(name=name, config_path=config, health=health, hub_port=hub_port, workdir=workdir, env=env)
         await hub.start()
         self.hubs.append(hub)
+
+    def plain_hub(self, hub: HaHub) -> PlainHub:
+        """A plain (not HA) hub on `hub`'s config and address, to start once every HA hub is down."""
+        return PlainHub(
+            config_path=hub.config_path,
+            hub_port=hub.hub_port,
+            workdir=self.workdir,
+            env={"CONFIGPROXY_AUTH_TOKEN": self.proxy_token},
+        )
 
     async def _start_haproxy(self) -> None:
         config = self.workdir / "haproxy.cfg"

@@ -8,10 +8,15 @@ Chat servers, then:
 
 - **failover** (`--repeats` times): SIGKILL the leader; time until `GET /hub/api` answers 200
   through the balancer, and until the hub lists all N servers as ready (the new leader's
-  `init_spawners` has checked every one). The killed hub is started again as the standby and
-  given time to prime its status cache before the next kill, as a supervisor would.
-- **cold restart** (once, last): SIGKILL both hubs and start them again, the same times: what
-  a single hub's restart costs in this same stack (process start, imports, a cold status sweep).
+  `init_spawners` has checked every one). `--kill process` kills the hub's process, as
+  `kill -9 <pid>` does: its fence keeper sees it exit and says so, and the standby serves
+  without waiting `fence_timeout`; `--kill group` kills the hub and its keeper at once, as a
+  lost container or AZ does, and the standby waits. The killed hub is started again as the
+  standby and given time to prime its status cache before the next kill, as a supervisor would.
+- **cold restart** (once): SIGKILL both hubs and start them again, the same times: the pair
+  with nothing warm (process start, imports, a cold status sweep, the fence wait).
+- **plain restart** (once, last): both hubs down, and our app without HA (`calliope_hub.hub.app`)
+  started on one's config, timed at its own address (no balancer): the restart HA must beat.
 
 Times are wall clock on this machine from the outside, as the bench's restart figures are.
 """
@@ -45,6 +50,8 @@ FENCE_TIMEOUT: float = CalliopeHA.fence_timeout.default_value
 SERVICE = "chat"
 #: what a standby logs each time its primed count changes (calliope_hub.hub.ha)
 PRIMED = "standby primed"
+#: what a new leader logs when the old leader's keeper said its hub had exited (calliope_hub.hub.ha)
+HANDED_OVER_LOG = "took the lock from a leader whose hub has exited"
 #: how long a takeover may take before the run calls it failed
 TAKEOVER_TIMEOUT = 600.0
 
@@ -75,31 +82,35 @@ async def ready_count(session: aiohttp.ClientSession, url: str) -> int:
         return 0
 
 
-async def time_takeover(stack: HaStack, servers: int, killed_at: float) -> dict[str, Any]:
-    """Seconds from `killed_at` to the API answering, then to all `servers` listed ready."""
+async def time_takeover(stack: HaStack, servers: int, killed_at: float, url: str | None = None) -> dict[str, Any]:
+    """Seconds from `killed_at` to the API answering at `url` (the balancer), then to all `servers` listed ready."""
+    url = url or stack.url
     headers = {"Authorization": f"token {stack.token}", **PAGINATION}
     async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as session:
-        while not await api_answers(session, stack.url):
+        while not await api_answers(session, url):
             if time.monotonic() - killed_at > TAKEOVER_TIMEOUT:
                 return {"api_s": None, "verified_s": None, "ready": 0}
             await asyncio.sleep(0.1)
         api_s = time.monotonic() - killed_at
         ready = 0
-        while (ready := await ready_count(session, stack.url)) < servers:
+        while (ready := await ready_count(session, url)) < servers:
             if time.monotonic() - killed_at > TAKEOVER_TIMEOUT:
                 return {"api_s": round(api_s, 2), "verified_s": None, "ready": ready}
             await asyncio.sleep(0.25)
     return {"api_s": round(api_s, 2), "verified_s": round(time.monotonic() - killed_at, 2), "ready": ready}
 
 
-async def failover(stack: HaStack, servers: int) -> dict[str, Any]:
+async def failover(stack: HaStack, servers: int, kill: str) -> dict[str, Any]:
     """Kill the leader; time the standby's takeover; start the killed hub again as the standby, warm."""
     for hub in stack.hubs:
         if hub.exit_code() is not None:  # fenced (or died) since: back as the standby first, as a supervisor would
             print(f"{hub.name} had exited ({hub.exit_code()}); starting it again as the standby", flush=True)
             await restart_standby(hub)
     (leader,) = await stack.leaders()
-    leader.kill()
+    if kill == "process":
+        leader.kill_process()
+    else:
+        leader.kill()
     killed_at = time.monotonic()
     result = await time_takeover(stack, servers, killed_at)
     result["new_leader"] = (await stack.wait_for_leader(not_=leader)).name
@@ -139,6 +150,20 @@ async def cold_restart(stack: HaStack, servers: int) -> dict[str, Any]:
     return await time_takeover(stack, servers, killed_at)
 
 
+async def plain_restart(stack: HaStack, servers: int) -> dict[str, Any]:
+    """Both HA hubs killed and a plain hub (our app, no HA) started on one's config: the restart HA must beat."""
+    for hub in stack.hubs:
+        hub.kill()
+    plain = stack.plain_hub(stack.hubs[0])
+    killed_at = time.monotonic()
+    starting = asyncio.ensure_future(plain.start())
+    try:
+        return await time_takeover(stack, servers, killed_at, url=plain.url)
+    finally:
+        await asyncio.gather(starting, return_exceptions=True)
+        await plain.stop(10)
+
+
 def summary(values: list[float | None]) -> dict[str, float | None]:
     known = [v for v in values if v is not None]
     if not known or len(known) < len(values):
@@ -146,7 +171,9 @@ def summary(values: list[float | None]) -> dict[str, float | None]:
     return {"min": min(known), "median": statistics.median(known), "max": max(known)}
 
 
-async def run(servers: int, repeats: int, concurrency: int, keep_logs: Path | None = None) -> dict[str, Any]:
+async def run(
+    servers: int, repeats: int, concurrency: int, kill: str = "process", keep_logs: Path | None = None
+) -> dict[str, Any]:
     db_url = DEFAULT_DB_URL.rsplit("/", 1)[0] + f"/calliope_ha_bench_{uuid.uuid4().hex[:8]}"
     # Chat has no per-user storage, so its spawns use slot task definitions (no RegisterTaskDefinition,
     # 1/s); with Parameter Store's higher throughput the tokens' PutParameter allows 8 spawns/s.
@@ -180,11 +207,14 @@ async def run(servers: int, repeats: int, concurrency: int, keep_logs: Path | No
             await next_prime(standby, _primes_logged(standby))  # it stood by before the servers existed
         failovers = []
         for i in range(repeats):
-            failovers.append(await failover(stack, ready))
+            failovers.append(await failover(stack, ready, kill))
             print(f"failover {i + 1}: {failovers[-1]}", flush=True)
         cold = await cold_restart(stack, ready)
         print(f"cold restart: {cold}", flush=True)
+        plain = await plain_restart(stack, ready)
+        print(f"plain restart: {plain}", flush=True)
         fenced = sum(_log(hub).count("Calliope HA: fenced") for hub in stack.hubs)
+        handed_over = sum(_log(hub).count(HANDED_OVER_LOG) for hub in stack.hubs)
     finally:
         await stack.close()
         drop_database(db_url)
@@ -195,7 +225,10 @@ async def run(servers: int, repeats: int, concurrency: int, keep_logs: Path | No
         "failover": failovers,
         "failover_api_s": summary([f["api_s"] for f in failovers]),
         "failover_verified_s": summary([f["verified_s"] for f in failovers]),
+        "kill": kill,
+        "takeovers_handed_over": handed_over,
         "cold_restart": cold,
+        "plain_restart": plain,
         "standby_prime_interval_s": STANDBY_PRIME_INTERVAL,
         "fence_timeout_s": spec.fence_timeout,
         "leaders_fenced": fenced,
@@ -207,13 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", type=int, default=1000, help="servers before the first kill (default: 1000)")
     parser.add_argument("--repeats", type=int, default=3, help="failovers, for min/median/max (default: 3)")
     parser.add_argument("--concurrency", type=int, default=50, help="spawn requests in flight (default: 50)")
+    parser.add_argument(
+        "--kill",
+        choices=("process", "group"),
+        default="process",
+        help="process (default): kill -9 the leader hub's process, whose fence keeper sees it exit and hands "
+        "over at once; group: the hub and its keeper at once, as a lost container, so the standby waits "
+        "fence_timeout",
+    )
     parser.add_argument("--json", type=Path, help="write the run here")
     parser.add_argument("--keep-logs", type=Path, help="run the stack in this directory and keep its logs")
     args = parser.parse_args(argv)
     if args.servers < 1 or args.repeats < 1 or args.concurrency < 1:
         parser.error("--servers, --repeats and --concurrency must be at least 1")
     try:  # SIGTERM or Ctrl-C: the stack is closed and its database dropped by run()'s own teardown
-        record = run_interruptible(run(args.servers, args.repeats, args.concurrency, args.keep_logs))
+        record = run_interruptible(run(args.servers, args.repeats, args.concurrency, args.kill, args.keep_logs))
     except KeyboardInterrupt as stop:
         return exit_status(stop)
     text = json.dumps(record, indent=2)
