@@ -3,13 +3,14 @@
 Why a process and not a thread of the hub. The lock is only as good as the leader's proof that
 its session is alive: it must stop serving `fence_timeout` after its last proof, because a new
 leader serves that long after it acquired. A prover thread in the hub shares the hub's GIL, and
-the hub holds the GIL for long stretches without a switch: a generation-2 garbage collection
-of a hub with 1,000 servers held it 0.25 s on an idle core (tens of times longer on a loaded
-machine, growing with the heap), and any long C call does the same. When the GIL came back the
-watchdog saw no fresh proof and exited although the session was alive all along: at 1,000
-servers on 2 busy cores a leader "could not prove the leader lock for 3.0 s" in the middle of a
-spawn burst and its 63 spawns in flight failed. The same stall also meant that a lock which *was*
-lost could not be fenced while the hub's GIL was held: the watchdog could not run either.
+the hub holds the GIL for long stretches without a switch: a generation-2 garbage collection of
+a hub with 900 servers held it 0.25 s on an idle core (longer on a busy machine, and it grows
+with the heap), and any long C call does the same; a busy pure-Python loop does not (it switches
+every 5 ms). When the GIL came back the watchdog saw no fresh proof and exited although the
+session was alive all along: at 1,000 servers on 2 busy cores a leader "could not prove the
+leader lock for 3.0 s" in the middle of a spawn burst and its 63 spawns in flight failed. The
+same stall also meant that a lock which *was* lost could not be fenced while the hub's GIL was
+held: the watchdog could not run either.
 
 Here the keeper, not the hub, holds the session. It imports only psycopg2 and the lock, so it
 starts in 0.2 s and ~40 MB (the hub's modules take 1.8 s and 135 MB), and no hub work shares its
@@ -17,11 +18,12 @@ interpreter. While the hub stands by, the keeper asks for the lock every `poll_i
 reports each answer on its stdout; once it holds it, it proves the session every
 `check_interval` and, when the session errors or no proof succeeded for `timeout`, it SIGKILLs
 the hub: a kill needs nothing from the hub, stuck or not. The hub's end of the keeper's stdin is
-the keeper's tie to it: end of file (the hub exited, however) and the keeper exits, closing the
-session so the standby can take over at once.
+the keeper's tie to it: end of file (the hub exited, however) and the keeper says so (Handover)
+and exits, closing the session, so the standby can take over at once.
 
 Protocol, one line each: the hub writes `KeeperSettings` as JSON to the keeper's stdin and then
-nothing; the keeper writes `unreachable`, `held <holder's application_name>` or `acquired`.
+nothing; the keeper writes `unreachable`, `held <holder's application_name>`, or `acquired`
+(followed by ` handed-over` when the last leader's hub is known to have exited).
 """
 
 from __future__ import annotations

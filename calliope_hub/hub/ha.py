@@ -10,8 +10,8 @@ stops and re-routes servers, so a standby must not run any of them until it lead
 6.1.1 has no hook before `init_db`, and all the steps up to its first `await` are synchronous,
 so this app runs its own prelude (CalliopeHub's `preflight()`, after the command line and the
 config file are parsed and the runtime is built and checked): it refuses configs that
-cannot run as a pair, and then waits, on the event loop, for its fence keeper to hold the hub's advisory lock (the one
-the orphan sweep always used, calliope_hub.hub.lock). A standby is warm in the sense that
+cannot run as a pair, and then waits, on the event loop, for its fence keeper to hold the
+hub's advisory lock (the one the orphan sweep always used, calliope_hub.hub.lock). A standby is warm in the sense that
 matters: Python, JupyterHub, the spawner and its AWS libraries are imported, the config checked,
 the database answered, and the status of every task the hub started is described ahead
 (`_keep_warm`); what is left at takeover is JupyterHub's own start (init_spawners), which a
@@ -21,13 +21,14 @@ Why two hubs can never serve at once (a lease argument, with monotonic clocks):
 - the leader lock's session lives in the hub's fence keeper, a small process of its own
   (calliope_hub.hub.fence) that proves it every `fence_check_interval` and SIGKILLs the hub
   when the session errors or no proof succeeded for `fence_timeout`. Nothing the hub does (a
-  long garbage collection, a C call, a stuck event loop: all hold its GIL) can delay a proof
-  or the kill;
+  long garbage collection or C call holding its GIL, a stuck event loop) can delay a proof or
+  the kill;
 - the server frees the lock only after the keeper's session ended, so every proof the keeper
   ever made started before the new leader acquired, and the old hub is killed `fence_timeout`
   after the last one; the hub exits at once if its keeper does (`FenceKeeper.tie`), and the
   keeper exits when the hub does (its stdin's end of file), freeing the lock for the standby;
-- the new leader waits `fence_timeout` after acquiring before it runs any `init_*`.
+- the new leader waits `fence_timeout` after acquiring before it runs any `init_*`, unless
+  the last leader that could have served announced that its hub had exited (fence.Handover).
 
 The health endpoint (GET /leader on `c.CalliopeHA.health_port`) answers 200 only on the hub
 that has finished starting while it holds the lock, and 503 everywhere else; an ALB target
