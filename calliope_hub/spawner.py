@@ -14,7 +14,6 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import ClassVar
 
-from jupyterhub import orm
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import make_ssl_context, maybe_future, url_path_join, wait_for_http_server
 from sqlalchemy import inspect as orm_session_of
@@ -26,10 +25,10 @@ from .ecs.api import EcsApi, EcsApiError
 from .ecs.launch import Launcher, LaunchError, LaunchParts, LaunchRequest, ServerRecord, next_delay, transient
 from .ecs.snapshot import TaskSnapshot
 from .ecs.status import TaskWatcher
-from .ecs.storage import StorageError
-from .ecs.taskdefs import ServerLabels
+from .ecs.storage import StorageError, homes_to_delete
 from .hub.config import ECSSpawnerConfig
 from .hub.runtime import HubRuntime
+from .hub.tokens import revoke_by_row_id, token_row_id
 from .observability import emf, metrics
 
 STOP_REASON = "Stopped by Calliope Hub"
@@ -201,13 +200,6 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         self.task_arn = self.choice_service = self.choice_size = ""
         self.api_token_id = 0
 
-    def _token_id(self) -> int:
-        """The row ID of this start's API token (0 outside a hub): what stop() revokes after a restart."""
-        if not self.api_token or self.orm_spawner is None:
-            return 0
-        token = orm.APIToken.find(orm_session_of(self.orm_spawner).session, self.api_token)
-        return int(token.id) if token is not None else 0
-
     def _persist_state(self) -> None:
         """Commit the task ARN now, so a hub that dies mid-start can still find the task."""
         if self.orm_spawner is not None:
@@ -247,9 +239,6 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         )
         return Launcher(parts, name=self._log_name, persist=self._keep_record)
 
-    def _labels(self) -> ServerLabels:
-        return ServerLabels(self.hub_id, self.user.name, self.name)
-
     async def _run_task(self, choice: Choice) -> str:
         await self._ecs()
         # Throttles and outages are waited out while start_timeout leaves room for the task itself.
@@ -288,7 +277,7 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         try:
             self.task_arn = await self._run_task(choice)
             self.choice_service, self.choice_size = choice.service.name, choice.size_name
-            self.api_token_id = self._token_id()
+            self.api_token_id = token_row_id(self.orm_spawner, self.api_token)  # revoked by ID after a restart
             self._persist_state()
             self._submitted.set()
             self.log.info("%s: task %s submitted", self._log_name, self.task_arn)
@@ -493,24 +482,17 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
             self.log.warning("%s: stop not confirmed by ECS: the server's token and secrets are kept", self._log_name)
         else:
             await self._ecs()
-            await self._launcher().forget_secrets(self._labels(), self._record())
+            await self._launcher().forget_secrets(self.user.name, self.name, self._record())
             self._revoke_restored_token()
         self._stop_unconfirmed = False
         await maybe_future(super().run_post_stop_hook())
 
     def _revoke_restored_token(self) -> None:
-        """After a hub restart `api_token` is empty, so JupyterHub's own revocation finds nothing: revoke by ID.
-
-        Only the token's row ID is in state (never the token), and only a token of this user is deleted.
-        """
-        if self.api_token or not self.api_token_id or self.orm_spawner is None:
-            return
-        session = orm_session_of(self.orm_spawner).session
-        token = session.get(orm.APIToken, self.api_token_id)
-        if token is not None and token.user is not None and token.user.name == self.user.name:
-            session.delete(token)
-            session.commit()
-            self.log.info("%s: API token %s revoked with its stopped task", self._log_name, token.api_id)
+        """After a hub restart `api_token` is empty, so JupyterHub's own revocation finds nothing (hub/tokens.py)."""
+        if not self.api_token and self.api_token_id and self.orm_spawner is not None:
+            revoked = revoke_by_row_id(self.orm_spawner, self.api_token_id, self.user.name)
+            if revoked is not None:
+                self.log.info("%s: API token %s revoked with its stopped task", self._log_name, revoked)
         self.api_token_id = 0
 
     # -- delete ---------------------------------------------------------------------------
@@ -524,7 +506,9 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
         """
         if self.name:
             return
-        doomed = self._homes_to_delete()
+        rows = getattr(getattr(self.user, "orm_user", None), "orm_spawners", {})
+        states = [self.get_state(), *((row.state or {}) for row in rows.values())]
+        doomed = homes_to_delete(self.catalog.services.values(), states)
         if not doomed:
             return
         await self.runtime.start()
@@ -537,22 +521,6 @@ class ECSSpawner(ECSSpawnerConfig, Spawner):
                 self.log.error("%s: home %s of a deleted user not deleted: %s", self._log_name, access_point, e)
                 continue
             self.log.info("%s: deleted the access point %s of a deleted user", self._log_name, access_point)
-
-    def _homes_to_delete(self) -> set[str]:
-        """The access points any of the user's servers recorded, on a file system whose storage block says delete."""
-        deleting = {
-            file_system
-            for service in self.catalog.services.values()
-            if service.storage is not None and service.storage.delete_on_user_delete
-            for file_system in service.storage.file_system_ids
-        }
-        rows = getattr(getattr(self.user, "orm_user", None), "orm_spawners", {})
-        states = [self.get_state(), *((row.state or {}) for row in rows.values())]
-        return {
-            state["home_access_point"]
-            for state in states
-            if state.get("home_access_point") and (state.get("home_file_system") in deleting or "auto" in deleting)
-        }
 
     async def _stop_task(self) -> bool:
         """StopTask until ECS takes it; False when ECS no longer knows the task (it is gone)."""

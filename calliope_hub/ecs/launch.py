@@ -217,8 +217,10 @@ class Launcher:
         #: the warm pool's answer to the last launch (None: no pool asked), for the spawner's progress and metrics
         self.claim: ClaimOutcome | None = None
 
-    def _prefix(self, who: ServerLabels) -> str:
-        return server_prefix(self.parts.settings.secret_root, who.hub_id, who.user, who.server)
+    def _prefix(self, user: str, server: str) -> str:
+        """Where a server's own parameters live: under this hub's secret root."""
+        settings = self.parts.settings
+        return server_prefix(settings.secret_root, settings.hub_id, user, server)
 
     async def launch(self, request: LaunchRequest, record: ServerRecord, deadline: float) -> str:
         """A warm task claimed for `request`, else RunTask (after its secrets and definition): the task's ARN.
@@ -239,7 +241,7 @@ class Launcher:
         record.slot_parameter = ""
         if request.choice.service.storage is None and token is not None:
             return await self._launch_in_slot(request, plain_env, token, record, deadline)
-        secrets = ServerSecrets.plan(self._prefix(request.labels), secret_env)
+        secrets = ServerSecrets.plan(self._prefix(request.identity.user, request.identity.server_name), secret_env)
         store = self.parts.secrets
         await until_taken("PutParameter", lambda: store.put(secrets), deadline, self.name)
         definition = await self._server_definition(request, secrets, record, deadline)
@@ -438,14 +440,14 @@ class Launcher:
         record.spec_hash = spec_hash(definition)
         return record.task_definition
 
-    async def forget_secrets(self, who: ServerLabels, record: ServerRecord) -> None:
+    async def forget_secrets(self, user: str, server: str, record: ServerRecord) -> None:
         """Delete the server's parameters once its task is gone (its token is revoked by the hub too).
 
         A start through a slot has none: its lease clears the slot's parameter once ECS read it.
         """
         if record.slot_parameter:
             return
-        prefix = self._prefix(who)
+        prefix = self._prefix(user, server)
         try:
             await self.parts.secrets.delete([f"{prefix}/{name}" for name in self.parts.settings.secret_environment])
         except SecretStoreError as e:

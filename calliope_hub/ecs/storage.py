@@ -23,12 +23,13 @@ import asyncio
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..catalog.models import Storage
+from ..catalog.models import Service, Storage
 from ..ecsfacts import AWS_QUOTAS, QuotaBuckets
 from .api import THROTTLE_CODES
 from .identity import encode_tag_value
@@ -90,6 +91,25 @@ def client_token(hub_id: str, username: str, file_system_id: str) -> str:
     """One token per (hub, user, file system): the same access point for every retry and server."""
     digest = hashlib.sha256(json.dumps([hub_id, username, file_system_id]).encode()).hexdigest()
     return f"calliope-{digest}"[:MAX_CLIENT_TOKEN]
+
+
+def homes_to_delete(services: Iterable[Service], states: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The access points a deleted user's servers recorded (their spawner states) that the catalog says to delete.
+
+    A home goes when it is on a file system of a service whose storage says `delete_on_user_delete`;
+    with `auto`, the hub's one file system is found at run time, so every recorded home is on it.
+    """
+    deleting = {
+        file_system
+        for service in services
+        if service.storage is not None and service.storage.delete_on_user_delete
+        for file_system in service.storage.file_system_ids
+    }
+    return {
+        state["home_access_point"]
+        for state in states
+        if state.get("home_access_point") and (state.get("home_file_system") in deleting or "auto" in deleting)
+    }
 
 
 class Homes:
