@@ -64,10 +64,13 @@ class JupyterHubOwners:
         return self._read(None)
 
     def ownership_of(self, arn: str, key: ServerKey) -> Ownership:
-        """`ownership()` as far as one task and its server go: what the sweep re-reads before acting.
+        """What the sweep re-reads right before it acts on `arn`: enough to answer for `arn` and `key`.
 
-        Two indexed lookups (the ARN, the server's name) instead of every spawner's row, so a
-        sweep that acts on 100 tasks reads 100 rows, not 100 tables.
+        Only the database part is narrowed: one query for the rows that hold `arn` or are
+        `key`'s server, whose two alternatives can each use an index (hub/dbindexes.py), so a
+        sweep that acts on 100 tasks reads a few rows each, not the table 100 times. The live
+        spawners are read as in `ownership()`: every user this process holds is walked on each
+        call, which costs no query, and the answer holds their ARNs and starts too.
         """
         return self._read((arn, key))
 
