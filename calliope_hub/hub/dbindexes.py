@@ -12,9 +12,11 @@ state as JSON text. Two of the queries a hub with many servers makes then read e
   expression index on the ARN inside the JSON, one sequential scan per task it acts on.
 
 `ensure_indexes` is `CREATE INDEX IF NOT EXISTS`, so running it at every hub start, from
-several hubs, or by hand (`python -m calliope_hub.hub.dbindexes <db-url>`) is harmless. It
-runs on the caller's connection (the hub's own session, so it never waits on the hub's own
-open transaction), and on PostgreSQL it gives up after LOCK_TIMEOUT rather than queue behind
+several hubs, or by hand (`python -m calliope_hub.hub.dbindexes <db-url>`) is harmless. The
+HubRuntime's start runs it (`ensure_on_session`), whatever the orphan sweep is set to: our app
+starts the runtime before JupyterHub's `init_spawners`, whose batch load is one of the two
+queries. It runs on the caller's connection (the hub's own session, so it never waits on the
+hub's own open transaction), and on PostgreSQL it gives up after LOCK_TIMEOUT rather than queue behind
 another process's long transaction with the hub's event loop blocked. JupyterHub's own
 migrations name their objects and never these, and a SQLite migration that rebuilds the
 table drops them only until the next start. MySQL has no `IF NOT EXISTS` for indexes; there
@@ -24,10 +26,15 @@ the queries run unindexed, as they do today.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger(__name__)
 
 #: The task ARN inside a spawner's JSON state, per SQL dialect: the ARN lookup and the
 #: expression index are the same text, or PostgreSQL and SQLite will not use the index.
@@ -69,6 +76,19 @@ def ensure_indexes(connection: Connection) -> list[str]:
             connection.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON spawners {columns[dialect]}"))
             ensured.append(name)
     return ensured
+
+
+def ensure_on_session(db: Any) -> None:
+    """`ensure_indexes` on the hub's own session, after committing what it had pending (as
+    JupyterHub does between steps), so the index never waits on this hub's own transaction. A
+    failure is logged and the hub starts without them: its queries are only slower."""
+    db.commit()
+    try:
+        ensure_indexes(db.connection())
+        db.commit()
+    except SQLAlchemyError as error:  # no CREATE privilege, or another process holds spawners: next start
+        db.rollback()
+        log.warning("hub database indexes not ensured (%s); python -m calliope_hub.hub.dbindexes does it", error)
 
 
 def main(argv: list[str] | None = None) -> int:

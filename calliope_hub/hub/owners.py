@@ -16,44 +16,28 @@ mean minting a token the task does not have.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from jupyterhub import orm
 from sqlalchemy import and_, bindparam, literal_column, or_
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
 from calliope_hub.ecs.identity import read_tags
 from calliope_hub.ecs.orphans import Ownership, ServerKey
 from calliope_hub.ecs.snapshot import task_ip
-from calliope_hub.hub.dbindexes import ensure_indexes, task_arn_sql
-
-log = logging.getLogger(__name__)
+from calliope_hub.hub.dbindexes import task_arn_sql
 
 
 class JupyterHubOwners:
     """Ownership read from the hub's database and its live spawners (one hub process).
 
-    Built at hub start, it makes sure the indexes its reads need exist (hub/dbindexes.py).
+    Its reads use the indexes the HubRuntime's start ensures (hub/dbindexes.py).
     """
 
     def __init__(self, users: Any, db: Any, cluster: str):
         self.users = users
         self.db = db
         self.cluster = cluster
-        self._ensure_indexes()
-
-    def _ensure_indexes(self) -> None:
-        """On the hub's own session, after committing what it had pending (as JupyterHub does
-        between steps), so the index never waits on this hub's own transaction."""
-        self.db.commit()
-        try:
-            ensure_indexes(self.db.connection())
-            self.db.commit()
-        except SQLAlchemyError as error:  # no CREATE privilege, or another process holds spawners: next start
-            self.db.rollback()
-            log.warning("hub database indexes not ensured (%s); python -m calliope_hub.hub.dbindexes does it", error)
 
     def ownership(self) -> Ownership:
         """Every ARN in any spawner's state, servers starting here, and records that lost their ARN.

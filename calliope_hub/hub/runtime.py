@@ -54,6 +54,7 @@ from calliope_hub.ecsfacts import SSM_QUOTA_CATEGORIES, client_quotas, started_b
 from calliope_hub.events.ingest import EventIngest
 from calliope_hub.events.sqs import SqsEventConsumer, sqs_client
 from calliope_hub.hub.config import RuntimeSettings
+from calliope_hub.hub.dbindexes import ensure_on_session
 from calliope_hub.hub.lock import SWEEP_LOCK_SETTING, SweepLock, sweep_lock
 from calliope_hub.hub.logs import attach_to_jupyterhub_log
 from calliope_hub.hub.owners import JupyterHubOwners
@@ -219,6 +220,8 @@ class HubRuntime:
             self.ingest = EventIngest(s.events.queue_size, watchers_of=self.watchers_of)
             await self.ingest.start()
             await self._start_sqs()
+        if (db := self._app_settings.get("db")) is not None:  # inside a real hub: init_spawners' and the sweep's
+            ensure_on_session(db)
         self._start_orphan_sweep()
         self._start_pool()
         self._lifetime = asyncio.get_running_loop().create_task(self._live())

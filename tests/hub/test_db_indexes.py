@@ -22,7 +22,7 @@ from jupyterhub import orm
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session, selectinload
 
-from calliope_hub.hub.dbindexes import INDEXES, ensure_indexes
+from calliope_hub.hub.dbindexes import INDEXES, ensure_indexes, ensure_on_session
 from calliope_hub.hub.dbindexes import main as dbindexes_main
 from calliope_hub.hub.owners import JupyterHubOwners, spawner_rows
 
@@ -186,7 +186,8 @@ def test_postgres_plans_before_and_after(pg_url: str, tmp_path: Path) -> None:
 def test_ownership_of_agrees_with_the_full_read(pg_url: str, sqlite_url: str) -> None:
     for url in (pg_url, sqlite_url):
         with _session(url) as db:
-            owners = JupyterHubOwners(_NoLiveUsers(), db, "calliope")  # ensures the indexes, as at hub start
+            ensure_on_session(db)  # as the hub's start does
+            owners = JupyterHubOwners(_NoLiveUsers(), db, "calliope")
             full = owners.ownership()
             assert len(full.arns) == ROWS - 10 and len(full.adoptable) == 10
             owned = owners.ownership_of(ARN.format(7), ("u00007", ""))
@@ -199,7 +200,7 @@ def test_ownership_of_agrees_with_the_full_read(pg_url: str, sqlite_url: str) ->
 
 def test_sqlite_uses_the_indexes(sqlite_url: str) -> None:
     with _session(sqlite_url) as db:
-        JupyterHubOwners(_NoLiveUsers(), db, "calliope")  # ensures the indexes, as at hub start
+        ensure_on_session(db)  # as the hub's start does
         (lookup, parameters) = _statements(db, lambda: spawner_rows(db, (ARN.format(1), ("u00001", ""))).all())[0]
         with db.get_bind().connect() as connection:
             rows = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + lookup, parameters)

@@ -17,12 +17,14 @@ import aiohttp
 import boto3
 import pytest
 from botocore.exceptions import ProfileNotFound
+from sqlalchemy import text
 from traitlets import TraitError
 from traitlets.config import Config
 
 from calliope_hub.catalog import CatalogConfigError
 from calliope_hub.ecsfacts import CLIENT_QUOTA_SHARE
 from calliope_hub.hub.config import CalliopeEvents, CloudWatchEmf, ECSSpawnerConfig, OrphanSweep
+from calliope_hub.hub.dbindexes import INDEXES
 from calliope_hub.hub.runtime import HubRuntime
 from calliope_hub.observability import emf
 from calliope_hub.spawner import ECSSpawner
@@ -208,5 +210,21 @@ async def test_the_secret_store_writes_at_the_accounts_parameter_store_throughpu
         buckets = spawner.runtime.secrets._buckets
         assert buckets is not None
         assert buckets.buckets["ssm-put-parameter"].quota.rate == pytest.approx(rate)
+    finally:
+        await maker.close()
+
+
+async def test_the_hub_database_gets_its_indexes_at_start_with_the_orphan_sweep_off(local_ecs: Any) -> None:
+    """JupyterHub's init_spawners loads spawners by user_id whatever the sweep does: the runtime's start
+    (which our app awaits before init_spawners) ensures the indexes, not only the sweep's owners."""
+    await prepare(local_ecs.endpoint_url)
+    maker = SpawnerMaker(local_ecs.endpoint_url)
+    db = maker.database.session
+    maker.hub_settings.update(db=db, users={})  # inside a real hub
+    spawner = maker(config=Config({"OrphanSweep": {"action": "off"}}))
+    try:
+        await spawner.runtime.start()
+        names = {row[0] for row in db.execute(text("SELECT name FROM sqlite_master WHERE type = 'index'"))}
+        assert set(INDEXES) <= names, names
     finally:
         await maker.close()
