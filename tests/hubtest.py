@@ -5,16 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from calliope_hub.catalog import BUILTIN_DIRECTORY
 from calliope_hub.tools.hubapi import HubApi
 from calliope_hub.tools.local.hubproc import ProxyNotInstalled, proxy_command
 
 T = TypeVar("T")
+
+
+def builtin_catalog_with(directory: Path, file: str, old: str, new: str) -> Path:
+    """A copy of the built-in catalog in `directory`, with `old` in `file` (e.g. lab.yaml) made `new`.
+
+    `old` must be there: a test whose edit silently missed would test the built-in catalog.
+    """
+    shutil.copytree(BUILTIN_DIRECTORY, directory)
+    path = directory / file
+    text = path.read_text()
+    assert old in text, f"{old!r} is no longer in the built-in {file}"
+    path.write_text(text.replace(old, new))
+    return directory
 
 
 def require_proxy() -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -74,6 +76,36 @@ def registrations(local: Any) -> int:
     return int(local.stats()["calls"].get("RegisterTaskDefinition", {}).get("ok", 0))
 
 
+@dataclass
+class SlotRig:
+    """Local ECS (sim) with every slot write checked against it, and one pretend hub's spawners on it."""
+
+    local: Any
+    writes: SlotWrites
+    make: SpawnerMaker
+    before: int  # RegisterTaskDefinition calls before the test's spawns
+
+    def registered(self) -> int:
+        """Task definitions registered since the rig was set up."""
+        return registrations(self.local) - self.before
+
+
+@pytest.fixture
+def slot_rig(
+    local_ecs_factory: Any, spawners_on: Any, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[float, float], Awaitable[SlotRig]]:
+    """`await slot_rig(provisioning_s, pending_s)`: how long each sim task dwells before RUNNING."""
+
+    async def rig(provisioning: float, pending: float) -> SlotRig:
+        local = local_ecs_factory(sim_provisioning_s=provisioning, sim_pending_s=pending)
+        writes = SlotWrites(local.endpoint_url)
+        writes.install(monkeypatch)
+        make = await spawners_on(local.endpoint_url)
+        return SlotRig(local, writes, make, registrations(local))
+
+    return rig
+
+
 def chat(make: SpawnerMaker, user: str) -> Any:
     """A spawner as the hub hands it over: with the server's new API token."""
     spawner = make(user, user_options=CHAT)
@@ -100,39 +132,33 @@ async def slots_released(make: SpawnerMaker) -> None:
 
 
 async def test_a_burst_leases_one_slot_per_spawn_in_flight_and_the_next_reuses_them(
-    local_ecs_factory: Any, spawners_on: Any, monkeypatch: pytest.MonkeyPatch
+    slot_rig: Callable[[float, float], Awaitable[SlotRig]],
 ) -> None:
-    local = local_ecs_factory(sim_provisioning_s=0.3, sim_pending_s=1.0)
-    writes = SlotWrites(local.endpoint_url)
-    writes.install(monkeypatch)
-    make = await spawners_on(local.endpoint_url)
-    before = registrations(local)
+    rig = await slot_rig(0.3, 1.0)
+    make, writes = rig.make, rig.writes
 
     first = await start_all(make, [f"a{i}" for i in range(4)])
     assert all("/slots/chat/small/" in spawner.slot_parameter for spawner in first)
     definitions = {spawner.task_definition for spawner in first}
     assert len(definitions) == 4, "four spawns in flight hold four slots"
-    assert registrations(local) - before == 4
+    assert rig.registered() == 4
     await slots_released(make)
     for spawner in first:
         assert not writes.present(spawner.slot_parameter), "the token left SSM once ECS read it"
 
     second = await start_all(make, [f"b{i}" for i in range(4)])
     assert {spawner.task_definition for spawner in second} == definitions, "the slots are reused"
-    assert registrations(local) - before == 4, "the second wave registers nothing"
+    assert rig.registered() == 4, "the second wave registers nothing"
     assert len(writes.writes) == 8 and not writes.violations, writes.violations
     await asyncio.gather(*(spawner.stop() for spawner in first + second))
 
 
 async def test_a_restart_finds_the_slots_and_waits_for_a_pending_task(
-    local_ecs_factory: Any, spawners_on: Any, monkeypatch: pytest.MonkeyPatch
+    slot_rig: Callable[[float, float], Awaitable[SlotRig]], spawners_on: Any
 ) -> None:
     """A hub that dies with a lease held: the next one vets the slot and waits until ECS read the secret."""
-    local = local_ecs_factory(sim_provisioning_s=0.2, sim_pending_s=3.0)
-    writes = SlotWrites(local.endpoint_url)
-    writes.install(monkeypatch)
-    make = await spawners_on(local.endpoint_url)
-    before = registrations(local)
+    rig = await slot_rig(0.2, 3.0)
+    make, local = rig.make, rig.local
 
     dying = chat(make, "ada")
     starting = asyncio.ensure_future(dying.start())
@@ -149,8 +175,8 @@ async def test_a_restart_finds_the_slots_and_waits_for_a_pending_task(
     second = chat(restarted, "bea")
     await second.start()
     assert second.task_definition == dying.task_definition, "the slot is found again, after ada's task read it"
-    assert registrations(local) - before == 1, "a restart registers nothing"
-    assert not writes.violations, writes.violations
+    assert rig.registered() == 1, "a restart registers nothing"
+    assert not rig.writes.violations, rig.writes.violations
     runtime = restarted.runtime
     assert runtime is not None and runtime.api is not None
     assert any(op == "ListTasks" for op, _ in runtime.api.calls), "the slot was vetted"

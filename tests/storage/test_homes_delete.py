@@ -9,7 +9,6 @@ the default (false) keeps Bob's when the other catalog deletes him.
 from __future__ import annotations
 
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from calliope_hub.catalog import BUILTIN_DIRECTORY
 from calliope_hub.tools.hubapi import HubApi
 from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.tools.local.hubproc import HubProcess, api_token_config
-from tests.hubtest import eventually, require_proxy, server_gone, server_ready
+from tests.hubtest import builtin_catalog_with, eventually, require_proxy, server_gone, server_ready
 
 
 def efs_owners(endpoint: str) -> set[str]:
@@ -46,10 +45,9 @@ async def test_deleting_a_user_deletes_their_access_point_only_when_the_storage_
     local_ecs: Any, tmp_path: Path
 ) -> None:
     require_proxy()
-    deleting = tmp_path / "deleting"
-    shutil.copytree(BUILTIN_DIRECTORY, deleting)
-    lab = deleting / "lab.yaml"
-    lab.write_text(lab.read_text().replace("delete_on_user_delete: false", "delete_on_user_delete: true"))
+    deleting = builtin_catalog_with(
+        tmp_path / "deleting", "lab.yaml", "delete_on_user_delete: false", "delete_on_user_delete: true"
+    )
     boto3.client("ecs", endpoint_url=local_ecs.endpoint_url, region_name="us-east-1").create_cluster(
         clusterName="calliope"
     )

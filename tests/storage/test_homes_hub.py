@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,10 @@ import aiohttp
 import boto3
 import pytest
 
-from calliope_hub.catalog import BUILTIN_DIRECTORY
 from calliope_hub.tools.hubapi import HubApi
 from calliope_hub.tools.local.hubconfig import HubSettings, render
 from calliope_hub.tools.local.hubproc import HubProcess, api_token_config
-from tests.hubtest import eventually, require_proxy, server_gone, server_ready
+from tests.hubtest import builtin_catalog_with, eventually, require_proxy, server_gone, server_ready
 
 NOTE = "written by alice, kept on EFS"
 
@@ -89,10 +87,9 @@ async def test_a_missing_file_system_is_a_clear_spawn_error_with_nothing_left_be
     local_ecs: Any, tmp_path: Path
 ) -> None:
     require_proxy()
-    catalog = tmp_path / "catalog"
-    shutil.copytree(BUILTIN_DIRECTORY, catalog)
-    lab = catalog / "lab.yaml"
-    lab.write_text(lab.read_text().replace("file_system_id: auto", "file_system_id: fs-0123456789abcdef0"))
+    catalog = builtin_catalog_with(
+        tmp_path / "catalog", "lab.yaml", "file_system_id: auto", "file_system_id: fs-0123456789abcdef0"
+    )
     aws("ecs", local_ecs.endpoint_url).create_cluster(clusterName="calliope")
     token = secrets.token_hex(16)
     extra = [api_token_config(token), f"c.ECSSpawner.catalog_path = {str(catalog)!r}"]
