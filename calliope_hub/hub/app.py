@@ -83,6 +83,8 @@ class CalliopeHub(JupyterHub):
 
     #: built by preflight() when the spawner is an ECSSpawner; None for any other spawner
     runtime: HubRuntime | None = None
+    #: JupyterHub's route table (its `handlers` trait, set by init_handlers), typed for mypy
+    handlers: list[tuple[Any, ...]]
 
     async def initialize(self, *args: Any, **kwargs: Any) -> None:
         argv = args[0] if args else kwargs.get("argv")
@@ -132,6 +134,12 @@ class CalliopeHub(JupyterHub):
         del held
         self.runtime.hand_over(self._claimed_tasks())
         return checked
+
+    def init_handlers(self) -> None:
+        """JupyterHub's, with activity posts that find their user in memory (hub/activity.py)."""
+        super().init_handlers()
+        if self.runtime is not None:
+            self.handlers = activity.with_activity_handler(self.handlers, activity.UsersByName())
 
     async def update_last_activity(self) -> None:
         """JupyterHub's activity poll from the users it holds, not a query per route (hub/activity.py)."""

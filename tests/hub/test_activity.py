@@ -1,4 +1,4 @@
-"""The activity poll CalliopeHub runs instead of JupyterHub's: the same writes, no query per route.
+"""CalliopeHub's activity poll and posts: JupyterHub's writes, without a query per route or per post.
 
 Both run on JupyterHub's own ORM over the same database and the same routes (what
 configurable-http-proxy's GET /api/routes answers), and the rows they leave are compared; the
@@ -15,7 +15,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from jupyterhub import orm
+from jupyterhub import apihandlers, orm
+from jupyterhub.apihandlers.users import ActivityAPIHandler
 from jupyterhub.app import JupyterHub
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -161,3 +162,29 @@ def test_times_are_naive_utc_whatever_the_zone() -> None:
     assert activity._naive_utc("2026-12-03T12:00:00.5Z") == datetime(2026, 12, 3, 12, 0, 0, 500000)
     assert activity._naive_utc("2026-12-03T13:00:00+01:00") == datetime(2026, 12, 3, 12, 0, 0)
     assert activity._naive_utc("Thu, 03 Dec 2026 12:00:00 GMT") == datetime(2026, 12, 3, 12, 0, 0)
+
+
+def test_a_post_finds_its_user_in_memory_only_while_jupyterhub_holds_it() -> None:
+    index = activity.UsersByName()
+    ada = SimpleNamespace(id=1, name="ada")
+    users: dict[int, Any] = {1: ada}
+    assert index.find(users, "ada") is None  # not seen yet: JupyterHub's lookup, then remembered
+    index.remember(ada)
+    assert index.find(users, "ada") is ada
+    ada.name = "ada2"  # renamed through the admin API
+    assert index.find(users, "ada") is None
+    index.remember(ada)
+    del users[1]  # deleted: JupyterHub dropped its wrapper
+    assert index.find(users, "ada2") is None
+    users[1] = SimpleNamespace(id=1, name="ada2")  # a new wrapper for the same row
+    assert index.find(users, "ada2") is None
+
+
+def test_only_jupyterhubs_activity_route_gets_the_handler() -> None:
+    stock = list(apihandlers.default_handlers)
+    index = activity.UsersByName()
+    ours = activity.with_activity_handler(stock, index)
+    changed = [(a, b) for a, b in zip(stock, ours, strict=True) if a is not b]
+    assert [(a[0], a[1], b[1], b[2]) for a, b in changed] == [
+        (r"/api/users/([^/]+)/activity", ActivityAPIHandler, activity.ActivityHandler, {"users_by_name": index})
+    ]
