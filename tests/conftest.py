@@ -7,6 +7,7 @@ can ever reach (or be billed by) real AWS.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import json
 import os
@@ -43,13 +44,50 @@ FAST_LOCAL_ECS = LocalEcsConfig(
 )
 
 
+#: The /16s the tests' task addresses come from: 127.1.0.0/16 to 127.15.0.0/16. Local ECS's own
+#: default (localecs.config.random_cidr, what `up`, the benches and their stacks use) never picks
+#: below 127.16, and the tests' fixed addresses are 127.0.x.x or above 127.20.
+_TEST_BLOCKS = range(1, 16)
 #: every local ECS of the session gets its own /24 of task addresses, so no two ever share one.
 _subnets = itertools.count()
+#: the /16s this session hands /24s out from, in order, and their lock files, held until the process exits
+_blocks: list[int] = []
+_locks: list[int] = []
+
+
+def _claim_block() -> int:
+    """A /16 no other pytest session on this machine holds (an flock on its lock file).
+
+    Every engineer runs narrow tests on the one machine, and two sessions that counted from the
+    same address handed the same task addresses to their local ECSs. The search starts at a block
+    picked by the pid, so sessions rarely meet the same lock; with all of them held, the pid's
+    block is shared rather than the run failing.
+    """
+    start = os.getpid() % len(_TEST_BLOCKS)
+    for i in range(len(_TEST_BLOCKS)):
+        block = _TEST_BLOCKS[(start + i) % len(_TEST_BLOCKS)]
+        if block in _blocks:
+            continue
+        try:  # read-only: another user's lock file (0644 in /tmp) can still be locked
+            lock = os.open(f"/tmp/calliope-tests-cidr-127.{block}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            continue
+        _locks.append(lock)
+        return block
+    return _TEST_BLOCKS[start]
 
 
 def fresh_cidr() -> str:
+    """A /24 of task addresses that no other local ECS of this session, nor of another session now, has."""
     n = next(_subnets)
-    return f"127.{100 + n // 256}.{n % 256}.0/24"
+    while len(_blocks) <= n // 256:  # the first call, and every 256th: another /16
+        _blocks.append(_claim_block())
+    return f"127.{_blocks[n // 256]}.{n % 256}.0/24"
 
 
 @pytest.fixture
