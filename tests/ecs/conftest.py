@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import boto3
 import pytest
 
 from calliope_hub.ecs.api import EcsApi, EcsTarget
-from tests.ecs.scripted import Clock, ScriptedEcs
+from calliope_hub.ecs.status import TaskWatcher
+from tests.ecs.scripted import CLUSTER, Clock, ScriptedEcs
 
 REGION = "us-east-1"
 _clusters = itertools.count()
@@ -60,8 +61,23 @@ def cluster_name() -> str:
 
 
 @pytest.fixture
-def ecs() -> ScriptedEcs:
-    return ScriptedEcs()
+def ecs(clock: Clock) -> ScriptedEcs:
+    """ECS played by the test, stamping each DescribeTasks with the virtual time it was made at."""
+    return ScriptedEcs(clock)
+
+
+@pytest.fixture
+async def watchers(ecs: ScriptedEcs, clock: Clock) -> AsyncIterator[Callable[..., TaskWatcher]]:
+    """`watchers(**options)`: TaskWatchers on the scripted ECS and the virtual clock, closed at teardown."""
+    made: list[TaskWatcher] = []
+
+    def make(**options: Any) -> TaskWatcher:
+        made.append(TaskWatcher(ecs, CLUSTER, clock=clock, sleep=clock.sleep, **options))
+        return made[-1]
+
+    yield make
+    for watcher in made:
+        await watcher.close()
 
 
 @pytest.fixture

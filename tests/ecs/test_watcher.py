@@ -22,11 +22,6 @@ from calliope_hub.observability.metrics import SWEEP_SIZE, WATCHED_TASKS
 from tests.ecs.scripted import CLUSTER, NEVER, Clock, ScriptedEcs, arn, ecs_task, settle
 
 
-@pytest.fixture
-def ecs(clock: Clock) -> ScriptedEcs:
-    return ScriptedEcs(clock)
-
-
 def make_watcher(ecs: ScriptedEcs, clock: Clock, **options: Any) -> TaskWatcher:
     """A watcher on virtual time; by default its loop never sweeps on its own."""
     options = {"sweep_interval": NEVER, "busy_interval": NEVER, **options}

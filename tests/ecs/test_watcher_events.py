@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import math
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,22 +30,10 @@ REAL_IP, FORGED_IP = "10.0.0.7", "203.0.113.66"
 
 
 @pytest.fixture
-def ecs(clock: Clock) -> ScriptedEcs:
-    return ScriptedEcs(clock)
-
-
-@pytest.fixture
-async def make(ecs: ScriptedEcs, clock: Clock) -> AsyncIterator[Callable[..., TaskWatcher]]:
-    made: list[TaskWatcher] = []
-
-    def make_watcher(**options: Any) -> TaskWatcher:
-        options = {"sweep_interval": RECONCILE, "busy_interval": BUSY, "confirm_window": WINDOW, **options}
-        made.append(TaskWatcher(ecs, CLUSTER, clock=clock, sleep=clock.sleep, rng=random.Random(3), **options))
-        return made[-1]
-
-    yield make_watcher
-    for watcher in made:
-        await watcher.close()
+def make(watchers: Callable[..., TaskWatcher]) -> Callable[..., TaskWatcher]:
+    """Watchers with events on: full sweeps at the reconcile cadence, STOPPED events confirmed in a window."""
+    defaults = {"sweep_interval": RECONCILE, "busy_interval": BUSY, "confirm_window": WINDOW}
+    return lambda **options: watchers(**{**defaults, "rng": random.Random(3), **options})
 
 
 def known(watcher: TaskWatcher, task_arn: str) -> TaskSnapshot:

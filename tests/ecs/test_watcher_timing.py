@@ -11,34 +11,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
 from calliope_hub.ecs.status import TaskWatcher
-from tests.ecs.scripted import CLUSTER, Clock, ScriptedEcs, arn, ecs_task
+from tests.ecs.scripted import Clock, ScriptedEcs, arn, ecs_task
 
 SWEEP, BUSY, JITTER = 30.0, 1.5, 0.1
 
 
 @pytest.fixture
-def ecs(clock: Clock) -> ScriptedEcs:
-    return ScriptedEcs(clock)
-
-
-@pytest.fixture
-async def make(ecs: ScriptedEcs, clock: Clock) -> AsyncIterator[Callable[..., TaskWatcher]]:
-    made: list[TaskWatcher] = []
-
-    def make_watcher(**options: Any) -> TaskWatcher:
-        options = {"sweep_interval": SWEEP, "busy_interval": BUSY, "jitter": JITTER, **options}
-        made.append(TaskWatcher(ecs, CLUSTER, clock=clock, sleep=clock.sleep, rng=random.Random(7), **options))
-        return made[-1]
-
-    yield make_watcher
-    for watcher in made:
-        await watcher.close()
+def make(watchers: Callable[..., TaskWatcher]) -> Callable[..., TaskWatcher]:
+    """Watchers polling at SWEEP with jitter, busy at BUSY."""
+    defaults = {"sweep_interval": SWEEP, "busy_interval": BUSY, "jitter": JITTER}
+    return lambda **options: watchers(**{**defaults, "rng": random.Random(7), **options})
 
 
 def gaps(times: list[float]) -> list[float]:
