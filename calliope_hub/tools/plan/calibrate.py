@@ -19,8 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from calliope_hub.ecsfacts import DESCRIBE_LIMIT
-from calliope_hub.hub.runtime import client_quotas
+from calliope_hub.ecsfacts import DESCRIBE_LIMIT, client_quotas
 from calliope_hub.tools.bench.report import pick
 from calliope_hub.tools.plan.inputs import TOLERANCE, PlanError
 
