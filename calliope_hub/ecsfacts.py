@@ -184,19 +184,24 @@ SSM_QUOTA_CATEGORIES = ("ssm-put-parameter", "ssm-delete-parameter")
 SSM_PUT_HIGHER_THROUGHPUT = Quota(burst=10, rate=10)
 
 
+def account_quota(category: str, *, ssm_higher_throughput: bool = False) -> Quota:
+    """AWS's quota of `category` for the account and Region; PutParameter's is the higher one when the account
+    turned on Parameter Store's higher throughput (c.ECSSpawner.ssm_higher_throughput)."""
+    if ssm_higher_throughput and category == "ssm-put-parameter":
+        return SSM_PUT_HIGHER_THROUGHPUT
+    return AWS_QUOTAS[category]
+
+
 def client_quotas(
     categories: tuple[str, ...] = ECS_QUOTA_CATEGORIES, *, ssm_higher_throughput: bool = False
 ) -> dict[str, Quota]:
     """The token buckets one of the hub's clients keeps: AWS's quotas of `categories` at CLIENT_QUOTA_SHARE.
 
     The one place the share is applied, so the hub's clients and the planner (tools/plan/burst.py), which
-    predicts their pace, cannot drift apart. `ssm_higher_throughput` is the account's Parameter Store
-    setting (c.ECSSpawner.ssm_higher_throughput): it raises PutParameter's quota. A burst never falls
-    below one token, or a bucket could never let a call through.
+    predicts their pace, cannot drift apart. A burst never falls below one token, or a bucket could never
+    let a call through.
     """
-    quotas = {category: AWS_QUOTAS[category] for category in categories}
-    if ssm_higher_throughput and "ssm-put-parameter" in quotas:
-        quotas["ssm-put-parameter"] = SSM_PUT_HIGHER_THROUGHPUT
+    quotas = {category: account_quota(category, ssm_higher_throughput=ssm_higher_throughput) for category in categories}
     share = CLIENT_QUOTA_SHARE
     return {name: Quota(burst=max(1.0, q.burst * share), rate=q.rate * share) for name, q in quotas.items()}
 

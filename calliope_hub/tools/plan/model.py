@@ -12,7 +12,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from calliope_hub.ecsfacts import AWS_QUOTAS, CATEGORIES, DESCRIBE_LIMIT, LIST_PAGE_LIMIT, SSM_PUT_HIGHER_THROUGHPUT
+from calliope_hub.ecsfacts import CATEGORIES, DESCRIBE_LIMIT, LIST_PAGE_LIMIT, account_quota
 from calliope_hub.tools.plan.burst import (
     ARRIVAL_S,
     JUPYTERHUB_START_TIMEOUT,
@@ -68,13 +68,6 @@ HEADROOM_OF = {
 }
 
 
-def account_quota(category: str, higher_throughput: bool) -> float:
-    """Calls a second AWS allows the account for `category` (PutParameter's with higher throughput if on)."""
-    return (
-        SSM_PUT_HIGHER_THROUGHPUT if higher_throughput and category == "ssm-put-parameter" else AWS_QUOTAS[category]
-    ).rate
-
-
 def quota_headroom(inputs: PlanInputs, calls: dict[str, float], higher_throughput: bool) -> dict[str, float]:
     """Share of each quota left over (1 = unused, below 0 = over) at the busiest minute: AWS's rates, and
     EFS access points per file system. The hub keeps itself to CLIENT_QUOTA_SHARE, so a step that paces a
@@ -84,7 +77,8 @@ def quota_headroom(inputs: PlanInputs, calls: dict[str, float], higher_throughpu
         operations = [op for op in calls if category in CATEGORIES.get(op, ())]
         if operations:
             per_s = sum(calls[op] for op in operations) / 60.0
-            headroom[key] = round(1 - per_s / account_quota(category, higher_throughput), 4)
+            account = account_quota(category, ssm_higher_throughput=higher_throughput).rate
+            headroom[key] = round(1 - per_s / account, 4)
     if inputs.storage:
         headroom["efs_access_points"] = round(1 - inputs.servers / EFS_ACCESS_POINTS, 4)
     return headroom

@@ -12,10 +12,10 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from calliope_hub.ecsfacts import CATEGORIES
+from calliope_hub.ecsfacts import CATEGORIES, account_quota
 from calliope_hub.tools.plan.burst import HEADROOM
 from calliope_hub.tools.plan.inputs import INPUT_SOURCES, PlanInputs, Prices
-from calliope_hub.tools.plan.model import EFS_ACCESS_POINTS, HEADROOM_OF, account_quota, plan
+from calliope_hub.tools.plan.model import EFS_ACCESS_POINTS, HEADROOM_OF, plan
 
 #: scale bands of the decision matrix (servers).
 BANDS = (100, 500, 1000, 2000, 3000, 5000, 10000, 20000)
@@ -94,7 +94,7 @@ def render_calls(result: dict[str, Any], inputs: PlanInputs) -> Table:
         key = min((key_of[c] for c in CATEGORIES[op]), key=lambda k: headroom[k])
         stops = op == "StopTask" or (op == "DeleteParameters" and inputs.storage)  # a server's own, at its stop
         when = "steady" if op in STEADY else "class end" if stops else "burst"
-        quota = f"{key.replace('_', ' ')} {account_quota(HEADROOM_OF[key], higher):g}/s"
+        quota = f"{key.replace('_', ' ')} {account_quota(HEADROOM_OF[key], ssm_higher_throughput=higher).rate:g}/s"
         table.add_row(op, when, f"{per_min:,.1f}", quota, f"{headroom[key]:.0%}")
     if "efs_access_points" in headroom:
         table.add_row("EFS access points", "total", f"{inputs.servers:,}", f"{EFS_ACCESS_POINTS:,} per FS",
