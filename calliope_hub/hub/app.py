@@ -29,10 +29,12 @@ from typing import Any
 
 from jupyterhub import orm
 from jupyterhub.app import JupyterHub
+from jupyterhub.user import UserDict
 from sqlalchemy.orm import Session, selectinload
-from traitlets import TraitError
+from traitlets import TraitError, default
 
 from calliope_hub.hub import activity
+from calliope_hub.hub.counts import CountedUserDict
 from calliope_hub.hub.runtime import SETTINGS_KEY, HubRuntime
 from calliope_hub.spawner import ECSSpawner
 
@@ -134,6 +136,14 @@ class CalliopeHub(JupyterHub):
         del held
         self.runtime.hand_over(self._claimed_tasks())
         return checked
+
+    @default("users")
+    def _users_default(self) -> UserDict:
+        """JupyterHub's users, counted for its spawn limits at most once a second (hub/counts.py)."""
+        if self.runtime is None:  # not our spawner: JupyterHub's own
+            stock: UserDict = super()._users_default()
+            return stock
+        return CountedUserDict(db_factory=lambda: self.db, settings=self.tornado_settings)
 
     def init_handlers(self) -> None:
         """JupyterHub's, with activity posts that find their user in memory (hub/activity.py)."""
