@@ -21,6 +21,10 @@ from calliope_hub.tools.local.ha import HaSpec, HaStack, drop_database
 from tests.hubtest import eventually, require_proxy
 
 PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+#: CALLIOPE_HA_FULL_SCALE=1: the leader kill at the issue's own 200 running and 20 in flight
+FULL_SCALE = os.environ.get("CALLIOPE_HA_FULL_SCALE") == "1"
+#: seconds a spawn stays in flight (provisioning): long enough to kill the leader in the middle of 20 of them
+SIM_PROVISIONING = "10" if FULL_SCALE else "3"
 
 
 def require(condition: bool, why: str) -> None:
@@ -53,7 +57,7 @@ async def shared_ha_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
     spec = HaSpec(
         db_url=db_url,
         workdir=tmp_path_factory.mktemp("ha") / "stack",
-        ecs_args=["--mode", "sim", "--throttle", "off", "--sim-provisioning", "3", "--sim-pending", "0.5"],
+        ecs_args=["--mode", "sim", "--throttle", "off", "--sim-provisioning", SIM_PROVISIONING, "--sim-pending", "0.5"],
         extra=["c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}"],
     )
     stack = HaStack(spec)
