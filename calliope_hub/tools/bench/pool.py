@@ -65,28 +65,27 @@ async def class_start(
     record["machine"] = peaks
     after = await pool_counts(stack)
     if stack.mode == POOL:
-        keys = {"claimed", "fallback-empty", "fallback-failed", *after}  # a count never incremented is not exported
+        keys = {"claimed", "fallback-empty", "fallback-failed", *after} - {"idle"}  # 0 is not exported
         record["pool"] = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in sorted(keys)}
     record["arrival_window_s"] = window
 
 
-async def pool_counts(stack: BenchStack, *, idle: bool = False) -> dict[str, float]:
-    """Claims by outcome ("claimed", "refused", ...) and cold fallbacks ("fallback-empty", "fallback-failed")
-    summed over pools, from the hub's own /hub/metrics; with `idle`, only the idle warm tasks ("idle")."""
+async def pool_counts(stack: BenchStack) -> dict[str, float]:
+    """From the hub's own /hub/metrics, summed over pools: claims by outcome ("claimed", "unreachable", ...),
+    cold fallbacks ("fallback-empty", "fallback-failed") and idle warm tasks ("idle")."""
     answer = await stack.api.request("GET", "/../metrics")
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(answer.text):
         for sample in family.samples:
-            if idle:
-                key = "idle" if sample.name == "calliope_pool_tasks" and sample.labels["state"] == "idle" else ""
-            elif sample.name == "calliope_pool_claims_total":
+            if sample.name == "calliope_pool_claims_total":
                 key = sample.labels["outcome"]
             elif sample.name == "calliope_pool_fallbacks_total":
                 key = f"fallback-{sample.labels['reason']}"
+            elif sample.name == "calliope_pool_tasks" and sample.labels["state"] == "idle":
+                key = "idle"
             else:
-                key = ""
-            if key:
-                counts[key] = counts.get(key, 0.0) + sample.value
+                continue
+            counts[key] = counts.get(key, 0.0) + sample.value
     return counts
 
 
@@ -94,7 +93,7 @@ async def _filled(stack: BenchStack, pools: Mapping[str, int]) -> float:
     """Seconds from now (the hub answering) until it counts every pool's tasks idle."""
     began = time.monotonic()
     wanted = sum(pools.values())
-    while (await pool_counts(stack, idle=True)).get("idle", 0) < wanted:
+    while (await pool_counts(stack)).get("idle", 0) < wanted:
         if time.monotonic() - began > FILL_TIMEOUT_S:
             raise RuntimeError(f"the pools were not idle within {FILL_TIMEOUT_S:g}s")
         await asyncio.sleep(2)
