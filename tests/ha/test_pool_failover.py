@@ -15,7 +15,6 @@ by the new leader (the pool key derives from the shared cookie secret, so it is 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ import pytest
 import pytest_asyncio
 
 from calliope_hub.tools.local.ha import HaSpec, HaStack, drop_database
+from tests.conftest import fresh_cidr
 from tests.ha.conftest import PG_SERVER, ecs_client, require_services
 from tests.hubtest import eventually, server_ready
 
@@ -38,18 +38,14 @@ CHAT = {"user_options": {"service": "chat", "size": "small"}}
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool_ha_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[HaStack]:
-    """Two HA hubs keeping a pool of two warm Chat servers, on local ECS in process mode.
-
-    Task addresses come from a random /24 far from tests/conftest.py's 127.100.x.0 sequence, which every
-    pytest session on this shared machine starts at 127.100.0.0 (a launcher must bind its service's port).
-    """
+    """Two HA hubs keeping a pool of two warm Chat servers, on local ECS in process mode, its tasks on a /24 of
+    the /16 this pytest session holds (tests/conftest.py's fresh_cidr: a launcher must bind its service's port)."""
     require_services()
     db_url = f"{PG_SERVER}/calliope_ha_pool_{uuid.uuid4().hex[:10]}"
-    cidr = f"127.{random.randint(160, 250)}.{random.randint(0, 255)}.0/24"
     spec = HaSpec(
         db_url=db_url,
         workdir=tmp_path_factory.mktemp("ha-pool") / "stack",
-        ecs_args=["--mode", "process", "--throttle", "off", "--cidr", cidr, "--stop-timeout", "5"],
+        ecs_args=["--mode", "process", "--throttle", "off", "--cidr", fresh_cidr(), "--stop-timeout", "5"],
         extra=[
             "c.ECSSpawner.poll_interval = 2",  # no events here: a warm task is seen RUNNING by a status sweep
             f"c.CalliopePool.pools = {{{POOL!r}: {{'min_idle': {IDLE}, 'max': {IDLE}}}}}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -112,24 +111,10 @@ def user_environment(user: str, port: int = 8000) -> dict[str, str]:
 
 
 @pytest.fixture
-def process_ecs_factory(local_ecs_factory: Callable[..., Any]) -> Callable[..., Any]:
-    """Local ECS whose tasks take a random /24 far from tests.conftest's 127.100.x.0 sequence.
-
-    Every pytest session on this shared machine starts that sequence at 127.100.0.0, so another
-    engineer's sim tasks may already listen on 127.100.0.2:8000, where a launcher must bind.
-    """
-
-    def make(**fields: Any) -> Any:
-        return local_ecs_factory(**{"cidr": f"127.{random.randint(160, 250)}.{random.randint(0, 255)}.0/24", **fields})
-
-    return make
-
-
-@pytest.fixture
-async def rig(process_ecs_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PoolRig]:
+async def rig(local_ecs_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PoolRig]:
     # process mode runs the stand-in's `python -m ...` from local ECS's PATH
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    local = process_ecs_factory(mode="process")
+    local = local_ecs_factory(mode="process")  # task addresses: fresh_cidr(), a /16 this session holds
     target = EcsTarget(region="us-east-1", endpoint_url=local.endpoint_url)
     api = await EcsApi.create(target, max_attempts=2)
     async with contextlib.AsyncExitStack() as stack:

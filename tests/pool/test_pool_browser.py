@@ -33,7 +33,7 @@ def catalog_without_lab_storage(directory: Path) -> Path:
 
 
 @pytest.mark.browser
-async def test_with_a_pool_of_one_lab_opens_from_a_warm_task(process_ecs_factory, tmp_path):
+async def test_with_a_pool_of_one_lab_opens_from_a_warm_task(local_ecs_factory, tmp_path):
     from playwright.async_api import async_playwright
 
     catalog = catalog_without_lab_storage(tmp_path / "catalog")
@@ -44,7 +44,7 @@ async def test_with_a_pool_of_one_lab_opens_from_a_warm_task(process_ecs_factory
         # jupyterhub-singleuser's own entry point: the warm task imports Lab while it waits
         "c.CalliopePool.entry_points = {'lab': 'jupyterhub.singleuser:main'}",
     ]
-    async with running_stack(process_ecs_factory, tmp_path / "hub", extra) as stack:
+    async with running_stack(local_ecs_factory, tmp_path / "hub", extra) as stack:
         ecs = boto3.client("ecs", endpoint_url=stack.ecs.endpoint_url, region_name="us-east-1")
 
         def warm_arns(state: str) -> list[str]:

@@ -53,9 +53,9 @@ async def pool_metrics(stack: Any) -> dict[tuple[str, str], float]:
 
 
 async def test_two_spawns_race_for_one_warm_task_both_end_ready_and_a_restart_keeps_everything(
-    process_ecs_factory: Any, tmp_path: Any
+    local_ecs_factory: Any, tmp_path: Any
 ) -> None:
-    async with running_stack(process_ecs_factory, tmp_path, EXTRA) as stack:
+    async with running_stack(local_ecs_factory, tmp_path, EXTRA) as stack:
         ecs = boto3.client("ecs", endpoint_url=stack.ecs.endpoint_url, region_name="us-east-1")
         await hub_counts_idle(stack, "chat/small", 1)
         (warm,) = tasks_by_state(ecs)["idle"]
