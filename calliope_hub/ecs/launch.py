@@ -375,7 +375,7 @@ class Launcher:
     async def _clear(self, slot: Slot) -> None:
         """The token leaves SSM once ECS read it; a failed delete leaves it to the next leaseholder's overwrite."""
         try:
-            await self.parts.secrets.delete([slot.parameter])
+            await self.parts.secrets.clear(slot.parameter)
         except SecretStoreError as e:
             log.warning("slot parameter %s not cleared: %s", slot.parameter, e)
 

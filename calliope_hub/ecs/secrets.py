@@ -125,6 +125,9 @@ class SecretStore:
         quotas = client_quotas(SSM_QUOTA_CATEGORIES) if quotas is None else quotas
         self._buckets = QuotaBuckets(quotas) if quotas else None
         self._gates: dict[str, asyncio.Lock] = {}
+        #: names waiting for a shared DeleteParameters (clear), with whoever waits for each
+        self._clears: list[tuple[str, asyncio.Future[None]]] = []
+        self._clearing: asyncio.Task[None] | None = None
         client.meta.events.register("before-send.ssm", self._charge_retry)
 
     async def put(self, secrets: ServerSecrets) -> None:
@@ -148,6 +151,37 @@ class SecretStore:
         names = list(names)
         for start in range(0, len(names), DELETE_BATCH):
             await self._call("DeleteParameters", {"Names": names[start : start + DELETE_BATCH]})
+
+    async def clear(self, name: str) -> None:
+        """Delete one parameter in a DeleteParameters shared with every other clear waiting for its turn.
+
+        Slot leases end one at a time (calliope_hub.ecs.slots), and a slot is free again only once its
+        parameter is gone: one call per name would hold slot reuse, and so cold spawns, to the delete
+        bucket's 2.4 calls a second, below PutParameter's 8 with higher throughput. Names that gather
+        while the bucket refills go out together, up to DELETE_BATCH a call.
+        """
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._clears.append((name, waiter))
+        if self._clearing is None or self._clearing.done():
+            self._clearing = asyncio.create_task(self._clear_in_batches(), name="calliope ssm clears")
+        await waiter
+
+    async def _clear_in_batches(self) -> None:
+        while self._clears:
+            await self._take_token("DeleteParameters")  # the names queued meanwhile join this call
+            batch, self._clears = self._clears[:DELETE_BATCH], self._clears[DELETE_BATCH:]
+            outcome: Exception | None = None
+            try:
+                await self._call("DeleteParameters", {"Names": [name for name, _ in batch]}, prepaid=True)
+            except Exception as e:  # every waiter hears of it; none is left waiting for a batch that ended
+                outcome = e
+            for _, waiter in batch:
+                if waiter.done():  # its caller was cancelled
+                    continue
+                if outcome is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(outcome)
 
     async def _call(self, operation: str, params: dict[str, Any], *, prepaid: bool = False) -> None:
         if not prepaid:

@@ -6,6 +6,7 @@ through the real aiobotocore client; the pure parts (hash, family, parameter nam
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,9 +14,10 @@ from typing import Any
 import pytest
 
 from calliope_hub.catalog import Catalog
-from calliope_hub.ecs.api import EcsApi, EcsTarget
+from calliope_hub.ecs.api import EcsApi, EcsTarget, aws_client
 from calliope_hub.ecs.launch import slot_token, transient
 from calliope_hub.ecs.secrets import (
+    SecretStore,
     SecretStoreError,
     ServerSecrets,
     escape_name_part,
@@ -33,7 +35,7 @@ from calliope_hub.ecs.taskdefs import (
     slot_family,
     spec_hash,
 )
-from calliope_hub.ecsfacts import AWS_QUOTAS, ECS_QUOTA_CATEGORIES, SSM_QUOTA_CATEGORIES, client_quotas
+from calliope_hub.ecsfacts import AWS_QUOTAS, ECS_QUOTA_CATEGORIES, SSM_QUOTA_CATEGORIES, Quota, client_quotas
 
 CATALOG = Catalog.load()
 
@@ -215,3 +217,24 @@ def test_the_ecs_client_buckets_are_ecss_quotas_at_the_hubs_share() -> None:
         assert bucket.rate == pytest.approx(AWS_QUOTAS[category].rate * 0.8)
         assert bucket.burst == pytest.approx(AWS_QUOTAS[category].burst * 0.8)
     assert client_quotas(ssm_higher_throughput=True) == buckets, "higher throughput is Parameter Store's alone"
+
+
+async def test_slot_clears_share_delete_calls_and_each_hears_how_its_call_went(local_ecs: Any) -> None:
+    """SecretStore.clear: names that queue behind the delete bucket go out together, up to 10 a call."""
+    target = EcsTarget("us-east-1", local_ecs.endpoint_url)
+    async with aws_client("ssm", target) as ssm:
+        store = SecretStore(ssm, quotas={"ssm-delete-parameter": Quota(burst=1, rate=5)})
+        names = [f"/calliope/t/slots/chat/small/{i}" for i in range(25)]
+        for name in names:
+            await ssm.put_parameter(Name=name, Value="token", Type="SecureString", Overwrite=True)
+        before = local_ecs.stats()["calls"].get("DeleteParameters", {}).get("ok", 0)
+        await asyncio.gather(*(store.clear(name) for name in names))
+        calls = local_ecs.stats()["calls"]["DeleteParameters"]["ok"] - before
+        assert calls <= 4, f"{calls} DeleteParameters for 25 names"  # the first alone, then full batches
+        assert (await ssm.get_parameters(Names=names[:10]))["InvalidParameters"] == names[:10]
+        assert (await ssm.get_parameters(Names=names[10:20]))["InvalidParameters"] == names[10:20]
+    async with aws_client("ssm", target, max_attempts=1) as ssm:  # no retry: SSM's failure reaches the batch
+        store = SecretStore(ssm, quotas={})
+        assert local_ecs.request("POST", "/_localecs/faults/unavailable", {"seconds": 2})[0] == 200
+        results = await asyncio.gather(*(store.clear(name) for name in names[:3]), return_exceptions=True)
+        assert [type(result) for result in results] == [SecretStoreError] * 3, results
