@@ -24,7 +24,7 @@ PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 #: CALLIOPE_HA_FULL_SCALE=1: the leader kill at the issue's own 200 running and 20 in flight
 FULL_SCALE = os.environ.get("CALLIOPE_HA_FULL_SCALE") == "1"
 #: seconds a spawn stays in flight (provisioning): long enough to kill the leader in the middle of 20 of them
-SIM_PROVISIONING = "10" if FULL_SCALE else "3"
+SIM_PROVISIONING = "30" if FULL_SCALE else "3"
 
 
 def require(condition: bool, why: str) -> None:

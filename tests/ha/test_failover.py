@@ -2,7 +2,8 @@
 a partition of the leader from PostgreSQL (its lock session terminated server-side).
 
 Scaled down from the issue's 200 running / 20 in flight to 20 / 5 so the test stays near 30 s
-inside `make test`; `CALLIOPE_HA_FULL_SCALE=1` runs the issue's own numbers. The bench
+inside `make test`; `CALLIOPE_HA_FULL_SCALE=1 pytest tests/ha/test_failover.py -k leader_kill
+--timeout 900` runs the issue's own numbers (about 5 minutes on 2 busy cores). The bench
 (`docs/ha.md`) is where the large figures come from.
 """
 
