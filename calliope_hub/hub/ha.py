@@ -66,7 +66,6 @@ from calliope_hub.hub.fence import (
     FenceKeeper,
     KeeperSettings,
 )
-from calliope_hub.hub.lock import SWEEP_LOCK_SETTING
 from calliope_hub.hub.runtime import STANDBY_PRIME_INTERVAL
 
 log = logging.getLogger(__name__)
@@ -258,7 +257,8 @@ class HAJupyterHub(CalliopeHub):
             await asyncio.gather(warming, return_exceptions=True)
         self.ha_state = "taking-over"
         keeper.tie(exit_fenced)
-        self.tornado_settings[SWEEP_LOCK_SETTING] = KeptSweepLock(keeper)
+        if self.runtime is not None:
+            self.runtime.use_lock(KeptSweepLock(keeper))
         if handed_over:
             self.log.info("Calliope HA: took the lock from a leader whose hub has exited; serving now")
             return

@@ -24,9 +24,6 @@ from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 
-#: where a hub's tornado settings hold the SweepLock the HubRuntime must use instead of its own (HA mode)
-SWEEP_LOCK_SETTING = "calliope_sweep_lock"
-
 
 class SweepLock(Protocol):
     async def try_acquire(self) -> bool:

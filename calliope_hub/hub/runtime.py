@@ -55,7 +55,7 @@ from calliope_hub.events.ingest import EventIngest
 from calliope_hub.events.sqs import SqsEventConsumer, sqs_client
 from calliope_hub.hub.config import RuntimeSettings
 from calliope_hub.hub.dbindexes import ensure_on_session
-from calliope_hub.hub.lock import SWEEP_LOCK_SETTING, SweepLock, sweep_lock
+from calliope_hub.hub.lock import SweepLock, sweep_lock
 from calliope_hub.hub.logs import attach_to_jupyterhub_log
 from calliope_hub.hub.owners import JupyterHubOwners
 from calliope_hub.observability import emf
@@ -253,13 +253,20 @@ class HubRuntime:
         self.sqs = SqsEventConsumer(client, events.sqs_queue_url, self.ingest, max_receives=events.sqs_max_receives)
         await self.sqs.start()
 
+    def use_lock(self, lock: SweepLock) -> None:
+        """An HA leader's lock (calliope_hub.hub.ha), handed before start: the hub that serves is the one that sweeps.
+
+        Handed to the runtime, not left in the tornado settings: JupyterHub loads the config file again in its
+        initialize, and a config that sets c.JupyterHub.tornado_settings replaces that dict, key and all.
+        """
+        self._lock = lock
+
     def _hub_lock(self) -> SweepLock | None:
         """The lock that elects the one hub that sweeps orphans and fills pools: built once, None outside a hub."""
         db = self._app_settings.get("db")
         if self._lock is None and db is not None:
             try:
-                # An HA leader hands its own lock (calliope_hub.hub.ha): the hub that serves is the one that sweeps.
-                self._lock = self._app_settings.get(SWEEP_LOCK_SETTING) or sweep_lock(
+                self._lock = sweep_lock(
                     str(db.get_bind().url.render_as_string(hide_password=False)), self.settings.hub_id
                 )
             except ValueError as e:

@@ -52,6 +52,9 @@ async def pool_ha_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
             "c.CalliopePool.interval = 1",
             "c.OrphanSweep.interval = 1",
             "c.OrphanSweep.grace_period = 2",
+            # A config that sets tornado_settings, as many do: JupyterHub reloads it after the takeover, which
+            # once dropped the leader's lock from the settings, and the leader never swept nor filled a pool.
+            "c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}",
         ],
     )
     stack = HaStack(spec)
