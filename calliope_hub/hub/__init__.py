@@ -1,10 +1,6 @@
 """The JupyterHub binding: the only package that imports jupyterhub or tornado.
 
-config.py holds every `c.*` class; runtime.py the HubRuntime that builds and closes the
-process's ECS client, watchers, event ingestion, orphan sweep and EMF writer; app.py our
-JupyterHub app (`calliope-jupyterhub`), which checks the config and primes the status cache at
-start, and ha.py its active/standby form; events_handler.py the EventBridge endpoint; owners.py
-ownership and re-adoption; lock.py the orphan-sweep lock.
+What each module does is in the README's code map (one list, kept whole by tests/test_docs.py).
 templates/ extends JupyterHub's pages (the home page shows each server's service and size).
 """
 
