@@ -162,6 +162,11 @@ class LeaderHealthServer(ThreadingHTTPServer):
         super().__init__(address, LeaderHealth)
         self.hub_app = hub_app
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # HAProxy resets a check's connection once it has the status line: that is no error
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class HAJupyterHub(CalliopeHub):
     """JupyterHub that stands by until it holds the hub's lock, and serves only while it does."""
