@@ -4,6 +4,7 @@ mode, two configurable-http-proxy replicas, two HA JupyterHub processes and Debi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
@@ -60,13 +61,20 @@ async def shared_ha_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
         ecs_args=["--mode", "sim", "--throttle", "off", "--sim-provisioning", SIM_PROVISIONING, "--sim-pending", "0.5"],
         extra=["c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}"],
     )
+    async with started(spec) as stack:
+        yield stack
+
+
+@contextlib.asynccontextmanager
+async def started(spec: HaSpec) -> AsyncIterator[HaStack]:
+    """An HA stack on a database of its own: closed, and the database dropped, however the test ends."""
     stack = HaStack(spec)
     try:
         await stack.start()
         yield stack
     finally:
         await stack.close()
-        drop_database(db_url)
+        drop_database(spec.db_url)
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -24,9 +24,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from calliope_hub.tools.local.ha import HaSpec, HaStack, drop_database
+from calliope_hub.tools.local.ha import HaSpec, HaStack
 from tests.conftest import fresh_cidr
-from tests.ha.conftest import PG_SERVER, ecs_client, require_services
+from tests.ha.conftest import PG_SERVER, ecs_client, require_services, started
 from tests.hubtest import eventually, server_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -57,13 +57,8 @@ async def pool_ha_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
             "c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}",
         ],
     )
-    stack = HaStack(spec)
-    try:
-        await stack.start()
+    async with started(spec) as stack:
         yield stack
-    finally:
-        await stack.close()
-        drop_database(db_url)
 
 
 def running_by_pool_state(stack: HaStack) -> dict[str, set[str]]:
