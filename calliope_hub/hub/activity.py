@@ -15,7 +15,8 @@ The posts. Each server posts its activity every JUPYTERHUB_ACTIVITY_INTERVAL (30
 second at 10,000 servers), and JupyterHub's ActivityAPIHandler spends most of each post on two
 synchronous round trips: `User.find` (58 % of the handler's samples at 1,000 servers) and its
 commit (38 %). `ActivityHandler` is that handler with the user found in memory, by name in an
-index of JupyterHub's own wrappers that is checked against JupyterHub's `users` on every use;
+index of JupyterHub's own wrappers (filled from its `users` at the first post), checked against
+JupyterHub's `users` on every use;
 the checks, the values written, the commit and the answers are JupyterHub's. (The commit stays
 per post: JupyterHub's every handler rolls back a session left dirty when it finishes, so a
 commit shared between posts would be undone by the next request.)
@@ -106,13 +107,22 @@ async def update_last_activity(app: Any) -> None:
 
 
 class UsersByName:
-    """JupyterHub's user wrappers by name, as activity posts have found them: one index for all posts."""
+    """JupyterHub's user wrappers by name: one index for all activity posts.
+
+    Filled from JupyterHub's `users` at the first post (every running server's user is there once
+    init_spawners ran), so even a user's first post after a restart needs no query; users JupyterHub
+    loads later join it through `remember` after their one lookup.
+    """
 
     def __init__(self) -> None:
         self._by_name: dict[str, Any] = {}
+        self._filled = False
 
     def find(self, users: Mapping[int, Any], name: str) -> Any | None:
         """JupyterHub's wrapper of `name` if it is still the one JupyterHub holds (not deleted or renamed)."""
+        if not self._filled:
+            self._filled = True
+            self._by_name.update((user.name, user) for user in users.values())
         user = self._by_name.get(name)
         if user is not None and user.name == name and users.get(user.id) is user:
             return user

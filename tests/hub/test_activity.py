@@ -168,9 +168,11 @@ def test_a_post_finds_its_user_in_memory_only_while_jupyterhub_holds_it() -> Non
     index = activity.UsersByName()
     ada = SimpleNamespace(id=1, name="ada")
     users: dict[int, Any] = {1: ada}
-    assert index.find(users, "ada") is None  # not seen yet: JupyterHub's lookup, then remembered
-    index.remember(ada)
-    assert index.find(users, "ada") is ada
+    assert index.find(users, "ada") is ada  # the first post: the index is filled from JupyterHub's users
+    bob = users[2] = SimpleNamespace(id=2, name="bob")  # loaded by JupyterHub later
+    assert index.find(users, "bob") is None  # JupyterHub's lookup, then remembered
+    index.remember(bob)
+    assert index.find(users, "bob") is bob
     ada.name = "ada2"  # renamed through the admin API
     assert index.find(users, "ada") is None
     index.remember(ada)
